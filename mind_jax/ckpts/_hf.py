@@ -1,0 +1,173 @@
+"""Hugging Face model directories <-> mind_jax models, streamed tensor by tensor."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from mind_jax import sharding as sharding_lib
+from mind_jax._errors import MindJaxError
+from mind_jax.ckpts._safetensors import SafetensorsReader, parse_size, write_shards
+from mind_jax.nn import Llama, LlamaConfig
+from mind_jax.nn._config import read_hf_config
+from mind_jax._progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+def is_stacked(path: tuple, config: LlamaConfig) -> bool:
+  """Whether a parameter holds every layer along a leading axis (scan_layers)."""
+  return config.scan_layers and tuple(path[:2]) == ("model", "layers")
+
+
+def hf_names(path: tuple, config: LlamaConfig) -> list[str]:
+  """The HF tensor name(s) behind one parameter; a stacked one has one per layer."""
+  parts = [str(p) for p in path]
+  if is_stacked(path, config):
+    rest = ".".join(parts[2:])
+    return [f"model.layers.{i}.{rest}" for i in range(config.num_hidden_layers)]
+  return [".".join(parts)]
+
+
+def abstract_model(config: LlamaConfig, mesh: Mesh | None, rules) -> tuple:
+  """Graph, flat abstract parameters and their shardings, with no weights allocated."""
+  abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  if mesh is None:
+    mesh = sharding_lib.make_mesh({"data": 1}, jax.devices()[:1])
+  sharding_lib.check_model_fits_mesh(config, mesh, rules)
+  shardings = sharding_lib.state_shardings(state, mesh, rules, config)
+  return graphdef, list(nnx.to_flat_state(state)), shardings
+
+
+def load_hf_model(model_dir: str, config: LlamaConfig | None = None, mesh: Mesh | None = None,
+                  rules="generate", progress: bool = True) -> Llama:
+  """Builds a Llama from an HF directory, each device reading only its own slice."""
+  config = config or read_hf_config(model_dir)
+  graphdef, flat, shardings = abstract_model(config, mesh, rules)
+  with SafetensorsReader(model_dir) as reader:
+    _check_tensors(reader, flat, config)
+    total = sum(v.size * v.dtype.itemsize for _, v in flat)
+    loaded = []
+    with progress_bar(total, "import", unit="B", enabled=progress) as bar:
+      for path, variable in flat:
+        names = hf_names(path, config)
+        array = jax.make_array_from_callback(
+            variable.shape, shardings[path],
+            lambda index, names=names, dtype=variable.dtype, stacked=is_stacked(path, config):
+            _read(reader, names, index, dtype, stacked))
+        loaded.append((path, variable.replace(array)))
+        bar.update(variable.size * variable.dtype.itemsize)
+  unused = sorted(set(reader.tensors) - {n for p, _ in flat for n in hf_names(p, config)})
+  if unused:
+    log.info("%s: ignored %d tensor(s) the model does not use: %s", model_dir, len(unused),
+             ", ".join(unused[:5]) + (" ..." if len(unused) > 5 else ""))
+  return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+
+
+def _check_tensors(reader: SafetensorsReader, flat, config: LlamaConfig) -> None:
+  for path, variable in flat:
+    expected = variable.shape[1:] if is_stacked(path, config) else variable.shape
+    for name in hf_names(path, config):
+      info = reader.info(name)
+      if tuple(info.shape) != tuple(expected):
+        raise MindJaxError(f"{reader.model_dir}: tensor {name} has shape {list(info.shape)}, "
+                           f"expected {list(expected)} from config.json")
+
+
+def _read(reader, names, index, dtype, stacked):
+  if stacked:
+    layers = range(*index[0].indices(len(names)))
+    return np.stack([reader.read(names[i], index[1:]).astype(dtype) for i in layers])
+  return reader.read(names[0], index).astype(dtype)
+
+
+def _to_host(array: jax.Array) -> np.ndarray:
+  if array.is_fully_addressable:
+    return np.asarray(jax.device_get(array))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def _layer_order(name: str):
+  match = re.match(r"model\.layers\.(\d+)\.", name)
+  if name.startswith("model.embed_tokens"):
+    return (0, 0, name)
+  if match:
+    return (1, int(match.group(1)), name)
+  return (2, 0, name)
+
+
+def save_pretrained(model: Llama, out_dir: str, tokenizer=None, max_shard_size: str | int = "5GB",
+                  dtype: str | None = None, progress: bool = True) -> str:
+  """Writes an HF directory that transformers loads with AutoModelForCausalLM / AutoTokenizer.
+
+  Writes config.json, generation_config.json, safetensors shards (+ index)
+  and the tokenizer files. One tensor is gathered to the host at a time. On a multi-host slice every
+  process must call this (gathers are collective); only process 0 writes.
+  """
+  config = model.config
+  out_dtype = np.dtype(jnp.dtype(dtype or config.param_dtype))
+  params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  sources = {}
+  for path, variable in params.items():
+    for i, name in enumerate(hf_names(path, config)):
+      sources[name] = (variable, i if is_stacked(path, config) else None)
+  names = sorted(sources, key=_layer_order)
+  entries = []
+  for name in names:
+    variable, layer = sources[name]
+    shape = variable.shape[1:] if layer is not None else variable.shape
+    entries.append((name, out_dtype, tuple(shape)))
+
+  def fetch(name):
+    variable, layer = sources[name]
+    value = variable[...] if layer is None else variable[...][layer]
+    return _to_host(value).astype(out_dtype)
+
+  primary = jax.process_index() == 0
+  if primary:
+    os.makedirs(out_dir, exist_ok=True)
+  total = sum(int(np.prod(s)) * out_dtype.itemsize for _, _, s in entries)
+  with progress_bar(total, "export", unit="B", enabled=progress and primary) as bar:
+    if primary:
+      files = write_shards(out_dir, entries, fetch, parse_size(max_shard_size), bar.update)
+      _remove_stale_shards(out_dir, files)
+    else:
+      for name in names:
+        fetch(name)
+  if not primary:
+    return out_dir
+  hf_config = config.to_hf_dict() | {"dtype": str(out_dtype), "torch_dtype": str(out_dtype)}
+  _write_json(os.path.join(out_dir, "config.json"), hf_config)
+  _write_json(os.path.join(out_dir, "generation_config.json"), {
+      "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+      "pad_token_id": config.pad_token_id, "do_sample": True, "temperature": 1.0, "top_p": 0.9})
+  if tokenizer is not None:
+    tokenizer.save(out_dir)
+  return out_dir
+
+
+def _remove_stale_shards(out_dir, keep):
+  keep = set(keep)
+  for file in os.listdir(out_dir):
+    if file.endswith(".safetensors") and file.startswith("model") and file not in keep:
+      os.remove(os.path.join(out_dir, file))
+  if len(keep) == 1:
+    index = os.path.join(out_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+      os.remove(index)
+
+
+def _write_json(path, obj):
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(path + ".tmp", path)

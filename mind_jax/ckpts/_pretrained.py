@@ -1,0 +1,48 @@
+"""`load_pretrained` / `save_pretrained`: the one entry point for model directories."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mind_jax._errors import MindJaxError
+from mind_jax.ckpts._hf import load_hf_model
+from mind_jax.ckpts._orbax import is_orbax_dir, load_orbax_model, read_marker
+from mind_jax.nn import Llama
+from mind_jax.nn._config import read_hf_config
+from mind_jax.text import Tokenizer, load_tokenizer
+from mind_jax.text._tokenizer import has_tokenizer_files
+
+log = logging.getLogger(__name__)
+
+
+def load_pretrained(path: str, dtype: str = "float32", *, param_dtype: str | None = None,
+                    mesh=None, rules="generate", scan_layers: bool | None = None,
+                    remat: str = "none", progress: bool = True) -> tuple[Llama, Tokenizer | None]:
+  """Loads a model and its tokenizer from an HF directory or a mind_jax Orbax checkpoint.
+
+  `dtype` is the compute dtype and, unless `param_dtype` says otherwise, the
+  storage dtype. With a `mesh`, parameters are placed by the sharding `rules`
+  ("generate" or "train") as they are read. Never downloads: `path` is local
+  (or gs:// for Orbax checkpoints).
+  """
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise MindJaxError(f"{path}: model directory does not exist (mind_jax never downloads; "
+                       "fetch the checkpoint first, e.g. with `huggingface-cli download`)")
+  orbax = is_orbax_dir(path)
+  if scan_layers is None:
+    scan_layers = bool(read_marker(path).get("scan_layers")) if orbax else False
+  config = read_hf_config(path, dtype=dtype, param_dtype=param_dtype or dtype,
+                          scan_layers=scan_layers, remat=remat)
+  log.info("loading %s (%s, %.1fM parameters, %s)", path, "Orbax" if orbax else "safetensors",
+           config.num_params() / 1e6, config.param_dtype)
+  if orbax:
+    model = load_orbax_model(path, config, mesh, rules)
+  else:
+    model = load_hf_model(path, config, mesh, rules, progress=progress)
+  tokenizer = load_tokenizer(path) if has_tokenizer_files(path) else None
+  if tokenizer is None:
+    log.warning("%s: no tokenizer files; returning the model without a tokenizer", path)
+  return model, tokenizer
+

@@ -1,0 +1,31 @@
+"""Attention over keys that carry positions and segment ids: the one seam a kernel replaces.
+
+Every call mode reduces to the same rule: a query sees a key when both are in
+the same segment and the key's position is not after the query's. Full
+forward, packed sequences and KV-cache decoding differ only in the positions
+and segments they pass.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Shape letters: B batch, T query length, S key length, K kv heads,
+# G query heads per kv head, D head dim.
+
+
+def attend(q, k, v, *, q_positions, k_positions, q_segments=None, k_segments=None):
+  """q `[B, T, H, D]`, k/v `[B, S, K, D]` -> `[B, T, H, D]`; softmax in float32."""
+  b, t, h, d = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, h // kv_heads, d)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores * (d ** -0.5)
+  visible = k_positions[:, None, :] <= q_positions[:, :, None]
+  if q_segments is not None:
+    visible &= q_segments[:, :, None] == k_segments[:, None, :]
+  scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, h, d)

@@ -1,0 +1,176 @@
+"""The Llama decoder in Flax NNX, with module and parameter names as in transformers."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mind_jax._errors import MindJaxError
+from mind_jax.nn._attention import attend
+from mind_jax.nn._cache import KVCache, write_rows
+from mind_jax.nn._config import LlamaConfig
+from mind_jax.nn._layers import Embed, Linear, RMSNorm, apply_rope, rope_tables
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class LlamaAttention(nnx.Module):
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    d, hd = config.hidden_size, config.resolved_head_dim
+    self.num_heads = config.num_attention_heads
+    self.num_kv_heads = config.num_key_value_heads
+    self.head_dim = hd
+    kw = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
+    self.q_proj = Linear(d, self.num_heads * hd, ("q_heads", "embed"), **kw)
+    self.k_proj = Linear(d, self.num_kv_heads * hd, ("kv_heads", "embed"), **kw)
+    self.v_proj = Linear(d, self.num_kv_heads * hd, ("kv_heads", "embed"), **kw)
+    self.o_proj = Linear(self.num_heads * hd, d, ("embed", "q_heads"), **kw)
+
+  def __call__(self, x, rope, positions, segment_ids, kv=None):
+    b, t, _ = x.shape
+    cos, sin = rope
+    q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
+    k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
+    v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    if kv is None:
+      out = attend(q, k, v, q_positions=positions, k_positions=positions,
+                   q_segments=segment_ids, k_segments=segment_ids)
+    else:
+      cache_k, cache_v = write_rows(kv[0], k, positions), write_rows(kv[1], v, positions)
+      slot_positions = jnp.broadcast_to(jnp.arange(cache_k.shape[1]), (b, cache_k.shape[1]))
+      out = attend(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
+                   q_positions=positions, k_positions=slot_positions)
+      kv = (cache_k, cache_v)
+    return self.o_proj(out.reshape(b, t, -1)), kv
+
+
+class LlamaMLP(nnx.Module):
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    d, f = config.hidden_size, config.intermediate_size
+    kw = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
+    self.gate_proj = Linear(d, f, ("mlp", "embed"), **kw)
+    self.up_proj = Linear(d, f, ("mlp", "embed"), **kw)
+    self.down_proj = Linear(f, d, ("embed", "mlp"), **kw)
+
+  def __call__(self, x):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nnx.Module):
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    norm = dict(eps=config.rms_norm_eps, dtype=config.dtype, param_dtype=config.param_dtype)
+    self.input_layernorm = RMSNorm(config.hidden_size, **norm)
+    self.self_attn = LlamaAttention(config, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(config.hidden_size, **norm)
+    self.mlp = LlamaMLP(config, rngs=rngs)
+
+  def __call__(self, x, rope, positions, segment_ids, kv=None):
+    attn, kv = self.self_attn(self.input_layernorm(x), rope, positions, segment_ids, kv)
+    x = x + attn
+    return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+class LlamaModel(nnx.Module):
+  """Embeddings, decoder layers and the final norm (HF's `model.` prefix)."""
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embed_tokens = Embed(config.vocab_size, config.hidden_size, dtype=config.dtype,
+                              param_dtype=config.param_dtype, rngs=rngs)
+    if config.scan_layers:
+      # One stacked layer whose parameters have a leading "layers" axis.
+      @nnx.split_rngs(splits=config.num_hidden_layers)
+      @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def stacked(layer_rngs):
+        return LlamaDecoderLayer(config, rngs=layer_rngs)
+
+      self.layers = stacked(rngs)
+    else:
+      self.layers = nnx.List([LlamaDecoderLayer(config, rngs=rngs)
+                              for _ in range(config.num_hidden_layers)])
+    self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=config.dtype,
+                        param_dtype=config.param_dtype)
+
+  def __call__(self, input_ids, positions, segment_ids, cache: KVCache | None):
+    x = self.embed_tokens(input_ids)
+    inv_freq = self.config.rope.inv_freq(self.config.resolved_head_dim)
+    rope = rope_tables(jnp.asarray(inv_freq), positions)
+    layer_fn = _layer_fn(self.config.remat)
+    if self.config.scan_layers:
+      graphdef, state = nnx.split(self.layers)
+
+      def body(x, layer):
+        state, kv = layer
+        x, kv = layer_fn(graphdef, state, x, rope, positions, segment_ids, kv)
+        return x, kv
+
+      kvs = None if cache is None else (cache.k, cache.v)
+      x, kvs = jax.lax.scan(body, x, (state, kvs))
+      cache = None if cache is None else KVCache(*kvs)
+    else:
+      for i, layer in enumerate(self.layers):
+        graphdef, state = nnx.split(layer)
+        kv = None if cache is None else (cache.k[i], cache.v[i])
+        x, kv = layer_fn(graphdef, state, x, rope, positions, segment_ids, kv)
+        if cache is not None:
+          cache = KVCache(cache.k.at[i].set(kv[0]), cache.v.at[i].set(kv[1]))
+    return self.norm(x), cache
+
+
+@functools.cache
+def _layer_fn(remat: str):
+  """A pure function of one layer's state, rematerialised under the named policy."""
+
+  def run(graphdef, state, x, rope, positions, segment_ids, kv):
+    return nnx.merge(graphdef, state)(x, rope, positions, segment_ids, kv)
+
+  if remat == "none":
+    return run
+  return jax.checkpoint(run, policy=_REMAT_POLICIES[remat], static_argnums=(0,))
+
+
+class Llama(nnx.Module):
+  """A Llama causal language model.
+
+  `model(input_ids)` returns logits `[B, T, vocab]`. Optional arguments select
+  the other call modes on the same weights:
+  - `positions` `[B, T]` and `segment_ids` `[B, T]` (1-based, 0 = padding) for
+    packed sequences: tokens never attend across segments;
+  - `cache` (a `KVCache`) for decoding: the tokens at `positions` are written
+    into the cache and attend to everything before them; returns
+    `(logits, cache)`.
+  """
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.model = LlamaModel(config, rngs=rngs)
+    if not config.tie_word_embeddings:
+      self.lm_head = Linear(config.hidden_size, config.vocab_size, ("vocab", "embed"),
+                            dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
+
+  def __call__(self, input_ids, positions=None, segment_ids=None, cache: KVCache | None = None):
+    input_ids = jnp.asarray(input_ids)
+    if input_ids.ndim != 2:
+      raise MindJaxError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+    if cache is not None and segment_ids is not None:
+      raise MindJaxError("segment_ids (packed sequences) cannot be combined with a KV cache")
+    hidden, new_cache = self.model(input_ids, positions, segment_ids, cache)
+    logits = self.logits(hidden)
+    return logits if cache is None else (logits, new_cache)
+
+  def logits(self, hidden):
+    if self.config.tie_word_embeddings:
+      return self.model.embed_tokens.attend(hidden)
+    return self.lm_head(hidden)

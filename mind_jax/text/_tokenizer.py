@@ -1,0 +1,148 @@
+"""One tokenizer interface over HF tokenizers (tokenizer.json) and SentencePiece models."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+
+from mind_jax._errors import MindJaxError
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+
+class Tokenizer(abc.ABC):
+  """encode / decode / special ids / chat formatting, whatever the file format."""
+
+  bos_id: int | None
+  eos_ids: tuple[int, ...]
+  pad_id: int | None
+
+  @property
+  @abc.abstractmethod
+  def vocab_size(self) -> int:
+    ...
+
+  @abc.abstractmethod
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    ...
+
+  @abc.abstractmethod
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+    ...
+
+  @property
+  def has_chat_template(self) -> bool:
+    return False
+
+  def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+    raise MindJaxError(f"{self.source}: this tokenizer has no chat template")
+
+  @abc.abstractmethod
+  def save(self, out_dir: str) -> None:
+    ...
+
+  source: str = "<tokenizer>"
+
+
+class HFTokenizer(Tokenizer):
+  """Wraps a transformers tokenizer loaded from local files only."""
+
+  def __init__(self, tokenizer, source: str = "<memory>"):
+    self.hf = tokenizer
+    self.source = source
+    self.bos_id = tokenizer.bos_token_id
+    self.eos_ids = (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
+    self.pad_id = tokenizer.pad_token_id
+
+  @classmethod
+  def from_dir(cls, path: str) -> HFTokenizer:
+    from transformers import AutoTokenizer
+    try:
+      tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # transformers raises many types; the message is what matters
+      raise MindJaxError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+    return cls(tok, source=path)
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.hf)
+
+  def encode(self, text, add_bos=False):
+    ids = self.hf.encode(text, add_special_tokens=False)
+    return [self.bos_id] + ids if add_bos and self.bos_id is not None else ids
+
+  def decode(self, ids, skip_special_tokens=True):
+    return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+  @property
+  def has_chat_template(self):
+    return bool(getattr(self.hf, "chat_template", None))
+
+  def apply_chat_template(self, messages, add_generation_prompt=True):
+    if not self.has_chat_template:
+      return super().apply_chat_template(messages, add_generation_prompt)
+    text = self.hf.apply_chat_template(list(messages), tokenize=False,
+                                       add_generation_prompt=add_generation_prompt)
+    # The template writes the BOS text itself; encoding without special tokens keeps one BOS.
+    return self.hf.encode(text, add_special_tokens=False)
+
+  def save(self, out_dir):
+    self.hf.save_pretrained(out_dir)
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A SentencePiece `.model` file (Llama 2 style tokenizer.model)."""
+
+  def __init__(self, model_file: str):
+    import sentencepiece as spm
+    self.source = model_file
+    self.sp = spm.SentencePieceProcessor()
+    try:
+      self.sp.Load(model_file)
+    except (OSError, RuntimeError) as e:
+      raise MindJaxError(f"{model_file}: not a SentencePiece model ({str(e).splitlines()[0]})") from None
+    self.bos_id = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
+    self.eos_ids = (self.sp.eos_id(),) if self.sp.eos_id() >= 0 else ()
+    self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else None
+
+  @property
+  def vocab_size(self):
+    return self.sp.GetPieceSize()
+
+  def encode(self, text, add_bos=False):
+    ids = self.sp.EncodeAsIds(text)
+    return [self.bos_id] + ids if add_bos and self.bos_id is not None else ids
+
+  def decode(self, ids, skip_special_tokens=True):
+    ids = [int(i) for i in ids]
+    if skip_special_tokens:
+      ids = [i for i in ids if not self.sp.IsControl(i)]
+    return self.sp.DecodeIds(ids)
+
+  def save(self, out_dir):
+    shutil.copyfile(self.source, os.path.join(out_dir, "tokenizer.model"))
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+  """Loads from a model directory (tokenizer.json / tokenizer_config.json / tokenizer.model)
+  or from a SentencePiece `.model` file. Never downloads."""
+  if os.path.isfile(path):
+    return SentencePieceTokenizer(path)
+  if not os.path.isdir(path):
+    raise MindJaxError(f"{path}: tokenizer path does not exist")
+  if os.path.exists(os.path.join(path, "tokenizer.json")) or os.path.exists(
+      os.path.join(path, "tokenizer_config.json")):
+    return HFTokenizer.from_dir(path)
+  if os.path.exists(os.path.join(path, "tokenizer.model")):
+    return SentencePieceTokenizer(os.path.join(path, "tokenizer.model"))
+  raise MindJaxError(f"{path}: no tokenizer.json, tokenizer_config.json or tokenizer.model")
+
+
+def has_tokenizer_files(path: str) -> bool:
+  return any(os.path.exists(os.path.join(path, f))
+             for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))

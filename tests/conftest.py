@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny random transformers checkpoints saved with save_pretrained.
+
+Eight host CPU devices are requested before jax is imported so that sharding
+tests run on a real (if small) mesh.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+# The Llama variants the parity tests cover, as transformers config kwargs.
+LLAMA_VARIANTS = {
+    "llama2-mha": dict(num_attention_heads=4, num_key_value_heads=4, rope_theta=10000.0),
+    "llama3.1-gqa": dict(
+        num_attention_heads=4, num_key_value_heads=2,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 16}),
+    "llama3.2-tied": dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True,
+                          rope_theta=500000.0),
+    "explicit-head-dim": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=24),
+}
+
+
+def make_hf_checkpoint(path, seed=0, dtype="float32", **overrides):
+  """Saves a random transformers LlamaForCausalLM (+ the byte tokenizer) to `path`."""
+  import torch
+  import transformers
+  from mind_jax.testing import byte_tokenizer
+  kwargs = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=256,
+                eos_token_id=257)
+  kwargs.update(overrides)
+  if "rope_theta" in kwargs:
+    kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": kwargs.pop("rope_theta")}
+  config = transformers.LlamaConfig(**kwargs)
+  torch.manual_seed(seed)
+  model = transformers.LlamaForCausalLM(config).to(getattr(torch, dtype)).eval()
+  # Non-trivial norm weights, so a norm that is skipped or misplaced shows in the logits.
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "norm" in name:
+        p.copy_(1 + 0.1 * torch.randn_like(p))
+  model.save_pretrained(path)
+  byte_tokenizer().save(str(path))
+  return model
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoints(tmp_path_factory):
+  """One saved checkpoint per Llama variant: name -> (directory, torch model)."""
+  out = {}
+  for name, overrides in LLAMA_VARIANTS.items():
+    path = tmp_path_factory.mktemp(name)
+    out[name] = (str(path), make_hf_checkpoint(path, **overrides))
+  return out
