@@ -179,3 +179,4 @@ def _lookup(state, path):
 def data_sharding(mesh: Mesh, rules: str | Rules, names: Sequence[str | None]) -> NamedSharding:
   """Sharding for an activation or input with logical axes `names`, e.g. ("batch", None)."""
   return NamedSharding(mesh, logical_to_spec(names, resolve_rules(rules), mesh))
+

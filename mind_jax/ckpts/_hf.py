@@ -149,7 +149,7 @@ def save_pretrained(model: Llama, out_dir: str, tokenizer=None, max_shard_size: 
   hf_config = config.to_hf_dict() | {"dtype": str(out_dtype), "torch_dtype": str(out_dtype)}
   _write_json(os.path.join(out_dir, "config.json"), hf_config)
   _write_json(os.path.join(out_dir, "generation_config.json"), {
-      "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+      "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id_json,
       "pad_token_id": config.pad_token_id, "do_sample": True, "temperature": 1.0, "top_p": 0.9})
   if tokenizer is not None:
     tokenizer.save(out_dir)

@@ -7,6 +7,7 @@ import os
 
 from mind_jax._errors import MindJaxError
 from mind_jax.ckpts._hf import load_hf_model
+from mind_jax.ckpts._safetensors import SafetensorsReader
 from mind_jax.ckpts._orbax import is_orbax_dir, load_orbax_model, read_marker
 from mind_jax.nn import Llama
 from mind_jax.nn._config import read_hf_config
@@ -16,6 +17,21 @@ from mind_jax.text._tokenizer import has_tokenizer_files
 log = logging.getLogger(__name__)
 
 
+def _require_dir(path: str) -> None:
+  if not os.path.isdir(path):
+    raise MindJaxError(f"{path}: model directory does not exist (mind_jax never downloads; "
+                       "fetch the checkpoint first, e.g. with `huggingface-cli download`)")
+
+
+def stored_dtype(path: str) -> str:
+  """The dtype a checkpoint stores its weights in (read from headers, not data)."""
+  _require_dir(path)
+  if is_orbax_dir(path):
+    return read_marker(path).get("param_dtype", "float32")
+  with SafetensorsReader(path) as reader:
+    return str(reader.info("model.embed_tokens.weight").dtype)
+
+
 def load_pretrained(path: str, dtype: str = "float32", *, param_dtype: str | None = None,
                     mesh=None, rules="generate", scan_layers: bool | None = None,
                     remat: str = "none", progress: bool = True) -> tuple[Llama, Tokenizer | None]:
@@ -23,13 +39,11 @@ def load_pretrained(path: str, dtype: str = "float32", *, param_dtype: str | Non
 
   `dtype` is the compute dtype and, unless `param_dtype` says otherwise, the
   storage dtype. With a `mesh`, parameters are placed by the sharding `rules`
-  ("generate" or "train") as they are read. Never downloads: `path` is local
-  (or gs:// for Orbax checkpoints).
+  ("generate" or "train") as they are read. Never downloads: `path` is a
+  local directory.
   """
   path = os.fspath(path)
-  if not os.path.isdir(path):
-    raise MindJaxError(f"{path}: model directory does not exist (mind_jax never downloads; "
-                       "fetch the checkpoint first, e.g. with `huggingface-cli download`)")
+  _require_dir(path)
   orbax = is_orbax_dir(path)
   if scan_layers is None:
     scan_layers = bool(read_marker(path).get("scan_layers")) if orbax else False

@@ -65,7 +65,7 @@ class LlamaConfig:
   max_position_embeddings: int = 4096
   tie_word_embeddings: bool = False
   bos_token_id: int | None = 1
-  eos_token_id: int | list[int] | None = 2
+  eos_token_id: int | tuple[int, ...] | None = 2
   pad_token_id: int | None = None
   param_dtype: DType = "float32"
   dtype: DType = "float32"
@@ -73,6 +73,9 @@ class LlamaConfig:
   remat: Literal["none", "full", "dots", "dots_no_batch"] = "none"
 
   def __post_init__(self):
+    # Models are static jit arguments, so every field must be hashable.
+    if isinstance(self.eos_token_id, list):
+      object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
     if self.num_attention_heads % self.num_key_value_heads:
       raise MindJaxError(
           f"num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -95,6 +98,10 @@ class LlamaConfig:
     if isinstance(self.eos_token_id, int):
       return (self.eos_token_id,)
     return tuple(self.eos_token_id)
+
+  @property
+  def eos_token_id_json(self) -> int | list[int] | None:
+    return list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
 
   def replace(self, **changes) -> LlamaConfig:
     return dataclasses.replace(self, **changes)
@@ -191,7 +198,7 @@ class LlamaConfig:
         "attention_bias": False,
         "mlp_bias": False,
         "bos_token_id": self.bos_token_id,
-        "eos_token_id": self.eos_token_id,
+        "eos_token_id": self.eos_token_id_json,
         "pad_token_id": self.pad_token_id,
         "rope_parameters": rope_parameters,
         "rope_theta": self.rope.theta,

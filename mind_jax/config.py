@@ -1,0 +1,153 @@
+"""Run configuration: a YAML file plus `key=value` overrides, validated into typed objects.
+
+Every command-line tool takes `--config FILE.yaml` and any number of dotted
+overrides (`model.dtype=bfloat16 mesh.axes.tensor=4`). Values are parsed as
+YAML scalars. Unknown keys and wrong types fail before any work starts, with
+one line naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import textwrap
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from mind_jax import sharding
+from mind_jax._errors import MindJaxError
+
+
+class Section(pydantic.BaseModel):
+  model_config = pydantic.ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelSection(Section):
+  """Which model to use and how to hold it."""
+
+  path: str | None = pydantic.Field(
+      None, description="HF model directory or mind_jax Orbax checkpoint")
+  preset: str | None = pydantic.Field(
+      None, description="named architecture for a random model: tiny, llama2-7b, llama3.1-8b, "
+      "llama3.1-70b, llama3.2-1b, llama3.2-3b")
+  dtype: Literal["float32", "bfloat16", "float16"] = pydantic.Field(
+      "float32", description="compute dtype")
+  param_dtype: Literal["float32", "bfloat16", "float16"] | None = pydantic.Field(
+      None, description="storage dtype of the weights (default: dtype)")
+  scan_layers: bool = pydantic.Field(False, description="stack layers and scan over them")
+  remat: Literal["none", "full", "dots", "dots_no_batch"] = pydantic.Field(
+      "none", description="rematerialisation policy (training)")
+
+
+class MeshSection(Section):
+  """Device mesh and sharding rules."""
+
+  axes: dict[str, int] = pydantic.Field(
+      default_factory=lambda: dict(sharding.DEFAULT_MESH),
+      description="mesh axis sizes; one may be -1 to take the remaining devices")
+  rules: Literal["generate", "train"] = pydantic.Field(
+      "generate", description="logical-axis rule set")
+
+  def build(self):
+    return sharding.make_mesh(self.axes)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+  key, sep, raw = text.partition("=")
+  if not sep or not key.strip():
+    raise MindJaxError(f"command line: override {text!r} is not key=value")
+  try:
+    value = yaml.safe_load(raw) if raw.strip() else raw
+  except yaml.YAMLError:
+    value = raw
+  return key.strip().split("."), value
+
+
+def _read_yaml(path: str) -> dict:
+  if not os.path.exists(path):
+    raise MindJaxError(f"{path}: config file does not exist")
+  try:
+    with open(path) as f:
+      data = yaml.safe_load(f)
+  except yaml.YAMLError as e:
+    mark = getattr(e, "problem_mark", None)
+    where = f" line {mark.line + 1}" if mark else ""
+    raise MindJaxError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
+  if data is None:
+    return {}
+  if not isinstance(data, dict):
+    raise MindJaxError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+  return data
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+  merged = dict(base)
+  for key, value in update.items():
+    if isinstance(value, dict) and isinstance(merged.get(key), dict):
+      merged[key] = _deep_merge(merged[key], value)
+    else:
+      merged[key] = value
+  return merged
+
+
+def load_config(schema: type[Section], path: str | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Section:
+  """Reads `path` (optional), applies `overrides`, validates against `schema`.
+
+  Layers merge key by key: defaults, then the file, then the command line, so
+  `mesh.axes.tensor=4` changes one axis and keeps the others.
+  """
+  data = _deep_merge(schema().model_dump(), _read_yaml(path) if path else {})
+  from_command_line = set()
+  for text in overrides:
+    keys, value = _parse_override(text)
+    node = data
+    for key in keys[:-1]:
+      child = node.setdefault(key, {})
+      if not isinstance(child, dict):
+        raise MindJaxError(f"command line: {'.'.join(keys)}: {key} is not a section")
+      node = child
+    node[keys[-1]] = value
+    from_command_line.add(".".join(keys))
+  try:
+    return schema.model_validate(data)
+  except pydantic.ValidationError as e:
+    error = e.errors()[0]
+    key = ".".join(str(p) for p in error["loc"])
+    source = "command line" if any(key.startswith(k) for k in from_command_line) else (path or "defaults")
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+      message = "unknown key"
+    given = error.get("input")
+    suffix = f" (got {given!r})" if error["type"] != "extra_forbidden" and not isinstance(given, dict) else ""
+    raise MindJaxError(f"{source}: {key}: {message}{suffix}") from None
+
+
+def describe(schema: type[Section], prefix: str = "") -> list[str]:
+  """One line per key with its default and description, for --help."""
+  lines = []
+  for name, field in schema.model_fields.items():
+    key = f"{prefix}{name}"
+    annotation = field.annotation
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+      lines += describe(annotation, key + ".")
+      continue
+    default = field.default_factory() if field.default_factory else field.default
+    lines.append(f"  {key} = {default!r}" + (f"  ({field.description})" if field.description else ""))
+  return lines
+
+
+def argument_parser(prog: str, description: str, schema: type[Section],
+                    default_config: str | None = None) -> argparse.ArgumentParser:
+  """argparse with --config FILE and free key=value overrides; --help lists every key."""
+  epilog = "configuration keys (override with key=value):\n" + "\n".join(describe(schema))
+  parser = argparse.ArgumentParser(
+      prog=prog, description=textwrap.dedent(description),
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
+  parser.add_argument("--config", default=default_config,
+                      help="YAML config file" + (f" (default: {default_config})" if default_config else ""))
+  parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+  parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+  return parser

@@ -1,0 +1,55 @@
+"""YAML + key=value configuration: typed, validated, errors that name the key."""
+
+import pytest
+
+from mind_jax import MindJaxError, config
+from mind_jax.smoke import SmokeConfig
+
+
+def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):
+  path = tmp_path / "run.yaml"
+  path.write_text("model:\n  dtype: bfloat16\nmax_new_tokens: 8\n")
+  cfg = config.load_config(SmokeConfig, str(path), ["max_new_tokens=3", "mesh.axes.tensor=2",
+                                                     "prompt=x = 1"])
+  assert cfg.model.dtype == "bfloat16" and cfg.model.preset == "tiny"
+  assert cfg.max_new_tokens == 3
+  assert cfg.prompt == "x = 1"
+  # Overriding one mesh axis keeps the others.
+  assert cfg.mesh.axes == {"data": -1, "fsdp": 1, "tensor": 2}
+
+
+def test_unknown_key_is_named_with_its_source(tmp_path):
+  path = tmp_path / "run.yaml"
+  path.write_text("model:\n  dtpye: bfloat16\n")
+  with pytest.raises(MindJaxError, match=r"run.yaml: model.dtpye: unknown key"):
+    config.load_config(SmokeConfig, str(path))
+  with pytest.raises(MindJaxError, match=r"^command line: mesh.rulez: unknown key$"):
+    config.load_config(SmokeConfig, None, ["mesh.rulez=train"])
+
+
+def test_wrong_type_and_bad_choice():
+  with pytest.raises(MindJaxError, match=r"command line: max_new_tokens: .*integer.*'many'"):
+    config.load_config(SmokeConfig, None, ["max_new_tokens=many"])
+  with pytest.raises(MindJaxError, match=r"command line: model.dtype: Input should be 'float32'"):
+    config.load_config(SmokeConfig, None, ["model.dtype=float8"])
+  with pytest.raises(MindJaxError, match=r"not key=value"):
+    config.load_config(SmokeConfig, None, ["max_new_tokens"])
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+  path = tmp_path / "bad.yaml"
+  path.write_text("seed: 1\nmodel: [unclosed\n")
+  with pytest.raises(MindJaxError, match=r"bad.yaml: line \d+ invalid YAML"):
+    config.load_config(SmokeConfig, str(path))
+  with pytest.raises(MindJaxError, match=r"does not exist"):
+    config.load_config(SmokeConfig, str(tmp_path / "missing.yaml"))
+
+
+def test_repository_configs_validate():
+  import glob
+  import os
+  root = os.path.join(os.path.dirname(__file__), "..", "configs")
+  files = glob.glob(os.path.join(root, "smoke*.yaml"))
+  assert files
+  for path in files:
+    config.load_config(SmokeConfig, path)

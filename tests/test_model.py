@@ -1,0 +1,142 @@
+"""The Llama model equals transformers' LlamaForCausalLM, in every call mode."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import mind_jax
+from mind_jax.nn import KVCache
+from conftest import LLAMA_VARIANTS
+
+
+def torch_logits(hf_model, ids):
+  with torch.no_grad():
+    return hf_model(torch.tensor(np.asarray(ids))).logits.float().numpy()
+
+
+def random_ids(shape, seed=0, vocab=300):
+  return np.random.RandomState(seed).randint(0, vocab, shape).astype(np.int32)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["loop", "scan"])
+@pytest.mark.parametrize("variant", list(LLAMA_VARIANTS))
+def test_logits_match_transformers(hf_checkpoints, variant, scan_layers):
+  path, hf_model = hf_checkpoints[variant]
+  model, _ = mind_jax.load_pretrained(path, scan_layers=scan_layers, progress=False)
+  ids = random_ids((2, 37))
+  diff = np.abs(np.asarray(model(ids)) - torch_logits(hf_model, ids)).max()
+  assert diff <= 1e-4, f"{variant}: max |logits diff| = {diff}"
+
+
+def test_bfloat16_logits_close_to_transformers_bfloat16(hf_checkpoints):
+  path, hf_model = hf_checkpoints["llama3.1-gqa"]
+  model, _ = mind_jax.load_pretrained(path, dtype="bfloat16", progress=False)
+  ids = random_ids((2, 20))
+  ours = np.asarray(model(ids), np.float32)
+  ref = torch_logits(hf_model.to(torch.bfloat16), ids)
+  hf_model.to(torch.float32)
+  # bf16 has 8 mantissa bits: agreement to a few bf16 ulps of the logit scale.
+  assert np.abs(ours - ref).max() <= 0.05 * max(1.0, np.abs(ref).max())
+
+
+@pytest.fixture(scope="module")
+def gqa_model(hf_checkpoints):
+  return mind_jax.load_pretrained(hf_checkpoints["llama3.1-gqa"][0], progress=False)[0]
+
+
+def test_cached_decoding_equals_full_forward_for_ragged_batch(gqa_model):
+  prompts = [list(random_ids((n,), seed=n)) for n in (3, 11, 7)]
+  generated, step_logits = mind_jax.greedy_generate(gqa_model, prompts, 9, return_logits=True)
+  for prompt, tokens, logits in zip(prompts, generated, step_logits):
+    full = np.asarray(gqa_model(np.array([prompt + tokens])))[0]
+    expected = full[len(prompt) - 1: len(prompt) - 1 + len(tokens)]
+    assert np.abs(expected - logits).max() <= 1e-5
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["loop", "scan"])
+def test_prefill_then_multi_token_extends_equal_full_forward(hf_checkpoints, scan_layers):
+  model, _ = mind_jax.load_pretrained(hf_checkpoints["explicit-head-dim"][0],
+                                      scan_layers=scan_layers, progress=False)
+  ids = random_ids((2, 16))
+  full = np.asarray(model(ids))
+  cache = KVCache.create(model.config, slots=2, max_len=32)
+  pieces = []
+  # Prefill 7 tokens, then extend 1, 3 and 5 tokens at a time.
+  for start, stop in [(0, 7), (7, 8), (8, 11), (11, 16)]:
+    positions = np.broadcast_to(np.arange(start, stop), (2, stop - start))
+    logits, cache = model(ids[:, start:stop], positions=positions, cache=cache)
+    pieces.append(np.asarray(logits))
+  assert np.abs(np.concatenate(pieces, axis=1) - full).max() <= 1e-5
+
+
+def test_greedy_tokens_equal_transformers_generate(hf_checkpoints, gqa_model):
+  hf_model = hf_checkpoints["llama3.1-gqa"][1]
+  prompt = list(random_ids((9,), seed=3))
+  [ours] = mind_jax.greedy_generate(gqa_model, [prompt], 40)
+  with torch.no_grad():
+    ref = hf_model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
+                            min_new_tokens=40, eos_token_id=None, pad_token_id=0)
+  assert ours == ref[0, len(prompt):].tolist()
+
+
+def test_cache_insert_places_a_prefilled_row_in_its_slot(gqa_model):
+  cfg = gqa_model.config
+  prompt = random_ids((1, 6), seed=5)
+  prefill = KVCache.create(cfg, slots=1, max_len=8)
+  _, prefill = gqa_model(prompt, cache=prefill)
+  slots = KVCache.create(cfg, slots=4, max_len=16).insert(prefill, 2)
+  assert np.array_equal(np.asarray(slots.k[:, 2, :8]), np.asarray(prefill.k[:, 0]))
+  assert not np.asarray(slots.k[:, [0, 1, 3]]).any()
+  # Decoding from the slot continues the sequence exactly.
+  nxt = np.array([[7]] * 4, np.int32)
+  logits, _ = gqa_model(nxt, positions=np.full((4, 1), 6), cache=slots)
+  full = np.asarray(gqa_model(np.concatenate([prompt, [[7]]], axis=1)))[0, -1]
+  assert np.abs(np.asarray(logits)[2, 0] - full).max() <= 1e-5
+  assert KVCache.nbytes_for(cfg, 4, 16) == slots.k.nbytes + slots.v.nbytes
+
+
+def test_packed_sequences_equal_separate_sequences(gqa_model):
+  lengths = [5, 9, 3]
+  seqs = [random_ids((n,), seed=10 + n) for n in lengths]
+  pad = 4
+  tokens = np.concatenate(seqs + [np.zeros(pad, np.int32)])[None]
+  segments = np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)] + [np.zeros(pad)])
+  positions = np.concatenate([np.arange(n) for n in lengths] + [np.zeros(pad)])
+  packed = np.asarray(gqa_model(tokens, positions=positions[None].astype(np.int32),
+                                segment_ids=segments[None].astype(np.int32)))[0]
+  offset = 0
+  for seq in seqs:
+    alone = np.asarray(gqa_model(seq[None]))[0]
+    assert np.abs(packed[offset: offset + len(seq)] - alone).max() <= 1e-5
+    offset += len(seq)
+
+
+def test_remat_and_scan_give_the_same_gradients():
+  cfg = mind_jax.preset("tiny", scan_layers=True)
+  ids = random_ids((2, 12), vocab=cfg.vocab_size)
+
+  def grads(remat):
+    model = mind_jax.Llama(cfg.replace(remat=remat), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+
+    def loss(state):
+      logits = nnx.merge(graphdef, state)(ids)
+      return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    return jax.grad(loss)(state)
+
+  base = jax.tree.leaves(grads("none"))
+  for policy in ("full", "dots"):
+    for a, b in zip(base, jax.tree.leaves(grads(policy))):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_presets_have_published_sizes():
+  # Parameter counts of the published checkpoints (embeddings included).
+  expected = {"llama2-7b": 6.74e9, "llama3.1-8b": 8.03e9, "llama3.1-70b": 70.55e9,
+              "llama3.2-1b": 1.24e9, "llama3.2-3b": 3.21e9}
+  for name, count in expected.items():
+    assert abs(mind_jax.preset(name).num_params() / count - 1) < 0.01, name

@@ -1,0 +1,57 @@
+"""One tokenizer interface over HF tokenizer.json and SentencePiece models."""
+
+import pytest
+import sentencepiece as spm
+
+from mind_jax import MindJaxError, load_tokenizer
+from mind_jax.testing import byte_tokenizer
+
+MATH = ["The derivative of x^2 is 2x.", "Let n be an odd integer; then n^2 is odd.",
+        "A triangle with sides 3, 4 and 5 is right-angled.", "The sum 1 + 2 + ... + n is n(n+1)/2."]
+
+
+def test_byte_tokenizer_round_trips_unicode_and_has_chat_template(tmp_path):
+  tok = byte_tokenizer()
+  text = "∫ x² dx = x³/3 + C"
+  ids = tok.encode(text, add_bos=True)
+  assert ids[0] == tok.bos_id == 256
+  assert ids[1:] == list(text.encode("utf-8"))
+  assert tok.decode(ids) == text
+  chat = tok.apply_chat_template([{"role": "user", "content": "hi"}])
+  assert chat.count(tok.bos_id) == 1
+  assert tok.decode(chat, skip_special_tokens=False).endswith(
+      "<|start_header_id|>assistant<|end_header_id|>\n\n")
+  tok.save(str(tmp_path))
+  again = load_tokenizer(str(tmp_path))
+  assert again.encode(text) == tok.encode(text) and again.has_chat_template
+
+
+@pytest.fixture(scope="module")
+def spm_model(tmp_path_factory):
+  prefix = str(tmp_path_factory.mktemp("spm") / "math")
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(MATH * 20), model_prefix=prefix,
+                                 vocab_size=80, model_type="bpe", bos_id=1, eos_id=2, unk_id=0,
+                                 minloglevel=2)
+  return prefix + ".model"
+
+
+def test_sentencepiece_encode_decode_and_save(spm_model, tmp_path):
+  tok = load_tokenizer(spm_model)
+  ids = tok.encode(MATH[1], add_bos=True)
+  assert ids[0] == tok.bos_id == 1 and tok.eos_ids == (2,)
+  assert tok.decode(ids) == MATH[1]
+  assert not tok.has_chat_template
+  with pytest.raises(MindJaxError, match="no chat template"):
+    tok.apply_chat_template([{"role": "user", "content": "hi"}])
+  tok.save(str(tmp_path))
+  assert load_tokenizer(str(tmp_path)).encode(MATH[0]) == tok.encode(MATH[0])
+
+
+def test_bad_tokenizer_paths(tmp_path):
+  with pytest.raises(MindJaxError, match="does not exist"):
+    load_tokenizer(str(tmp_path / "nope"))
+  with pytest.raises(MindJaxError, match="no tokenizer.json"):
+    load_tokenizer(str(tmp_path))
+  (tmp_path / "junk.model").write_bytes(b"not a model")
+  with pytest.raises(MindJaxError, match="not a SentencePiece model"):
+    load_tokenizer(str(tmp_path / "junk.model"))
