@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 
 from mind_jax import sharding as sharding_lib
 from mind_jax._errors import MindJaxError
-from mind_jax.ckpts._safetensors import SafetensorsReader, parse_size, write_shards
+from mind_jax.ckpts._safetensors import SafetensorsReader, host_empty, parse_size, write_shards
 from mind_jax.nn import Llama, LlamaConfig
 from mind_jax.nn._config import read_hf_config
 from mind_jax._progress import progress_bar
@@ -59,11 +59,9 @@ def load_hf_model(model_dir: str, config: LlamaConfig | None = None, mesh: Mesh 
     loaded = []
     with progress_bar(total, "import", unit="B", enabled=progress) as bar:
       for path, variable in flat:
-        names = hf_names(path, config)
-        array = jax.make_array_from_callback(
-            variable.shape, shardings[path],
-            lambda index, names=names, dtype=variable.dtype, stacked=is_stacked(path, config):
-            _read(reader, names, index, dtype, stacked))
+        read = _slice_reader(reader, hf_names(path, config), variable.dtype,
+                             is_stacked(path, config))
+        array = jax.make_array_from_callback(variable.shape, shardings[path], read)
         loaded.append((path, variable.replace(array)))
         bar.update(variable.size * variable.dtype.itemsize)
   unused = sorted(set(reader.tensors) - {n for p, _ in flat for n in hf_names(p, config)})
@@ -83,11 +81,30 @@ def _check_tensors(reader: SafetensorsReader, flat, config: LlamaConfig) -> None
                            f"expected {list(expected)} from config.json")
 
 
-def _read(reader, names, index, dtype, stacked):
-  if stacked:
-    layers = range(*index[0].indices(len(names)))
-    return np.stack([reader.read(names[i], index[1:]).astype(dtype) for i in layers])
-  return reader.read(names[0], index).astype(dtype)
+def _slice_reader(reader, names, dtype, stacked):
+  """The callback that produces one device's slice; replicas of a slice are read once.
+
+  Each slice lands in fresh host memory that nothing else writes: on CPU, jax
+  may adopt it as the device buffer instead of copying.
+  """
+  done = {}
+
+  def read(index):
+    key = str(index)
+    if key not in done:
+      parts = [reader.read(names[i], index[1:]) for i in range(*index[0].indices(len(names)))] \
+          if stacked else [reader.read(names[0], index)]
+      shape = (len(parts),) + parts[0].shape if stacked else parts[0].shape
+      if stacked or parts[0].dtype != dtype or not parts[0].flags.c_contiguous:
+        out = host_empty(shape, dtype)
+        for i, part in enumerate(parts):
+          out[i if stacked else ...] = part
+      else:
+        out = parts[0]
+      done[key] = out
+    return done[key]
+
+  return read
 
 
 def _to_host(array: jax.Array) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,24 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+
+
+_HUGE_PAGE_MIN = 2 << 20
+
+
+def host_empty(shape, dtype) -> np.ndarray:
+  """An uninitialised host array; large ones are backed by transparent huge pages.
+
+  Filling fresh memory costs one page fault per 4 KiB page, which dominates a
+  checkpoint read from the page cache; 2 MiB pages cut that cost several-fold.
+  """
+  dtype = np.dtype(dtype)
+  nbytes = math.prod(shape) * dtype.itemsize
+  if nbytes < _HUGE_PAGE_MIN or not hasattr(mmap, "MADV_HUGEPAGE"):
+    return np.empty(shape, dtype)
+  region = mmap.mmap(-1, nbytes)
+  region.madvise(mmap.MADV_HUGEPAGE)
+  return np.frombuffer(region, dtype).reshape(shape)
 
 
 class TensorInfo:
@@ -102,7 +121,7 @@ class SafetensorsReader:
     return self.tensors[name]
 
   def read(self, name: str, index: Sequence[slice] | None = None) -> np.ndarray:
-    """Reads `tensor[index]`, touching only the rows of the first dimension it covers."""
+    """Reads `tensor[index]` into fresh memory, touching only the rows it covers."""
     info = self.info(name)
     shape = info.shape
     index = tuple(index or ()) + (slice(None),) * (len(shape) - len(index or ()))
@@ -113,7 +132,7 @@ class SafetensorsReader:
     row_bytes = math.prod(shape[1:]) * info.dtype.itemsize
     if rows.step != 1:
       raise MindJaxError(f"{name}: strided reads are not supported")
-    out = np.empty(len(rows) * row_bytes, np.uint8)
+    out = host_empty((len(rows) * row_bytes,), np.uint8)
     fd = self._fd(info.path)
     got = os.preadv(fd, [memoryview(out)], info.offset + rows.start * row_bytes) if len(out) else 0
     if got != len(out):

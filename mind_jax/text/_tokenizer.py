@@ -61,9 +61,14 @@ class HFTokenizer(Tokenizer):
 
   @classmethod
   def from_dir(cls, path: str) -> HFTokenizer:
-    from transformers import AutoTokenizer
+    # With a tokenizer.json the fast class loads it directly; AutoTokenizer would
+    # first import torch (about a second) to resolve the class.
+    if os.path.exists(os.path.join(path, "tokenizer.json")):
+      from transformers import PreTrainedTokenizerFast as loader
+    else:
+      from transformers import AutoTokenizer as loader
     try:
-      tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+      tok = loader.from_pretrained(path, local_files_only=True)
     except Exception as e:  # transformers raises many types; the message is what matters
       raise MindJaxError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
     return cls(tok, source=path)
