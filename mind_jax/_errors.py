@@ -7,3 +7,14 @@ class MindJaxError(ValueError):
   The message is one line that names the file, key or tensor at fault, so a
   command-line tool can print it without a traceback.
   """
+
+
+def run_cli(job) -> int:
+  """Runs a command-line tool's job; bad input becomes one `error:` line and exit status 2."""
+  import sys
+  try:
+    job()
+  except MindJaxError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0

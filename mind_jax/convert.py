@@ -17,7 +17,7 @@ import sys
 import time
 
 from mind_jax import sharding
-from mind_jax._errors import MindJaxError
+from mind_jax._errors import MindJaxError, run_cli
 from mind_jax._progress import setup_logging
 from mind_jax.ckpts import (is_orbax_dir, load_pretrained, save_orbax_model, save_pretrained,
                              stored_dtype)
@@ -85,14 +85,10 @@ def main(argv=None) -> int:
   parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
   args = parser.parse_args(argv)
   setup_logging(args.verbose)
-  try:
-    convert(args.src, args.dst, to=args.to, dtype=args.dtype, max_shard_size=args.max_shard_size,
-            scan_layers=args.scan_layers, mesh_axes=parse_mesh(args.mesh), rules=args.rules,
-            progress=not args.quiet)
-  except MindJaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return run_cli(lambda: convert(
+      args.src, args.dst, to=args.to, dtype=args.dtype, max_shard_size=args.max_shard_size,
+      scan_layers=args.scan_layers, mesh_axes=parse_mesh(args.mesh), rules=args.rules,
+      progress=not args.quiet))
 
 
 if __name__ == "__main__":

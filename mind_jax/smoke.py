@@ -22,7 +22,7 @@ import numpy as np
 import pydantic
 
 from mind_jax import config as config_lib
-from mind_jax._errors import MindJaxError
+from mind_jax._errors import MindJaxError, run_cli
 from mind_jax._progress import setup_logging
 from mind_jax.ckpts import load_pretrained, save_pretrained
 from mind_jax.nn import preset
@@ -84,12 +84,7 @@ def main(argv=None) -> int:
   parser = config_lib.argument_parser("python -m mind_jax.smoke", __doc__, SmokeConfig)
   args = parser.parse_args(argv)
   setup_logging(args.verbose)
-  try:
-    run(config_lib.load_config(SmokeConfig, args.config, args.overrides))
-  except MindJaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return run_cli(lambda: run(config_lib.load_config(SmokeConfig, args.config, args.overrides)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import math
 import mmap
 import os
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import ml_dtypes
 import numpy as np
