@@ -1,5 +1,9 @@
 """Attention over keys that carry positions and segment ids: the one seam a kernel replaces.
 
+Implementations are registered by name (`register_attention`) and chosen by
+`LlamaConfig.attention`; "xla" (below) is the default and the reference a
+Pallas kernel (TPU ragged/paged attention, GPU decode attention) must match.
+
 Every call mode reduces to the same rule: a query sees a key when both are in
 the same segment and the key's position is not after the query's. Full
 forward, packed sequences and KV-cache decoding differ only in the positions
@@ -29,3 +33,19 @@ def attend(q, k, v, *, q_positions, k_positions, q_segments=None, k_segments=Non
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
   return out.reshape(b, t, h, d)
+
+
+_IMPLEMENTATIONS = {"xla": attend}
+
+
+def register_attention(name: str, fn) -> None:
+  """Makes `fn` (same signature as `attend`) selectable as `LlamaConfig(attention=name)`."""
+  _IMPLEMENTATIONS[name] = fn
+
+
+def get_attention(name: str):
+  if name not in _IMPLEMENTATIONS:
+    from mind_jax._errors import MindJaxError
+    raise MindJaxError(f"unknown attention implementation {name!r}; registered: "
+                       f"{', '.join(_IMPLEMENTATIONS)}")
+  return _IMPLEMENTATIONS[name]

@@ -50,7 +50,8 @@ class LlamaConfig:
 
   `param_dtype` is how weights are stored, `dtype` is what matmuls run in.
   `scan_layers` stacks the layers into one scanned block so a deep model
-  compiles once; `remat` names a rematerialisation policy for training.
+  compiles once; `remat` names a rematerialisation policy for training;
+  `attention` names a registered attention implementation.
   """
 
   vocab_size: int = 32000
@@ -71,6 +72,7 @@ class LlamaConfig:
   dtype: DType = "float32"
   scan_layers: bool = False
   remat: Literal["none", "full", "dots", "dots_no_batch"] = "none"
+  attention: str = "xla"
 
   def __post_init__(self):
     # Models are static jit arguments, so every field must be hashable.

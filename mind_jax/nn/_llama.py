@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mind_jax._errors import MindJaxError
-from mind_jax.nn._attention import attend
+from mind_jax.nn._attention import get_attention
 from mind_jax.nn._cache import KVCache, write_rows
 from mind_jax.nn._config import LlamaConfig
 from mind_jax.nn._layers import Embed, Linear, RMSNorm, apply_rope, rope_tables
@@ -28,6 +28,7 @@ class LlamaAttention(nnx.Module):
     self.num_heads = config.num_attention_heads
     self.num_kv_heads = config.num_key_value_heads
     self.head_dim = hd
+    self.attention = config.attention
     kw = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
     self.q_proj = Linear(d, self.num_heads * hd, ("q_heads", "embed"), **kw)
     self.k_proj = Linear(d, self.num_kv_heads * hd, ("kv_heads", "embed"), **kw)
@@ -40,6 +41,7 @@ class LlamaAttention(nnx.Module):
     q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
     k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
     v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    attend = get_attention(self.attention)
     if kv is None:
       out = attend(q, k, v, q_positions=positions, k_positions=positions,
                    q_segments=segment_ids, k_segments=segment_ids)

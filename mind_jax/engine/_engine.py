@@ -1,0 +1,399 @@
+"""The decode engine: fixed slots, prefill + insert, multi-step generate, host scheduling.
+
+Design (after JetStream's prefill / insert / generate split):
+- a request is prefilled alone, its prompt padded to a length bucket so the
+  number of compiled programs stays small; its first token is sampled there;
+- the prefilled KV cache is inserted into a free decode slot in the same
+  compiled call;
+- one generate call advances every live slot by `steps_per_call` tokens
+  inside a `lax.scan`, and returns one packed `[steps, slots]` array of the
+  new tokens (-1 where a slot was idle), so the host syncs once per call;
+- the host scheduler reads that array, finishes requests (stop id,
+  max_new_tokens, context limit) and refills their slots from the queue.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from mind_jax import sharding as sharding_lib
+from mind_jax._errors import MindJaxError
+from mind_jax.engine._sampling import SamplingParams, request_key, sample, token_keys
+from mind_jax.nn import KVCache, Llama
+from mind_jax.nn._cache import CACHE_AXES
+
+log = logging.getLogger(__name__)
+
+MAX_STOP_IDS = 16  # stop ids per request (model EOS ids included), padded with -1
+
+
+@dataclasses.dataclass
+class Request:
+  """Token ids to continue, how to sample them, and an id to find the result by."""
+
+  id: int | str
+  prompt_ids: Sequence[int]
+  sampling: SamplingParams = SamplingParams()
+
+
+@dataclasses.dataclass
+class Result:
+  """A finished request. `finish_reason` is one of: eos, stop, length (max_new_tokens),
+  context_limit, error (then `error` says why and no tokens were generated)."""
+
+  id: int | str
+  prompt_ids: list[int]
+  token_ids: list[int]
+  finish_reason: str
+  text: str | None = None
+  error: str | None = None
+
+  @property
+  def prompt_tokens(self) -> int:
+    return len(self.prompt_ids)
+
+  @property
+  def output_tokens(self) -> int:
+    return len(self.token_ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+  """Shape of the decode state.
+
+  slots: sequences decoded together (continuous batching).
+  max_len: context limit per sequence, prompt + output (the KV cache length).
+  steps_per_call: tokens each slot advances per generate call.
+  prefill_buckets: prompt lengths compiled for; prompts pad up to the next one.
+  seed: global seed; each request's key derives from it and the request id.
+  cache_dtype: KV cache dtype (default: the model's compute dtype).
+  """
+
+  slots: int = 8
+  max_len: int = 4096
+  steps_per_call: int = 8
+  prefill_buckets: tuple[int, ...] | None = None
+  seed: int = 0
+  cache_dtype: str | None = None
+
+  def buckets(self) -> tuple[int, ...]:
+    if self.prefill_buckets:
+      return tuple(sorted(b for b in self.prefill_buckets if b <= self.max_len)) or (self.max_len,)
+    out, size = [], 32
+    while size < self.max_len:
+      out.append(size)
+      size *= 2
+    return tuple(out) + (self.max_len,)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeState:
+  """Everything a generate call needs, one row per slot, kept on the devices."""
+
+  cache: KVCache
+  tokens: jax.Array       # [S] int32: the token each slot feeds next
+  positions: jax.Array    # [S] int32: that token's position
+  keys: jax.Array         # [S, 2] uint32: the request's raw key
+  generated: jax.Array    # [S] int32: tokens generated so far (the next token's key index)
+  budget: jax.Array       # [S] int32: tokens the request may generate in all
+  active: jax.Array       # [S] bool
+  temperature: jax.Array  # [S] float32
+  top_k: jax.Array        # [S] int32
+  top_p: jax.Array        # [S] float32
+  stop_ids: jax.Array     # [S, MAX_STOP_IDS] int32, -1 padded
+
+
+class Engine:
+  """Continuous-batching decoder over a (possibly sharded) Llama.
+
+      engine = Engine(model, tokenizer, EngineConfig(slots=16, max_len=4096))
+      for result in engine.generate(requests):   # as they finish
+        ...
+  """
+
+  def __init__(self, model: Llama, tokenizer=None, config: EngineConfig = EngineConfig(),
+               mesh: Mesh | None = None):
+    self.model = model
+    self.tokenizer = tokenizer
+    self.config = config
+    self.model_config = model.config
+    if config.max_len > model.config.max_position_embeddings:
+      log.warning("max_len %d exceeds the model's max_position_embeddings %d", config.max_len,
+                  model.config.max_position_embeddings)
+    self.mesh = mesh or sharding_lib.make_mesh({"data": 1}, jax.devices()[:1])
+    data = self.mesh.shape.get("data", 1)
+    if config.slots % data:
+      raise MindJaxError(f"engine slots={config.slots} must be a multiple of the mesh's data "
+                         f"axis ({data})")
+    self.eos_ids = tuple(model.config.eos_token_ids)
+    self._graphdef, self._params = nnx.split(model)
+    self._check_memory()
+    self.state = self._init_state()
+    self._buckets = config.buckets()
+    self.stats = collections.Counter()
+
+  # --- memory ------------------------------------------------------------------------------
+
+  def cache_bytes(self) -> tuple[int, int]:
+    """(bytes per slot, bytes in all) of the KV cache, keys and values."""
+    total = KVCache.nbytes_for(self.model_config, self.config.slots, self.config.max_len,
+                               self._cache_dtype)
+    return total // self.config.slots, total
+
+  @property
+  def _cache_dtype(self):
+    return jnp.dtype(self.config.cache_dtype or self.model_config.dtype)
+
+  def _check_memory(self):
+    per_slot, total = self.cache_bytes()
+    spec = self._cache_sharding().spec
+    ways = 1
+    for entry in spec:
+      for axis in (entry,) if isinstance(entry, str) else (entry or ()):
+        ways *= self.mesh.shape[axis]
+    per_device = total // ways
+    free = _free_device_bytes(self.mesh.devices.flat[0])
+    log.info("KV cache: %.1f MiB per slot, %.2f GiB in all (%d slots x %d tokens, %s), "
+             "%.2f GiB per device", per_slot / 2**20, total / 2**30, self.config.slots,
+             self.config.max_len, self._cache_dtype.name, per_device / 2**30)
+    if free is not None and per_device > 0.9 * free:
+      fit = max(0, int(0.9 * free * ways // per_slot))
+      raise MindJaxError(
+          f"the KV cache needs {per_device / 2**30:.2f} GiB per device but only "
+          f"{free / 2**30:.2f} GiB is free: use fewer slots (about {fit} fit at "
+          f"max_len={self.config.max_len}) or a shorter max_len")
+
+  def _cache_sharding(self) -> NamedSharding:
+    return sharding_lib.data_sharding(self.mesh, "generate", CACHE_AXES)
+
+  def _row_sharding(self, extra_dims=0) -> NamedSharding:
+    spec = sharding_lib.logical_to_spec(("cache_batch",) + (None,) * extra_dims,
+                                        sharding_lib.GENERATE_RULES, self.mesh)
+    return NamedSharding(self.mesh, spec)
+
+  def _state_shardings(self) -> DecodeState:
+    row, row2 = self._row_sharding(), self._row_sharding(1)
+    cache = self._cache_sharding()
+    return DecodeState(cache=KVCache(cache, cache), tokens=row, positions=row, keys=row2,
+                       generated=row, budget=row, active=row, temperature=row, top_k=row,
+                       top_p=row, stop_ids=row2)
+
+  def _init_state(self) -> DecodeState:
+    s, cfg = self.config.slots, self.config
+    shape = KVCache.shape(self.model_config, s, cfg.max_len)
+    dtype = self._cache_dtype
+
+    def zeros():
+      z = lambda shape, dt: jnp.zeros(shape, dt)  # noqa: E731
+      return DecodeState(
+          cache=KVCache(z(shape, dtype), z(shape, dtype)), tokens=z(s, jnp.int32),
+          positions=z(s, jnp.int32), keys=z((s, 2), jnp.uint32), generated=z(s, jnp.int32),
+          budget=z(s, jnp.int32), active=z(s, bool), temperature=z(s, jnp.float32),
+          top_k=z(s, jnp.int32), top_p=jnp.ones(s, jnp.float32),
+          stop_ids=jnp.full((s, MAX_STOP_IDS), -1, jnp.int32))
+
+    return jax.jit(zeros, out_shardings=self._state_shardings())()
+
+  # --- compiled steps ------------------------------------------------------------------------
+
+  @functools.cached_property
+  def _prefill_insert(self):
+    graphdef, state_shardings = self._graphdef, self._state_shardings()
+
+    def run(params, state: DecodeState, tokens, length, slot, key, budget, temperature, top_k,
+            top_p, stop_ids):
+      model = nnx.merge(graphdef, params)
+      bucket = tokens.shape[1]
+      positions = jnp.arange(bucket, dtype=jnp.int32)[None]
+      cache = KVCache(*(jnp.zeros((self.model_config.num_hidden_layers, 1, bucket,
+                                   self.model_config.num_key_value_heads,
+                                   self.model_config.resolved_head_dim), state.cache.k.dtype)
+                        for _ in range(2)))
+      logits, cache = model(tokens, positions, cache=cache)
+      last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, keepdims=False)[None]
+      first = sample(last, token_keys(key[None], jnp.zeros(1, jnp.int32)), temperature[None],
+                     top_k[None], top_p[None])[0]
+      done = jnp.any(stop_ids == first) | (budget <= 1)
+      put = lambda arr, value: arr.at[slot].set(value)  # noqa: E731
+      state = DecodeState(
+          cache=state.cache.insert(cache, slot), tokens=put(state.tokens, first),
+          positions=put(state.positions, length), keys=put(state.keys, key),
+          generated=put(state.generated, 1), budget=put(state.budget, budget),
+          active=put(state.active, ~done), temperature=put(state.temperature, temperature),
+          top_k=put(state.top_k, top_k), top_p=put(state.top_p, top_p),
+          stop_ids=put(state.stop_ids, stop_ids))
+      return state, first
+
+    return jax.jit(run, donate_argnums=1, out_shardings=(state_shardings, None))
+
+  @functools.cached_property
+  def _generate(self):
+    graphdef, steps = self._graphdef, self.config.steps_per_call
+
+    def one_step(model, state: DecodeState, _):
+      logits, cache = model(state.tokens[:, None], state.positions[:, None], cache=state.cache)
+      keys = token_keys(state.keys, state.generated)
+      nxt = sample(logits[:, 0], keys, state.temperature, state.top_k, state.top_p)
+      active = state.active
+      emitted = jnp.where(active, nxt, -1)
+      generated = state.generated + active
+      stopped = jnp.any(state.stop_ids == nxt[:, None], axis=-1) | (generated >= state.budget)
+      state = dataclasses.replace(
+          state, cache=cache, tokens=jnp.where(active, nxt, state.tokens),
+          positions=state.positions + active, generated=generated, active=active & ~stopped)
+      return state, emitted
+
+    def run(params, state):
+      model = nnx.merge(graphdef, params)
+      state, emitted = jax.lax.scan(functools.partial(one_step, model), state, length=steps)
+      return state, emitted
+
+    return jax.jit(run, donate_argnums=1, out_shardings=(self._state_shardings(), None))
+
+  # --- host side -----------------------------------------------------------------------------
+
+  def _validate(self, request: Request) -> str | None:
+    ids = list(request.prompt_ids)
+    if not ids:
+      return "empty prompt"
+    vocab = self.model_config.vocab_size
+    bad = [i for i in ids if not 0 <= int(i) < vocab]
+    if bad:
+      return f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})"
+    if len(ids) >= self.config.max_len:
+      return (f"prompt has {len(ids)} tokens; the context limit is {self.config.max_len} "
+              "(prompt + output), leaving no room to generate")
+    stops = self._stop_ids(request.sampling)
+    if len(stops) > MAX_STOP_IDS:
+      return f"{len(stops)} stop ids; at most {MAX_STOP_IDS} are supported"
+    return None
+
+  def _stop_ids(self, sampling: SamplingParams) -> tuple[int, ...]:
+    eos = () if sampling.ignore_eos else self.eos_ids
+    return tuple(dict.fromkeys(eos + sampling.stop_token_ids))
+
+  def _bucket(self, length: int) -> int:
+    for bucket in self._buckets:
+      if bucket >= length:
+        return bucket
+    return self.config.max_len
+
+  def _insert(self, request: Request, slot: int) -> int:
+    sp = request.sampling
+    ids = np.asarray(request.prompt_ids, np.int32)
+    bucket = self._bucket(len(ids))
+    tokens = np.zeros((1, bucket), np.int32)
+    tokens[0, : len(ids)] = ids
+    stops = np.full(MAX_STOP_IDS, -1, np.int32)
+    stop_ids = self._stop_ids(sp)
+    stops[: len(stop_ids)] = stop_ids
+    budget = min(sp.max_new_tokens, self.config.max_len - len(ids))
+    self.state, first = self._prefill_insert(
+        self._params, self.state, tokens, np.int32(len(ids)), np.int32(slot),
+        request_key(self.config.seed, request.id), np.int32(budget),
+        np.float32(sp.temperature), np.int32(sp.top_k), np.float32(sp.top_p), stops)
+    self.stats["prefill_tokens"] += len(ids)
+    self.stats["prefill_padded_tokens"] += bucket
+    return int(first)
+
+  def _finish_reason(self, request: Request, tokens: list[int]) -> str | None:
+    last = tokens[-1]
+    if last in self._stop_ids(request.sampling):
+      return "eos" if last in self.eos_ids and not request.sampling.ignore_eos else "stop"
+    if len(tokens) >= request.sampling.max_new_tokens:
+      return "length"
+    if len(request.prompt_ids) + len(tokens) >= self.config.max_len:
+      return "context_limit"
+    return None
+
+  def _result(self, request: Request, tokens: list[int], reason: str, error=None) -> Result:
+    text = self.tokenizer.decode(tokens) if self.tokenizer is not None and tokens else (
+        "" if self.tokenizer is not None else None)
+    return Result(id=request.id, prompt_ids=[int(i) for i in request.prompt_ids],
+                  token_ids=tokens, finish_reason=reason, text=text, error=error)
+
+  def generate(self, requests: Iterable[Request]) -> Iterator[Result]:
+    """Yields each request's result as soon as it finishes (not in input order).
+
+    Invalid requests (empty prompt, ids outside the vocabulary, a prompt that
+    leaves no room under the context limit) yield an `error` result at once;
+    the others run normally.
+    """
+    queue = collections.deque()
+    for request in requests:
+      problem = self._validate(request)
+      if problem:
+        log.warning("request %s: %s", request.id, problem)
+        yield self._result(request, [], "error", error=problem)
+      else:
+        queue.append(request)
+    slots: list[tuple[Request, list[int]] | None] = [None] * self.config.slots
+    start = time.perf_counter()
+    while queue or any(slots):
+      for slot in range(self.config.slots):
+        while slots[slot] is None and queue:
+          request = queue.popleft()
+          first = self._insert(request, slot)
+          tokens = [first]
+          reason = self._finish_reason(request, tokens)
+          if reason:
+            yield self._result(request, tokens, reason)
+          else:
+            slots[slot] = (request, tokens)
+      if not any(slots):
+        continue
+      self.state, emitted = self._generate(self._params, self.state)
+      emitted = np.asarray(emitted)  # the one host transfer per call: [steps, slots]
+      self.stats["generate_calls"] += 1
+      for slot, entry in enumerate(slots):
+        if entry is None:
+          continue
+        request, tokens = entry
+        for token in emitted[:, slot]:
+          if token < 0:
+            break
+          tokens.append(int(token))
+          reason = self._finish_reason(request, tokens)
+          if reason:
+            slots[slot] = None
+            yield self._result(request, tokens, reason)
+            break
+    self.stats["seconds"] += time.perf_counter() - start
+
+  def generate_all(self, requests: Iterable[Request]) -> list[Result]:
+    """All results, in the order of `requests`."""
+    requests = list(requests)
+    if len({r.id for r in requests}) != len(requests):
+      raise MindJaxError("request ids must be unique")
+    by_id = {r.id: r for r in self.generate(requests)}
+    return [by_id[r.id] for r in requests]
+
+
+def _free_device_bytes(device) -> int | None:
+  """Free memory on `device` (host RAM for CPU devices), or None if unknown."""
+  try:
+    stats = device.memory_stats()
+  except Exception:  # noqa: BLE001  backends differ in what they support
+    stats = None
+  if stats and "bytes_limit" in stats:
+    return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+  if device.platform == "cpu":
+    try:
+      with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+      return int(info["MemAvailable"].split()[0]) * 1024 // max(1, len(jax.devices()))
+    except (OSError, KeyError, ValueError):
+      return None
+  return None
