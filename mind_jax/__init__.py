@@ -3,7 +3,8 @@
 Public surface:
   models       Llama, LlamaConfig, RopeConfig, preset, PRESETS, KVCache
   checkpoints  load_pretrained, save_pretrained, save_orbax_model
-  text         Tokenizer, load_tokenizer, greedy_generate
+  text         Tokenizer, load_tokenizer
+  generation   Engine, EngineConfig, Request, Result, SamplingParams
   sharding     make_mesh, shard_model, TRAIN_RULES, GENERATE_RULES
   errors       MindJaxError
 """
@@ -12,12 +13,14 @@ from mind_jax._errors import MindJaxError
 from mind_jax.ckpts import load_pretrained, save_orbax_model, save_pretrained
 from mind_jax.nn import PRESETS, KVCache, Llama, LlamaConfig, RopeConfig, preset
 from mind_jax.sharding import GENERATE_RULES, TRAIN_RULES, make_mesh, shard_model
-from mind_jax.text import Tokenizer, greedy_generate, load_tokenizer
+from mind_jax.engine import Engine, EngineConfig, Request, Result, SamplingParams
+from mind_jax.text import Tokenizer, load_tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "GENERATE_RULES", "KVCache", "Llama", "LlamaConfig", "MindJaxError", "PRESETS", "RopeConfig",
-    "TRAIN_RULES", "Tokenizer", "greedy_generate", "load_pretrained", "load_tokenizer",
-    "make_mesh", "preset", "save_orbax_model", "save_pretrained", "shard_model",
+    "Engine", "EngineConfig", "GENERATE_RULES", "KVCache", "Llama", "LlamaConfig", "MindJaxError",
+    "PRESETS", "Request", "Result", "RopeConfig", "SamplingParams", "TRAIN_RULES", "Tokenizer",
+    "load_pretrained", "load_tokenizer", "make_mesh", "preset", "save_orbax_model",
+    "save_pretrained", "shard_model",
 ]

@@ -25,22 +25,6 @@ from mind_jax.ckpts import (is_orbax_dir, load_pretrained, save_orbax_model, sav
 log = logging.getLogger("mind_jax.convert")
 
 
-def parse_mesh(text: str | None) -> dict[str, int] | None:
-  """'data=1,fsdp=-1,tensor=4' -> {'data': 1, 'fsdp': -1, 'tensor': 4}."""
-  if not text:
-    return None
-  axes = {}
-  for part in text.split(","):
-    name, sep, size = part.partition("=")
-    try:
-      axes[name.strip()] = int(size)
-    except ValueError:
-      raise MindJaxError(f"--mesh: {part!r} is not axis=size") from None
-    if not sep:
-      raise MindJaxError(f"--mesh: {part!r} is not axis=size")
-  return axes
-
-
 def convert(src: str, dst: str, *, to: str | None = None, dtype: str | None = None,
             max_shard_size: str = "5GB", scan_layers: bool | None = None,
             mesh_axes: dict[str, int] | None = None, rules: str = "train",
@@ -87,7 +71,7 @@ def main(argv=None) -> int:
   setup_logging(args.verbose)
   return run_cli(lambda: convert(
       args.src, args.dst, to=args.to, dtype=args.dtype, max_shard_size=args.max_shard_size,
-      scan_layers=args.scan_layers, mesh_axes=parse_mesh(args.mesh), rules=args.rules,
+      scan_layers=args.scan_layers, mesh_axes=sharding.parse_axes(args.mesh), rules=args.rules,
       progress=not args.quiet))
 
 

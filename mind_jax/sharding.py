@@ -96,6 +96,22 @@ def make_mesh(axes: MeshAxes | None = None, devices: Sequence[jax.Device] | None
   return Mesh(grid, tuple(axes))
 
 
+def parse_axes(text: str | None) -> dict[str, int] | None:
+  """'data=1,fsdp=-1,tensor=4' (a command-line mesh) -> {'data': 1, 'fsdp': -1, 'tensor': 4}."""
+  if not text:
+    return None
+  axes = {}
+  for part in text.split(","):
+    name, sep, size = part.partition("=")
+    try:
+      axes[name.strip()] = int(size)
+    except ValueError:
+      sep = ""
+    if not sep or not name.strip():
+      raise MindJaxError(f"--mesh: {part!r} is not axis=size")
+  return axes
+
+
 def logical_to_spec(names: Sequence[str | None], rules: Rules, mesh: Mesh) -> PartitionSpec:
   """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once."""
   used: set[str] = set()

@@ -10,8 +10,7 @@ from mind_jax import smoke
 
 def test_smoke_run_generates_and_checks_cached_decoding(tmp_path, capsys):
   result = smoke.run(smoke.SmokeConfig(workdir=str(tmp_path), max_new_tokens=6))
-  assert len(result["token_ids"]) == 6
-  assert result["cached_vs_full_max_abs_diff"] <= 1e-4
+  assert len(result["token_ids"]) == 6 and result["finish_reason"] == "length"
   assert (tmp_path / "model.safetensors").exists() and (tmp_path / "tokenizer.json").exists()
   assert "random smoke-test weights" in capsys.readouterr().out
 
@@ -27,7 +26,7 @@ def test_smoke_cli_on_a_sharded_mesh_and_help():
   out = subprocess.run([sys.executable, "-m", "mind_jax.smoke", "mesh.axes.tensor=2",
                         "model.scan_layers=true", "max_new_tokens=4"],
                        capture_output=True, text=True, check=True)
-  assert "cached decode vs full forward" in out.stdout
+  assert "KV-cache decoding checks out" in out.stdout
   assert "mesh {'data': 4, 'fsdp': 1, 'tensor': 2}" in out.stderr
   help_text = subprocess.run([sys.executable, "-m", "mind_jax.smoke", "--help"],
                              capture_output=True, text=True, check=True).stdout

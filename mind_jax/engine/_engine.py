@@ -165,15 +165,15 @@ class Engine:
         ways *= self.mesh.shape[axis]
     per_device = total // ways
     free = _free_device_bytes(self.mesh.devices.flat[0])
-    log.info("KV cache: %.1f MiB per slot, %.2f GiB in all (%d slots x %d tokens, %s), "
-             "%.2f GiB per device", per_slot / 2**20, total / 2**30, self.config.slots,
-             self.config.max_len, self._cache_dtype.name, per_device / 2**30)
+    log.info("KV cache: %s per slot, %s in all (%d slots x %d tokens, %s), %s per device",
+             _human(per_slot), _human(total), self.config.slots, self.config.max_len,
+             self._cache_dtype.name, _human(per_device))
     if free is not None and per_device > 0.9 * free:
       fit = max(0, int(0.9 * free * ways // per_slot))
       raise MindJaxError(
-          f"the KV cache needs {per_device / 2**30:.2f} GiB per device but only "
-          f"{free / 2**30:.2f} GiB is free: use fewer slots (about {fit} fit at "
-          f"max_len={self.config.max_len}) or a shorter max_len")
+          f"the KV cache needs {_human(per_device)} per device but only {_human(free)} is free: "
+          f"use fewer slots (about {fit} fit at max_len={self.config.max_len}) or a shorter "
+          "max_len")
 
   def _cache_sharding(self) -> NamedSharding:
     return sharding_lib.data_sharding(self.mesh, "generate", CACHE_AXES)
@@ -186,19 +186,21 @@ class Engine:
   def _state_shardings(self) -> DecodeState:
     row, row2 = self._row_sharding(), self._row_sharding(1)
     cache = self._cache_sharding()
-    return DecodeState(cache=KVCache(cache, cache), tokens=row, positions=row, keys=row2,
+    layers = (cache,) * self.model_config.num_hidden_layers
+    return DecodeState(cache=KVCache(layers, layers), tokens=row, positions=row, keys=row2,
                        generated=row, budget=row, active=row, temperature=row, top_k=row,
                        top_p=row, stop_ids=row2)
 
   def _init_state(self) -> DecodeState:
     s, cfg = self.config.slots, self.config
-    shape = KVCache.shape(self.model_config, s, cfg.max_len)
-    dtype = self._cache_dtype
+    shape = KVCache.layer_shape(self.model_config, s, cfg.max_len)
+    dtype, layers = self._cache_dtype, self.model_config.num_hidden_layers
 
     def zeros():
       z = lambda shape, dt: jnp.zeros(shape, dt)  # noqa: E731
+      per_layer = lambda: tuple(z(shape, dtype) for _ in range(layers))  # noqa: E731
       return DecodeState(
-          cache=KVCache(z(shape, dtype), z(shape, dtype)), tokens=z(s, jnp.int32),
+          cache=KVCache(per_layer(), per_layer()), tokens=z(s, jnp.int32),
           positions=z(s, jnp.int32), keys=z((s, 2), jnp.uint32), generated=z(s, jnp.int32),
           budget=z(s, jnp.int32), active=z(s, bool), temperature=z(s, jnp.float32),
           top_k=z(s, jnp.int32), top_p=jnp.ones(s, jnp.float32),
@@ -217,12 +219,13 @@ class Engine:
       model = nnx.merge(graphdef, params)
       bucket = tokens.shape[1]
       positions = jnp.arange(bucket, dtype=jnp.int32)[None]
-      cache = KVCache(*(jnp.zeros((self.model_config.num_hidden_layers, 1, bucket,
-                                   self.model_config.num_key_value_heads,
-                                   self.model_config.resolved_head_dim), state.cache.k.dtype)
-                        for _ in range(2)))
-      logits, cache = model(tokens, positions, cache=cache)
-      last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, keepdims=False)[None]
+      shape = KVCache.layer_shape(self.model_config, 1, bucket)
+      dtype, layers = state.cache.k[0].dtype, self.model_config.num_hidden_layers
+      cache = KVCache(*(tuple(jnp.zeros(shape, dtype) for _ in range(layers)) for _ in range(2)))
+      hidden, cache = model.model(tokens, positions, None, cache)
+      # Only the last prompt position's logits are needed: the head is a large share of the
+      # prefill FLOPs for small models.
+      last = model.logits(jax.lax.dynamic_index_in_dim(hidden[0], length - 1, keepdims=False))[None]
       first = sample(last, token_keys(key[None], jnp.zeros(1, jnp.int32)), temperature[None],
                      top_k[None], top_p[None])[0]
       done = jnp.any(stop_ids == first) | (budget <= 1)
@@ -335,7 +338,7 @@ class Engine:
     for request in requests:
       problem = self._validate(request)
       if problem:
-        log.warning("request %s: %s", request.id, problem)
+        log.debug("request %s rejected: %s", request.id, problem)
         yield self._result(request, [], "error", error=problem)
       else:
         queue.append(request)
@@ -397,3 +400,11 @@ def _free_device_bytes(device) -> int | None:
     except (OSError, KeyError, ValueError):
       return None
   return None
+
+
+def _human(nbytes: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if abs(nbytes) < 1024 or unit == "GiB":
+      return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+    nbytes /= 1024
+  return f"{nbytes:.1f} GiB"

@@ -20,18 +20,21 @@ import jax.numpy as jnp
 
 
 def attend(q, k, v, *, q_positions, k_positions, q_segments=None, k_segments=None):
-  """q `[B, T, H, D]`, k/v `[B, S, K, D]` -> `[B, T, H, D]`; softmax in float32."""
+  """q `[B, T, H, D]`, k/v `[B, K, S, D]` (the cache layout) -> `[B, T, H, D]`.
+
+  Scores and softmax are in float32.
+  """
   b, t, h, d = q.shape
-  kv_heads = k.shape[2]
+  kv_heads = k.shape[1]
   q = q.reshape(b, t, kv_heads, h // kv_heads, d)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
   scores = scores * (d ** -0.5)
   visible = k_positions[:, None, :] <= q_positions[:, :, None]
   if q_segments is not None:
     visible &= q_segments[:, :, None] == k_segments[:, None, :]
   scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
   return out.reshape(b, t, h, d)
 
 

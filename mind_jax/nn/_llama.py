@@ -43,13 +43,14 @@ class LlamaAttention(nnx.Module):
     v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
     attend = get_attention(self.attention)
     if kv is None:
-      out = attend(q, k, v, q_positions=positions, k_positions=positions,
-                   q_segments=segment_ids, k_segments=segment_ids)
+      out = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), q_positions=positions,
+                   k_positions=positions, q_segments=segment_ids, k_segments=segment_ids)
     else:
       cache_k, cache_v = write_rows(kv[0], k, positions), write_rows(kv[1], v, positions)
-      slot_positions = jnp.broadcast_to(jnp.arange(cache_k.shape[1]), (b, cache_k.shape[1]))
-      out = attend(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
-                   q_positions=positions, k_positions=slot_positions)
+      length = cache_k.shape[2]
+      slot_positions = jnp.broadcast_to(jnp.arange(length), (b, length))
+      out = attend(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), q_positions=positions,
+                   k_positions=slot_positions)
       kv = (cache_k, cache_v)
     return self.o_proj(out.reshape(b, t, -1)), kv
 
@@ -108,24 +109,35 @@ class LlamaModel(nnx.Module):
     inv_freq = self.config.rope.inv_freq(self.config.resolved_head_dim)
     rope = rope_tables(jnp.asarray(inv_freq), positions)
     layer_fn = _layer_fn(self.config.remat)
-    if self.config.scan_layers:
+    if self.config.scan_layers and cache is None:
       graphdef, state = nnx.split(self.layers)
 
-      def body(x, layer):
-        state, kv = layer
-        x, kv = layer_fn(graphdef, state, x, rope, positions, segment_ids, kv)
-        return x, kv
+      def body(x, state):
+        return layer_fn(graphdef, state, x, rope, positions, segment_ids, None)[0], None
 
-      kvs = None if cache is None else (cache.k, cache.v)
-      x, kvs = jax.lax.scan(body, x, (state, kvs))
-      cache = None if cache is None else KVCache(*kvs)
+      x, _ = jax.lax.scan(body, x, state)
+    elif self.config.scan_layers:
+      # Decoding unrolls the stacked layers: each layer's cache is its own array, updated in
+      # place, which a scan over layers could only do by copying slices of a stacked cache.
+      graphdef, state = nnx.split(self.layers)
+      new_k, new_v = [], []
+      for i in range(self.config.num_hidden_layers):
+        layer_state = jax.tree.map(lambda p, i=i: p[i], state)
+        x, (k, v) = layer_fn(graphdef, layer_state, x, rope, positions, segment_ids,
+                             (cache.k[i], cache.v[i]))
+        new_k.append(k)
+        new_v.append(v)
+      cache = KVCache(tuple(new_k), tuple(new_v))
     else:
+      new_k, new_v = [], []
       for i, layer in enumerate(self.layers):
         graphdef, state = nnx.split(layer)
         kv = None if cache is None else (cache.k[i], cache.v[i])
         x, kv = layer_fn(graphdef, state, x, rope, positions, segment_ids, kv)
         if cache is not None:
-          cache = KVCache(cache.k.at[i].set(kv[0]), cache.v.at[i].set(kv[1]))
+          new_k.append(kv[0])
+          new_v.append(kv[1])
+      cache = None if cache is None else KVCache(tuple(new_k), tuple(new_v))
     return self.norm(x), cache
 
 
