@@ -303,13 +303,16 @@ class Engine:
     stop_ids = self._stop_ids(sp)
     stops[: len(stop_ids)] = stop_ids
     budget = min(sp.max_new_tokens, self.config.max_len - len(ids))
+    start = time.perf_counter()
     self.state, first = self._prefill_insert(
         self._params, self.state, tokens, np.int32(len(ids)), np.int32(slot),
         request_key(self.config.seed, request.id), np.int32(budget),
         np.float32(sp.temperature), np.int32(sp.top_k), np.float32(sp.top_p), stops)
+    first = int(first)
+    self.stats["prefill_seconds"] += time.perf_counter() - start
     self.stats["prefill_tokens"] += len(ids)
     self.stats["prefill_padded_tokens"] += bucket
-    return int(first)
+    return first
 
   def _finish_reason(self, request: Request, tokens: list[int]) -> str | None:
     last = tokens[-1]
@@ -357,8 +360,10 @@ class Engine:
             slots[slot] = (request, tokens)
       if not any(slots):
         continue
+      call_start = time.perf_counter()
       self.state, emitted = self._generate(self._params, self.state)
       emitted = np.asarray(emitted)  # the one host transfer per call: [steps, slots]
+      self.stats["generate_seconds"] += time.perf_counter() - call_start
       self.stats["generate_calls"] += 1
       for slot, entry in enumerate(slots):
         if entry is None:
