@@ -98,6 +98,19 @@ def test_same_seed_same_tokens_whatever_the_slots(loaded):
   assert changed != runs[0]
 
 
+def test_warmup_compiles_without_changing_results(loaded):
+  model, tokenizer = loaded["llama3.1-gqa"]
+  prompts = random_prompts([5, 9], seed=5)
+  params = SamplingParams(max_new_tokens=6, temperature=0.7, ignore_eos=True)
+  cold = Engine(model, tokenizer, EngineConfig(slots=2, max_len=160, steps_per_call=4))
+  warm = Engine(model, tokenizer, EngineConfig(slots=2, max_len=160, steps_per_call=4))
+  warm.warmup()
+  assert warm._generate._cache_size() == 2  # windows 128 and 160
+  run = lambda e: [r.token_ids for r in e.generate_all(Request(i, p, params)  # noqa: E731
+                                                       for i, p in enumerate(prompts))]
+  assert run(cold) == run(warm)
+
+
 def test_bad_requests_get_one_line_errors_and_others_finish(loaded):
   model, tokenizer = loaded["llama3.1-gqa"]
   engine = Engine(model, tokenizer, EngineConfig(slots=2, max_len=32))

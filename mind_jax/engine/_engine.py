@@ -183,6 +183,9 @@ class Engine:
                                         sharding_lib.GENERATE_RULES, self.mesh)
     return NamedSharding(self.mesh, spec)
 
+  def _replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
   def _state_shardings(self) -> DecodeState:
     row, row2 = self._row_sharding(), self._row_sharding(1)
     cache = self._cache_sharding()
@@ -239,7 +242,7 @@ class Engine:
           stop_ids=put(state.stop_ids, stop_ids))
       return state, first
 
-    return jax.jit(run, donate_argnums=1, out_shardings=(state_shardings, None))
+    return jax.jit(run, donate_argnums=1, out_shardings=(state_shardings, self._replicated()))
 
   @functools.cached_property
   def _generate(self):
@@ -258,12 +261,50 @@ class Engine:
           positions=state.positions + active, generated=generated, active=active & ~stopped)
       return state, emitted
 
-    def run(params, state):
+    def run(params, state, window):
+      # Attention reads only the first `window` cache positions, which covers every live
+      # slot for this call: a cache sized for the longest possible sequence then costs
+      # decode bandwidth only for the positions actually in use. The window is copied out
+      # once and back once per call, not per step.
       model = nnx.merge(graphdef, params)
+      full = state.cache
+      cut = lambda layers: tuple(a[:, :, :window] for a in layers)  # noqa: E731
+      state = dataclasses.replace(state, cache=KVCache(cut(full.k), cut(full.v)))
       state, emitted = jax.lax.scan(functools.partial(one_step, model), state, length=steps)
-      return state, emitted
+      back = lambda dst, src: tuple(  # noqa: E731
+          jax.lax.dynamic_update_slice(d, w, (0, 0, 0, 0)) for d, w in zip(dst, src))
+      cache = KVCache(back(full.k, state.cache.k), back(full.v, state.cache.v))
+      return dataclasses.replace(state, cache=cache), emitted
 
-    return jax.jit(run, donate_argnums=1, out_shardings=(self._state_shardings(), None))
+    # The emitted tokens come back replicated: on a multi-host slice every host's scheduler
+    # sees every slot (each host holds only its own slots' rows of the state).
+    return jax.jit(run, donate_argnums=1, static_argnums=2,
+                   out_shardings=(self._state_shardings(), self._replicated()))
+
+  def _window(self, slots) -> int:
+    """The attention window for the next generate call: a power of two (at least 128) or
+    max_len, past the furthest position any live slot can reach during the call."""
+    live = [len(request.prompt_ids) + len(tokens) - 1 for request, tokens in filter(None, slots)]
+    return self._window_for(max(live) + self.config.steps_per_call)
+
+  def _window_for(self, needed: int) -> int:
+    window = 128
+    while window < needed:
+      window *= 2
+    return min(window, self.config.max_len)
+
+  def warmup(self) -> None:
+    """Compiles every prefill bucket and attention window now, so that a long run (or a
+    timing) does not pay for compilation midway. Only valid while no request is running."""
+    for bucket in self._buckets:
+      length = min(bucket, self.config.max_len - 1)
+      # max_new_tokens=1 finishes at prefill, so the slot stays free.
+      self._insert(Request("warmup", [0] * length, SamplingParams(max_new_tokens=1)), 0)
+    windows = sorted({self._window_for(n) for n in range(1, self.config.max_len + 1)})
+    for window in windows:
+      self.state, emitted = self._generate(self._params, self.state, window)
+    jax.block_until_ready(emitted)
+    self.stats.clear()
 
   # --- host side -----------------------------------------------------------------------------
 
@@ -361,7 +402,7 @@ class Engine:
       if not any(slots):
         continue
       call_start = time.perf_counter()
-      self.state, emitted = self._generate(self._params, self.state)
+      self.state, emitted = self._generate(self._params, self.state, self._window(slots))
       emitted = np.asarray(emitted)  # the one host transfer per call: [steps, slots]
       self.stats["generate_seconds"] += time.perf_counter() - call_start
       self.stats["generate_calls"] += 1
