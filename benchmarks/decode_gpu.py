@@ -1,0 +1,104 @@
+"""Decode speed and memory-bandwidth utilisation on one accelerator.
+
+A Llama-3.1-8B-shaped model with random bf16 weights (built on the device, no
+checkpoint needed) decodes with the engine at 1 slot and at 64 slots. Each
+measurement fills every slot with a 512-token prompt, compiles, then times
+generate calls only (prefill excluded).
+
+Bandwidth utilisation = bytes a decode step must read (all weights once, plus
+the KV cache window every slot attends over) / step time / the card's peak
+memory bandwidth. Decode is memory-bound, so this is the figure to push up.
+
+  python benchmarks/decode_gpu.py --out bench_out                 # on the GPU / TPU host
+  python benchmarks/decode_gpu.py --preset tiny --slots 1 4       # a quick check on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import mind_jax
+from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
+
+# Peak memory bandwidth by device kind (bytes/s), from the vendors' data sheets.
+PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "TPU v5 lite": 0.82e12,
+                  "TPU v5e": 0.82e12, "TPU v5p": 2.76e12, "TPU v6 lite": 1.64e12}
+
+
+def peak_bandwidth(device) -> float | None:
+  kind = getattr(device, "device_kind", "")
+  for name, bandwidth in PEAK_BANDWIDTH.items():
+    if name.lower() in kind.lower():
+      return bandwidth
+  return None
+
+
+def random_model(preset: str) -> mind_jax.Llama:
+  config = mind_jax.preset(preset, dtype="bfloat16", param_dtype="bfloat16")
+  # Built inside jit so the weights are created on the device, not on the host.
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: mind_jax.Llama(config, rngs=nnx.Rngs(0))))
+  state = jax.jit(lambda: nnx.state(mind_jax.Llama(config, rngs=nnx.Rngs(0))))()
+  return nnx.merge(graphdef, state)
+
+
+def measure(model, slots: int, prompt_len: int, max_len: int, steps: int, calls: int) -> dict:
+  engine = Engine(model, None, EngineConfig(slots=slots, max_len=max_len, steps_per_call=steps))
+  engine.warmup()
+  params = SamplingParams(max_new_tokens=max_len - prompt_len, temperature=0.0, ignore_eos=True)
+  for slot in range(slots):
+    engine._insert(Request(slot, [1] * prompt_len, params), slot)
+  window = engine._window_for(prompt_len + steps * (calls + 1))
+  state, emitted = engine._generate(engine._params, engine.state, window)
+  jax.block_until_ready(emitted)
+  start = time.perf_counter()
+  for _ in range(calls):
+    state, emitted = engine._generate(engine._params, state, window)
+  jax.block_until_ready(emitted)
+  step = (time.perf_counter() - start) / (calls * steps)
+  cfg = model.config
+  weight_bytes = sum(v[...].nbytes for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  kv_bytes = (2 * cfg.num_hidden_layers * slots * cfg.num_key_value_heads * window
+              * cfg.resolved_head_dim * jnp.dtype(cfg.dtype).itemsize)
+  return {"slots": slots, "step_ms": step * 1e3, "tokens_per_s": slots / step,
+          "weight_bytes": weight_bytes, "kv_bytes_per_step": kv_bytes, "window": window,
+          "bytes_per_s": (weight_bytes + kv_bytes) / step}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--out", default="bench_out")
+  parser.add_argument("--preset", default="llama3.1-8b")
+  parser.add_argument("--slots", type=int, nargs="+", default=[1, 64])
+  parser.add_argument("--prompt-len", type=int, default=512)
+  parser.add_argument("--max-len", type=int, default=1024)
+  parser.add_argument("--steps-per-call", type=int, default=16)
+  parser.add_argument("--calls", type=int, default=4)
+  args = parser.parse_args()
+  device = jax.devices()[0]
+  peak = peak_bandwidth(device)
+  model = random_model(args.preset)
+  rows = []
+  for slots in args.slots:
+    row = measure(model, slots, args.prompt_len, args.max_len, args.steps_per_call, args.calls)
+    row["bandwidth_utilisation"] = row["bytes_per_s"] / peak if peak else None
+    rows.append(row)
+    util = f"{row['bandwidth_utilisation']:.0%}" if peak else "n/a (unknown peak)"
+    print(f"{device.device_kind}: {slots} slots, {row['step_ms']:.2f} ms/step, "
+          f"{row['tokens_per_s']:.0f} tok/s, {row['bytes_per_s'] / 1e9:.0f} GB/s read, "
+          f"bandwidth utilisation {util}")
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "decode_gpu.json"), "w") as f:
+    json.dump({"device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
+               "preset": args.preset, "prompt_len": args.prompt_len, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
