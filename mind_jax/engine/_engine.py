@@ -374,24 +374,27 @@ class Engine:
   def generate(self, requests: Iterable[Request]) -> Iterator[Result]:
     """Yields each request's result as soon as it finishes (not in input order).
 
-    Invalid requests (empty prompt, ids outside the vocabulary, a prompt that
-    leaves no room under the context limit) yield an `error` result at once;
-    the others run normally.
+    Requests are taken from the iterable only as slots free up. Invalid
+    requests (empty prompt, ids outside the vocabulary, a prompt that leaves no
+    room under the context limit) yield an `error` result at once; the others
+    run normally.
     """
-    queue = collections.deque()
-    for request in requests:
-      problem = self._validate(request)
-      if problem:
-        log.debug("request %s rejected: %s", request.id, problem)
-        yield self._result(request, [], "error", error=problem)
-      else:
-        queue.append(request)
+    pending = iter(requests)  # pulled lazily: a corpus-sized stream never sits in memory
     slots: list[tuple[Request, list[int]] | None] = [None] * self.config.slots
     start = time.perf_counter()
-    while queue or any(slots):
+    exhausted = False
+    while not exhausted or any(slots):
       for slot in range(self.config.slots):
-        while slots[slot] is None and queue:
-          request = queue.popleft()
+        while slots[slot] is None and not exhausted:
+          request = next(pending, None)
+          if request is None:
+            exhausted = True
+            break
+          problem = self._validate(request)
+          if problem:
+            log.debug("request %s rejected: %s", request.id, problem)
+            yield self._result(request, [], "error", error=problem)
+            continue
           first = self._insert(request, slot)
           tokens = [first]
           reason = self._finish_reason(request, tokens)

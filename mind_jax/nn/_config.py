@@ -238,7 +238,7 @@ PRESETS: dict[str, LlamaConfig] = {
                         num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
                         rope=RopeConfig(theta=500000.0, type="llama3", factor=8.0,
                                         original_max_position_embeddings=64),
-                        max_position_embeddings=512, bos_token_id=256, eos_token_id=[257, 260]),
+                        max_position_embeddings=4096, bos_token_id=256, eos_token_id=[257, 260]),
     "llama2-7b": LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
                              num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                              rms_norm_eps=1e-5, rope=RopeConfig(theta=10000.0),

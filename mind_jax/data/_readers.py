@@ -1,0 +1,176 @@
+"""Documents from JSONL (plain or compressed), Parquet, the CHAMP package, and globs of them.
+
+Every reader yields `Document`s with a stable id and the text, streaming: a
+corpus is never held in memory. Bad records either stop the run with one line
+naming the file and line (`on_bad_record="error"`, the default) or are
+skipped and counted (`"skip"`).
+"""
+
+from __future__ import annotations
+
+import bz2
+import collections
+import dataclasses
+import glob
+import gzip
+import json
+import lzma
+import os
+from collections.abc import Iterator
+
+from mind_jax._errors import MindJaxError
+
+CHAMP_SOURCE = "champ"
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+  id: str
+  text: str
+
+
+class ReadStats(collections.Counter):
+  """Counts of documents read, skipped as bad records, and empty."""
+
+
+def expand(source: str) -> list[str]:
+  """A path, a directory (its data files) or a glob -> the sorted files to read."""
+  if source == CHAMP_SOURCE:
+    return [CHAMP_SOURCE]
+  if any(ch in source for ch in "*?["):
+    files = sorted(glob.glob(source, recursive=True))
+  elif os.path.isdir(source):
+    files = sorted(os.path.join(dirpath, name) for dirpath, _, names in os.walk(source)
+                   for name in names if _kind(name))
+  else:
+    files = [source]
+  if not files:
+    raise MindJaxError(f"{source}: no input files match")
+  for path in files:
+    if path != CHAMP_SOURCE and not os.path.isfile(path):
+      raise MindJaxError(f"{path}: input file does not exist")
+    if path != CHAMP_SOURCE and not _kind(path):
+      raise MindJaxError(f"{path}: unknown input format (expected .jsonl, .json, .parquet, "
+                         "optionally .gz/.bz2/.xz compressed)")
+  return files
+
+
+def _kind(name: str) -> str | None:
+  base = name.lower()
+  for suffix in (".gz", ".bz2", ".xz"):
+    base = base.removesuffix(suffix)
+  if base.endswith((".jsonl", ".json", ".ndjson")):
+    return "jsonl"
+  if base.endswith(".parquet") and base == name.lower():
+    return "parquet"
+  return None
+
+
+def _open_binary(path: str):
+  opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(os.path.splitext(path)[1],
+                                                                       open)
+  try:
+    return opener(path, "rb")
+  except OSError as e:
+    raise MindJaxError(f"{path}: cannot open ({e.strerror or e})") from None
+
+
+def read_documents(source: str, text_field: str = "text", id_field: str | None = "id",
+                   on_bad_record: str = "error", stats: ReadStats | None = None,
+                   limit: int | None = None) -> Iterator[Document]:
+  """Streams documents from `source` (see `expand`), at most `limit` of them; ids default to
+  `file:line`."""
+  if on_bad_record not in ("error", "skip"):
+    raise MindJaxError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
+  stats = stats if stats is not None else ReadStats()
+  for path in expand(source):
+    if path == CHAMP_SOURCE:
+      records = _champ_records()
+    elif _kind(path) == "parquet":
+      records = _parquet_records(path)
+    else:
+      records = _jsonl_records(path)
+    for where, record, problem in records:
+      if problem is None:
+        problem = _check(record, text_field, id_field)
+      if problem:
+        if on_bad_record == "error":
+          raise MindJaxError(f"{where}: {problem} (use on_bad_record=skip to skip such records)")
+        stats["bad_records"] += 1
+        continue
+      text = record[text_field]
+      if not text.strip():
+        stats["empty_documents"] += 1
+        continue
+      if limit is not None and stats["documents"] >= limit:
+        return
+      stats["documents"] += 1
+      doc_id = str(record[id_field]) if id_field and record.get(id_field) is not None else where
+      yield Document(id=doc_id, text=text)
+
+
+def _check(record, text_field, id_field) -> str | None:
+  if not isinstance(record, dict):
+    return f"record is a {type(record).__name__}, not an object"
+  if text_field not in record:
+    return f"missing text field {text_field!r}"
+  if not isinstance(record[text_field], str):
+    return f"text field {text_field!r} is {type(record[text_field]).__name__}, not a string"
+  return None
+
+
+def _jsonl_records(path):
+  # Lines are decoded one by one, so a line that is not UTF-8 is reported (or skipped) alone.
+  name = os.path.basename(path)
+  with _open_binary(path) as f:
+    line_number = 0
+    while True:
+      try:
+        raw = f.readline()
+      except (OSError, EOFError, lzma.LZMAError) as e:
+        raise MindJaxError(f"{path}: unreadable after line {line_number} ({e})") from None
+      if not raw:
+        return
+      line_number += 1
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield f"{path}:{line_number}", None, f"not valid UTF-8 ({e.reason} at byte {e.start})"
+        continue
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        yield f"{path}:{line_number}", None, f"malformed JSON ({e.msg} at column {e.colno})"
+        continue
+      yield f"{name}:{line_number}", record, None
+
+
+def _parquet_records(path):
+  import pyarrow.parquet as pq
+  try:
+    table = pq.ParquetFile(path)
+  except Exception as e:  # noqa: BLE001  pyarrow raises several types for bad files
+    raise MindJaxError(f"{path}: not a readable Parquet file ({e})") from None
+  name, row = os.path.basename(path), 0
+  for batch in table.iter_batches(batch_size=1024):
+    for record in batch.to_pylist():
+      row += 1
+      yield f"{name}:{row}", record, None
+
+
+def _champ_records():
+  """CHAMP competition problems (MIT licence), one document per problem: statement, worked
+  solution and answer, read from the installed `champ-dataset` package."""
+  try:
+    from importlib import resources
+    data = json.loads((resources.files("champ_dataset") / "dataset_files" / "v0.json").read_text())
+  except (ModuleNotFoundError, FileNotFoundError) as e:
+    raise MindJaxError(f"champ: the champ-dataset package is not installed ({e}); "
+                       "pip install champ-dataset") from None
+  for identifier, problem in data["problems"].items():
+    steps = problem["solution"]["steps"] if isinstance(problem["solution"], dict) else []
+    solution = "\n".join(step["_text"] for step in steps)
+    text = f"Problem. {problem['_text']}\n\nSolution.\n{solution}\n\nAnswer: {problem['_answer']}"
+    yield f"champ:{identifier}", {"id": identifier, "text": text}, None

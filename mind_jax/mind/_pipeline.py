@@ -1,0 +1,239 @@
+"""The MIND generation job: documents -> chunks -> (chunk, style) prompts -> engine -> records."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Iterator
+
+import pydantic
+
+from mind_jax import config as config_lib
+from mind_jax._errors import MindJaxError
+from mind_jax._progress import progress_bar
+from mind_jax.data import ReadStats, chunk_text, read_documents
+from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
+from mind_jax.mind._styles import Style, check_style_keys, format_prompt, load_styles, prompt_text
+from mind_jax.mind._writer import PartWriter, done_ids
+
+log = logging.getLogger("mind_jax.generate")
+
+
+class InputSection(config_lib.Section):
+  source: str = pydantic.Field(
+      "champ", description="'champ' (the champ-dataset package), a .jsonl[.gz|.bz2|.xz] or "
+      ".parquet file, a directory or a glob of them")
+  text_field: str = pydantic.Field("text", description="field holding the document text")
+  id_field: str | None = pydantic.Field("id", description="field holding the document id "
+                                        "(default when missing: file:line)")
+  on_bad_record: str = pydantic.Field("error", pattern="^(error|skip)$",
+                                      description="error: stop naming file and line; skip: count")
+  limit: int | None = pydantic.Field(3, ge=1, description="read at most this many documents")
+
+
+class ChunkSection(config_lib.Section):
+  max_tokens: int = pydantic.Field(500, ge=16, description="chunk size in generator tokens")
+  min_tail_tokens: int = pydantic.Field(50, ge=0, description="shorter tails join the chunk before")
+
+
+class PromptSection(config_lib.Section):
+  styles: list[str] | None = pydantic.Field(None, description="style keys (default: all)")
+  styles_file: str | None = pydantic.Field(None, description="YAML file of extra/replacement styles")
+  order: str = pydantic.Field("context_first", pattern="^(context_first|instruction_first)$",
+                              description="where the chunk goes relative to the instruction")
+  format: str = pydantic.Field("chat", pattern="^(chat|raw)$",
+                               description="chat: the checkpoint's chat template; raw: base model")
+
+
+class SamplingSection(config_lib.Section):
+  temperature: float = pydantic.Field(1.0, ge=0.0)
+  top_p: float = pydantic.Field(0.9, gt=0.0, le=1.0)
+  top_k: int = pydantic.Field(0, ge=0)
+  max_new_tokens: int | None = pydantic.Field(
+      48, ge=1, description="cap per conversation (null: up to the context limit)")
+  context_limit: int = pydantic.Field(4096, ge=64, description="prompt + output tokens")
+
+
+class EngineSection(config_lib.Section):
+  slots: int = pydantic.Field(8, ge=1)
+  steps_per_call: int = pydantic.Field(8, ge=1)
+
+
+class OutputSection(config_lib.Section):
+  dir: str = pydantic.Field("mind_output", description="output directory")
+  format: str = pydantic.Field("jsonl", pattern="^(jsonl|parquet)$")
+  records_per_part: int = pydantic.Field(500, ge=1)
+  flush_seconds: float = pydantic.Field(300.0, gt=0, description="write a part at least this often")
+  log_seconds: float = pydantic.Field(300.0, gt=0, description="progress log line interval")
+
+
+class GenerateConfig(config_lib.Section):
+  input: InputSection = pydantic.Field(default_factory=InputSection)
+  chunking: ChunkSection = pydantic.Field(default_factory=ChunkSection)
+  prompt: PromptSection = pydantic.Field(default_factory=PromptSection)
+  sampling: SamplingSection = pydantic.Field(default_factory=SamplingSection)
+  model: config_lib.ModelSection = pydantic.Field(
+      default_factory=lambda: config_lib.ModelSection(preset="tiny"))
+  engine: EngineSection = pydantic.Field(default_factory=EngineSection)
+  mesh: config_lib.MeshSection = pydantic.Field(default_factory=config_lib.MeshSection)
+  output: OutputSection = pydantic.Field(default_factory=OutputSection)
+  seed: int = pydantic.Field(0, description="global seed; each unit's key derives from it")
+  num_shards: int = pydantic.Field(1, ge=1, description="independent jobs splitting the work")
+  shard_index: int = pydantic.Field(0, ge=0, description="which of them this job is")
+  dry_run: bool = pydantic.Field(False, description="print the plan and token estimate only")
+
+  @pydantic.model_validator(mode="after")
+  def _shard_in_range(self):
+    if self.shard_index >= self.num_shards:
+      raise ValueError(f"shard_index={self.shard_index} must be < num_shards={self.num_shards}")
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """One (chunk, style) pair: the job's unit of work, named by a stable id."""
+
+  id: str
+  doc_id: str
+  chunk_index: int
+  style: Style
+  chunk: str
+  prompt_ids: list[int]
+
+
+def load_model(cfg: GenerateConfig):
+  """(model, tokenizer, model name) from a checkpoint, or the random smoke-test model."""
+  from mind_jax.ckpts import load_pretrained
+  mesh = cfg.mesh.build()
+  if cfg.model.path:
+    model, tokenizer = load_pretrained(cfg.model.path, dtype=cfg.model.dtype,
+                                       param_dtype=cfg.model.param_dtype, mesh=mesh,
+                                       rules="generate")
+    if tokenizer is None:
+      raise MindJaxError(f"{cfg.model.path}: the generator needs its tokenizer files")
+    return model, tokenizer, cfg.model.path, mesh
+  from mind_jax.nn import preset
+  from mind_jax.sharding import shard_model
+  from mind_jax.testing import byte_tokenizer, random_model
+  model_cfg = preset(cfg.model.preset or "tiny", dtype=cfg.model.dtype,
+                     param_dtype=cfg.model.param_dtype or cfg.model.dtype)
+  log.warning("SMOKE-TEST MODEL: %s preset with random weights (seed 0) and a byte-level "
+              "tokenizer. Its conversations are noise; set model.path to an instruct "
+              "checkpoint for real data.", cfg.model.preset or "tiny")
+  model = shard_model(random_model(model_cfg, seed=0), mesh, "generate")
+  return model, byte_tokenizer(), f"smoke-test:{cfg.model.preset or 'tiny'}-random-seed0", mesh
+
+
+def plan_units(cfg: GenerateConfig, tokenizer, styles: list[Style], stats: ReadStats
+               ) -> Iterator[Unit]:
+  """Every unit of this shard, in a fixed order: document k belongs to shard k % num_shards."""
+  count = lambda text: len(tokenizer.encode(text))  # noqa: E731
+  docs = read_documents(cfg.input.source, cfg.input.text_field, cfg.input.id_field,
+                        cfg.input.on_bad_record, stats, cfg.input.limit)
+  for k, doc in enumerate(docs):
+    if k % cfg.num_shards != cfg.shard_index:
+      continue
+    chunks = chunk_text(doc.text, count, cfg.chunking.max_tokens, cfg.chunking.min_tail_tokens)
+    stats["chunks"] += len(chunks)
+    if len(chunks) > 1:
+      stats["documents_split"] += 1
+    for index, chunk in enumerate(chunks):
+      for style in styles:
+        ids = format_prompt(tokenizer, prompt_text(chunk, style, cfg.prompt.order),
+                            cfg.prompt.format)
+        yield Unit(id=f"{doc.id}#{index}#{style.key}", doc_id=doc.id, chunk_index=index,
+                   style=style, chunk=chunk, prompt_ids=ids)
+
+
+def run(cfg: GenerateConfig) -> dict:
+  """Runs (or resumes) the job; returns the summary it prints."""
+  start = time.perf_counter()
+  styles = check_style_keys(load_styles(cfg.prompt.styles_file), cfg.prompt.styles)
+  model, tokenizer, model_name, mesh = load_model(cfg)
+  max_new = cfg.sampling.max_new_tokens or cfg.sampling.context_limit
+  sampling = SamplingParams(max_new_tokens=max_new, temperature=cfg.sampling.temperature,
+                            top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k)
+
+  # Pass 1: the plan (counts and token estimate), and what earlier runs already wrote.
+  done = done_ids(cfg.output.dir)
+  plan_stats = ReadStats()
+  planned = prompt_tokens = already = 0
+  for unit in plan_units(cfg, tokenizer, styles, plan_stats):
+    planned += 1
+    prompt_tokens += len(unit.prompt_ids)
+    already += unit.id in done
+  log.info("plan: %d documents, %d chunks, %d styles -> %d units (%d already done), "
+           "%d prompt tokens; up to %d output tokens each", plan_stats["documents"],
+           plan_stats["chunks"], len(styles), planned, already, prompt_tokens,
+           sampling.max_new_tokens)
+  summary = {
+      "documents_read": plan_stats["documents"], "empty_documents": plan_stats["empty_documents"],
+      "bad_records": plan_stats["bad_records"], "chunks": plan_stats["chunks"],
+      "styles": [s.key for s in styles], "units": planned, "prompt_tokens": prompt_tokens,
+      "already_done": already, "output_dir": cfg.output.dir, "model": model_name,
+  }
+  if cfg.dry_run:
+    mean_output = {"two_professors": 452, "layman_know_all": 630}
+    summary["estimated_output_tokens"] = planned * min(sampling.max_new_tokens, sum(
+        mean_output.values()) // len(mean_output))
+    _print_summary(summary, "dry run: nothing generated")
+    return summary
+
+  engine = Engine(model, tokenizer, EngineConfig(
+      slots=cfg.engine.slots, max_len=cfg.sampling.context_limit,
+      steps_per_call=cfg.engine.steps_per_call, seed=cfg.seed), mesh=mesh)
+  writer = PartWriter(cfg.output.dir, cfg.shard_index, cfg.output.format,
+                      cfg.output.records_per_part, cfg.output.flush_seconds)
+  units: dict[str, Unit] = {}
+
+  def requests():
+    for unit in plan_units(cfg, tokenizer, styles, ReadStats()):
+      if unit.id in done:
+        continue
+      units[unit.id] = unit
+      yield Request(unit.id, unit.prompt_ids, sampling)
+
+  todo = planned - already
+  counts = {"units_written": 0, "output_tokens": 0, "errors": 0}
+  last_log = time.monotonic()
+  gen_start = time.perf_counter()
+  interactive = sys.stderr.isatty()
+  with progress_bar(todo, "generate", unit="conv", enabled=True) as bar:
+    for result in engine.generate(requests()):
+      unit = units.pop(result.id)
+      writer.add(_record(unit, result, model_name, sampling, cfg.seed))
+      counts["units_written"] += 1
+      counts["output_tokens"] += result.output_tokens
+      counts["errors"] += result.finish_reason == "error"
+      rate = counts["output_tokens"] / max(1e-9, time.perf_counter() - gen_start)
+      bar.set_postfix_str(f"{rate:.0f} out tok/s", refresh=False)
+      bar.update(1)
+      if not interactive and time.monotonic() - last_log >= cfg.output.log_seconds:
+        last_log = time.monotonic()
+        log.info("%d/%d units, %.0f output tokens/s", counts["units_written"], todo, rate)
+  writer.flush()
+  elapsed = time.perf_counter() - start
+  summary.update(counts, elapsed_seconds=round(elapsed, 2),
+                 output_tokens_per_s=round(counts["output_tokens"] / max(1e-9, elapsed), 1))
+  _print_summary(summary, f"wrote {counts['units_written']} records to {cfg.output.dir}/")
+  return summary
+
+
+def _record(unit: Unit, result, model_name: str, sampling: SamplingParams, seed: int) -> dict:
+  return {
+      "id": unit.id, "doc_id": unit.doc_id, "chunk_index": unit.chunk_index,
+      "style": unit.style.key, "style_name": unit.style.name, "source": unit.chunk,
+      "conversation": result.text or "", "prompt_tokens": result.prompt_tokens,
+      "output_tokens": result.output_tokens, "finish_reason": result.finish_reason,
+      "error": result.error, "model": model_name, "temperature": sampling.temperature,
+      "top_p": sampling.top_p, "top_k": sampling.top_k, "max_new_tokens": sampling.max_new_tokens,
+      "seed": seed,
+  }
+
+
+def _print_summary(summary: dict, headline: str) -> None:
+  print(headline)
+  for key, value in summary.items():
+    print(f"  {key}: {value}")

@@ -1,0 +1,120 @@
+"""Exactly-once output: records land in part files that appear atomically, with a manifest.
+
+A part file is written under a temporary name and renamed when complete, so a
+job killed at any moment leaves only whole parts. On restart the ids already
+in parts are skipped; what was in flight is redone. Part names carry the
+shard index, so independent jobs (--num-shards) write to one directory
+without colliding.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+
+from mind_jax._errors import MindJaxError
+
+FORMATS = ("jsonl", "parquet")
+
+
+def part_files(out_dir: str) -> list[str]:
+  return sorted(glob.glob(os.path.join(out_dir, "part-*.jsonl")) +
+                glob.glob(os.path.join(out_dir, "part-*.parquet")))
+
+
+def read_records(path: str) -> list[dict]:
+  if path.endswith(".parquet"):
+    import pyarrow.parquet as pq
+    return pq.read_table(path).to_pylist()
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def done_ids(out_dir: str) -> set[str]:
+  """Ids of every record already written to `out_dir` (by any shard)."""
+  ids = set()
+  for path in part_files(out_dir):
+    try:
+      ids.update(record["id"] for record in read_records(path))
+    except (ValueError, KeyError, OSError) as e:
+      raise MindJaxError(f"{path}: unreadable part file ({e}); move it aside to redo its "
+                         "records") from None
+  return ids
+
+
+class PartWriter:
+  """Buffers records and writes them as `part-SSSSS-NNNNNN.<format>` files."""
+
+  def __init__(self, out_dir: str, shard_index: int, fmt: str = "jsonl",
+               records_per_part: int = 1000, flush_seconds: float = 300.0):
+    if fmt not in FORMATS:
+      raise MindJaxError(f"output format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    self.out_dir, self.shard, self.fmt = out_dir, shard_index, fmt
+    self.records_per_part, self.flush_seconds = records_per_part, flush_seconds
+    os.makedirs(out_dir, exist_ok=True)
+    prefix = os.path.join(out_dir, f"part-{shard_index:05d}-")
+    for stale in glob.glob(prefix + "*.tmp"):  # an interrupted write: its records are redone
+      os.remove(stale)
+    existing = [int(os.path.basename(p).split("-")[2].split(".")[0])
+                for p in glob.glob(prefix + "*") if not p.endswith(".tmp")]
+    self.next_part = max(existing, default=-1) + 1
+    self._rebuild_manifest()
+    self.buffer: list[dict] = []
+    self.last_flush = time.monotonic()
+    self.written = 0
+
+  def add(self, record: dict) -> None:
+    self.buffer.append(record)
+    if (len(self.buffer) >= self.records_per_part
+        or time.monotonic() - self.last_flush >= self.flush_seconds):
+      self.flush()
+
+  def flush(self) -> str | None:
+    self.last_flush = time.monotonic()
+    if not self.buffer:
+      return None
+    name = f"part-{self.shard:05d}-{self.next_part:06d}.{self.fmt}"
+    path = os.path.join(self.out_dir, name)
+    tmp = path + ".tmp"
+    if self.fmt == "jsonl":
+      with open(tmp, "w", encoding="utf-8") as f:
+        for record in self.buffer:
+          f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    else:
+      import pyarrow as pa
+      import pyarrow.parquet as pq
+      pq.write_table(pa.Table.from_pylist(self.buffer), tmp)
+    os.replace(tmp, path)
+    self._update_manifest(name, len(self.buffer))
+    self.written += len(self.buffer)
+    self.next_part += 1
+    self.buffer = []
+    return path
+
+  @property
+  def _manifest_path(self) -> str:
+    return os.path.join(self.out_dir, f"manifest-{self.shard:05d}.json")
+
+  def _rebuild_manifest(self) -> None:
+    # The parts are the truth; a kill between a part's rename and the manifest's update
+    # is repaired here.
+    parts = [p for p in part_files(self.out_dir)
+             if os.path.basename(p).startswith(f"part-{self.shard:05d}-")]
+    self.manifest = {"shard_index": self.shard,
+                     "parts": [{"file": os.path.basename(p), "records": len(read_records(p))}
+                               for p in parts]}
+    self._write_manifest()
+
+  def _update_manifest(self, name: str, count: int) -> None:
+    self.manifest["parts"].append({"file": name, "records": count})
+    self._write_manifest()
+
+  def _write_manifest(self) -> None:
+    self.manifest["records"] = sum(p["records"] for p in self.manifest["parts"])
+    with open(self._manifest_path + ".tmp", "w") as f:
+      json.dump(self.manifest, f, indent=1)
+    os.replace(self._manifest_path + ".tmp", self._manifest_path)

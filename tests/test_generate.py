@@ -1,0 +1,192 @@
+"""python -m mind_jax.generate: records, styles, exactly-once resume, shards, bad input."""
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mind_jax import MindJaxError, config
+from mind_jax.data import chunk_text, read_documents
+from mind_jax.mind import GenerateConfig, format_prompt, load_styles, part_files, read_records, run
+from mind_jax.testing import byte_tokenizer
+
+RECORD_KEYS = {"id", "doc_id", "chunk_index", "style", "style_name", "source", "conversation",
+               "prompt_tokens", "output_tokens", "finish_reason", "error", "model",
+               "temperature", "top_p", "top_k", "max_new_tokens", "seed"}
+FAST = ["sampling.max_new_tokens=6", "engine.slots=8", "engine.steps_per_call=4",
+        "output.records_per_part=5"]
+
+
+def make_config(out_dir, *overrides):
+  return config.load_config(GenerateConfig, None, [f"output.dir={out_dir}", *FAST, *overrides])
+
+
+def all_records(out_dir):
+  return sorted((r for p in part_files(str(out_dir)) for r in read_records(p)),
+                key=lambda r: r["id"])
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("default")
+  summary = run(make_config(out, "input.limit=2"))
+  return out, summary
+
+
+def test_every_style_and_the_record_schema(default_run):
+  out, summary = default_run
+  records = all_records(out)
+  styles = set(load_styles())
+  assert len(styles) == 7 and {r["style"] for r in records} == styles
+  assert len(records) == summary["units"] == summary["chunks"] * 7
+  assert len({r["id"] for r in records}) == len(records)
+  for record in records:
+    assert set(record) == RECORD_KEYS
+    assert record["model"] == "smoke-test:tiny-random-seed0"
+    assert record["finish_reason"] in ("eos", "length") and 1 <= record["output_tokens"] <= 6
+    assert record["id"] == f"{record['doc_id']}#{record['chunk_index']}#{record['style']}"
+  # Chunks of one document rebuild it exactly.
+  docs = {d.id: d.text for d in read_documents("champ", limit=2)}
+  for doc_id, text in docs.items():
+    chunks = sorted({(r["chunk_index"], r["source"]) for r in records if r["doc_id"] == doc_id})
+    assert "".join(c for _, c in chunks) == text
+
+
+def test_chat_formatting_puts_the_chunk_before_the_instruction():
+  tok = byte_tokenizer()
+  style = load_styles()["debate"]
+  from mind_jax.mind import prompt_text
+  text = prompt_text("x + 1 = 2, so x = 1.", style)
+  assert text.startswith("x + 1 = 2, so x = 1.\n\nTurn the context above")
+  assert "do not add information" in text  # the faithfulness clause ends every style
+  ids = format_prompt(tok, text)
+  decoded = tok.decode(ids, skip_special_tokens=False)
+  assert decoded.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nx + 1")
+  assert decoded.endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+  assert format_prompt(tok, text, "raw") == [tok.bos_id] + list(text.encode())
+
+
+def test_output_is_readable_by_pyarrow_and_parquet_output(default_run, tmp_path):
+  import pyarrow.json as pj
+  out, _ = default_run
+  table = pj.read_json(part_files(str(out))[0])
+  assert set(table.column_names) == RECORD_KEYS
+  run(make_config(tmp_path, "input.limit=1", "output.format=parquet", "prompt.styles=[debate]"))
+  import pyarrow.parquet as pq
+  [path] = part_files(str(tmp_path))
+  assert path.endswith(".parquet") and pq.read_table(path).num_rows >= 1
+
+
+def test_rerun_skips_everything_done(default_run):
+  out, summary = default_run
+  again = run(make_config(out, "input.limit=2"))
+  assert again["already_done"] == summary["units"] and again["units_written"] == 0
+  assert len(all_records(out)) == summary["units"]
+
+
+def test_shards_cover_every_unit_exactly_once(default_run, tmp_path):
+  out, _ = default_run
+  for index in range(3):
+    run(make_config(tmp_path, "input.limit=2", "num_shards=3", f"shard_index={index}"))
+  sharded, single = all_records(tmp_path), all_records(out)
+  assert [r["id"] for r in sharded] == [r["id"] for r in single]
+  # A unit's random key depends only on the seed and its id, so shards reproduce it exactly.
+  assert [r["conversation"] for r in sharded] == [r["conversation"] for r in single]
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_gives_the_uninterrupted_dataset(default_run, tmp_path):
+  out, _ = default_run
+  cmd = [sys.executable, "-m", "mind_jax.generate", f"output.dir={tmp_path}", "input.limit=2",
+         *FAST[:-1], "output.records_per_part=2"]
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while len(part_files(str(tmp_path))) < 3 and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  partial = len(all_records(tmp_path))
+  assert 0 < partial < len(all_records(out)), "the kill must land mid-run"
+  subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  assert all_records(tmp_path) == all_records(out)
+  assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def write(path, data: bytes):
+  path.write_bytes(data)
+  return str(path)
+
+
+def test_malformed_json_line_is_named_or_skipped(tmp_path):
+  src = write(tmp_path / "in.jsonl",
+              b'{"id": "a", "text": "One plus one is two."}\n{"id": "b", "text": \n'
+              b'{"id": "c", "text": "Two plus two is four."}\n')
+  with pytest.raises(MindJaxError, match=r"in.jsonl:2: malformed JSON"):
+    run(make_config(tmp_path / "out", f"input.source={src}"))
+  summary = run(make_config(tmp_path / "out", f"input.source={src}", "input.on_bad_record=skip",
+                            "prompt.styles=[interview]"))
+  assert summary["bad_records"] == 1 and summary["units_written"] == 2
+
+
+def test_missing_text_field_and_non_utf8(tmp_path):
+  src = write(tmp_path / "in.jsonl", b'{"id": "a", "body": "no text here"}\n')
+  with pytest.raises(MindJaxError, match=r"in.jsonl:1: missing text field 'text'"):
+    list(read_documents(src))
+  assert [d.text for d in read_documents(src, text_field="body")] == ["no text here"]
+  bad = write(tmp_path / "latin1.jsonl.gz", gzip.compress(
+      b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "caf\xe9"}\n'))
+  with pytest.raises(MindJaxError, match=r"latin1.jsonl.gz:2: not valid UTF-8"):
+    list(read_documents(bad))
+  from mind_jax.data import ReadStats
+  stats = ReadStats()
+  assert [d.id for d in read_documents(bad, on_bad_record="skip", stats=stats)] == ["a"]
+  assert stats["bad_records"] == 1
+
+
+def test_empty_file_long_document_and_unreadable_path(tmp_path):
+  empty = write(tmp_path / "empty.jsonl", b"")
+  summary = run(make_config(tmp_path / "out", f"input.source={empty}"))
+  assert summary["documents_read"] == 0 and summary["units"] == 0
+  tok = byte_tokenizer()
+  long_text = " ".join(f"Step {i}: multiply both sides by {i}." for i in range(400))
+  chunks = chunk_text(long_text, lambda s: len(tok.encode(s)), 200, 20)
+  assert "".join(chunks) == long_text and len(chunks) > 5
+  assert all(len(tok.encode(c)) <= 220 for c in chunks)
+  with pytest.raises(MindJaxError, match="input file does not exist"):
+    list(read_documents(str(tmp_path / "nope.jsonl")))
+
+
+def test_bad_input_loses_nothing_already_written(default_run, tmp_path):
+  out, _ = default_run
+  import shutil
+  shutil.copytree(out, tmp_path / "out")
+  before = all_records(tmp_path / "out")
+  src = write(tmp_path / "bad.jsonl", b'{"id": 1, "text": 5}\n')
+  with pytest.raises(MindJaxError, match="bad.jsonl:1: text field 'text' is int"):
+    run(make_config(tmp_path / "out", f"input.source={src}"))
+  assert all_records(tmp_path / "out") == before
+
+
+def test_dry_run_prints_the_plan(tmp_path, capsys):
+  from mind_jax import generate
+  assert generate.main([f"output.dir={tmp_path}", "--dry-run", "--limit", "2"]) == 0
+  out = capsys.readouterr().out
+  assert "dry run" in out and "estimated_output_tokens" in out
+  assert not part_files(str(tmp_path))
+
+
+def test_repository_generate_configs_validate():
+  import glob
+  root = os.path.join(os.path.dirname(__file__), "..", "configs")
+  files = sorted(glob.glob(os.path.join(root, "generate*.yaml")))
+  assert len(files) == 3
+  for path in files:
+    config.load_config(GenerateConfig, path)
+  assert config.load_config(GenerateConfig, os.path.join(root, "generate.yaml")) == GenerateConfig()
