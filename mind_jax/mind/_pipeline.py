@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -217,7 +218,8 @@ def run(cfg: GenerateConfig) -> dict:
   elapsed = time.perf_counter() - start
   summary.update(counts, elapsed_seconds=round(elapsed, 2),
                  output_tokens_per_s=round(counts["output_tokens"] / max(1e-9, elapsed), 1))
-  _print_summary(summary, f"wrote {counts['units_written']} records to {cfg.output.dir}/")
+  _print_summary(summary, f"wrote {counts['units_written']} records to "
+                          f"{os.path.abspath(cfg.output.dir)}/")
   return summary
 
 
