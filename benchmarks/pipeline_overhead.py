@@ -67,14 +67,8 @@ def main():
 
     shutil.rmtree(out_dir)
     start = time.perf_counter()
-    # run() loads the model itself; hand it the loaded one so both sides start equal.
-    from mind_jax.mind import _pipeline
-    original = _pipeline.load_model
-    _pipeline.load_model = lambda cfg: (model, tokenizer, cfg.model.path, mesh)
-    try:
-      summary = run(cfg)
-    finally:
-      _pipeline.load_model = original
+    # Handing run() the loaded model makes both sides start equal.
+    summary = run(cfg, loaded=(model, tokenizer, cfg.model.path, mesh))
     pipeline_times.append(time.perf_counter() - start)
     assert summary["output_tokens"] == tokens, "pipeline and engine decoded different tokens"
 

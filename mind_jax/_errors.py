@@ -10,11 +10,14 @@ class MindJaxError(ValueError):
 
 
 def run_cli(job) -> int:
-  """Runs a command-line tool's job; bad input becomes one `error:` line and exit status 2."""
+  """Runs a command-line tool's job; bad input becomes one `error:` line and exit status 2.
+
+  A job that returns an int sets the exit status itself.
+  """
   import sys
   try:
-    job()
+    result = job()
   except MindJaxError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  return 0
+  return result if isinstance(result, int) else 0

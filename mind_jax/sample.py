@@ -122,9 +122,7 @@ def main(argv=None) -> int:
   parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
   args = parser.parse_args(argv)
   setup_logging(args.verbose)
-  status = {}
-  code = run_cli(lambda: status.setdefault("code", run(args)))
-  return code or status.get("code", 0)
+  return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ from mind_jax.mind._writer import PartWriter, done_ids
 
 log = logging.getLogger("mind_jax.generate")
 
+# The paper's mean conversation length, averaged over styles (452 to 630 tokens per style):
+# the --dry-run output estimate.
+PAPER_MEAN_OUTPUT_TOKENS = 540
+
 
 class InputSection(config_lib.Section):
   source: str = pydantic.Field(
@@ -104,8 +108,17 @@ class Unit:
   prompt_ids: list[int]
 
 
+def load_tokenizer_for(cfg: GenerateConfig):
+  """The generator's tokenizer alone (planning and --dry-run need no weights)."""
+  if not cfg.model.path:
+    from mind_jax.testing import byte_tokenizer
+    return byte_tokenizer()
+  from mind_jax.text import load_tokenizer
+  return load_tokenizer(cfg.model.path)
+
+
 def load_model(cfg: GenerateConfig):
-  """(model, tokenizer, model name) from a checkpoint, or the random smoke-test model."""
+  """(model, tokenizer, model name, mesh) from a checkpoint, or the random smoke-test model."""
   from mind_jax.ckpts import load_pretrained
   mesh = cfg.mesh.build()
   if cfg.model.path:
@@ -117,14 +130,14 @@ def load_model(cfg: GenerateConfig):
     return model, tokenizer, cfg.model.path, mesh
   from mind_jax.nn import preset
   from mind_jax.sharding import shard_model
-  from mind_jax.testing import byte_tokenizer, random_model
-  model_cfg = preset(cfg.model.preset or "tiny", dtype=cfg.model.dtype,
-                     param_dtype=cfg.model.param_dtype or cfg.model.dtype)
+  from mind_jax.testing import random_model
+  name = cfg.model.preset or "tiny"
+  model_cfg = preset(name, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype or cfg.model.dtype)
   log.warning("SMOKE-TEST MODEL: %s preset with random weights (seed 0) and a byte-level "
               "tokenizer. Its conversations are noise; set model.path to an instruct "
-              "checkpoint for real data.", cfg.model.preset or "tiny")
+              "checkpoint for real data.", name)
   model = shard_model(random_model(model_cfg, seed=0), mesh, "generate")
-  return model, byte_tokenizer(), f"smoke-test:{cfg.model.preset or 'tiny'}-random-seed0", mesh
+  return model, load_tokenizer_for(cfg), f"smoke-test:{name}-random-seed0", mesh
 
 
 def plan_units(cfg: GenerateConfig, tokenizer, styles: list[Style], stats: ReadStats
@@ -148,11 +161,15 @@ def plan_units(cfg: GenerateConfig, tokenizer, styles: list[Style], stats: ReadS
                    style=style, chunk=chunk, prompt_ids=ids)
 
 
-def run(cfg: GenerateConfig) -> dict:
-  """Runs (or resumes) the job; returns the summary it prints."""
+def run(cfg: GenerateConfig, loaded=None) -> dict:
+  """Runs (or resumes) the job; returns the summary it prints.
+
+  `loaded` is an optional (model, tokenizer, model name, mesh) already in memory
+  (a notebook, a benchmark); by default `cfg.model` is loaded.
+  """
   start = time.perf_counter()
   styles = check_style_keys(load_styles(cfg.prompt.styles_file), cfg.prompt.styles)
-  model, tokenizer, model_name, mesh = load_model(cfg)
+  tokenizer = loaded[1] if loaded else load_tokenizer_for(cfg)
   max_new = cfg.sampling.max_new_tokens or cfg.sampling.context_limit
   sampling = SamplingParams(max_new_tokens=max_new, temperature=cfg.sampling.temperature,
                             top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k)
@@ -173,15 +190,16 @@ def run(cfg: GenerateConfig) -> dict:
       "documents_read": plan_stats["documents"], "empty_documents": plan_stats["empty_documents"],
       "bad_records": plan_stats["bad_records"], "chunks": plan_stats["chunks"],
       "styles": [s.key for s in styles], "units": planned, "prompt_tokens": prompt_tokens,
-      "already_done": already, "output_dir": cfg.output.dir, "model": model_name,
+      "already_done": already, "output_dir": cfg.output.dir,
   }
   if cfg.dry_run:
-    mean_output = {"two_professors": 452, "layman_know_all": 630}
-    summary["estimated_output_tokens"] = planned * min(sampling.max_new_tokens, sum(
-        mean_output.values()) // len(mean_output))
+    summary["estimated_output_tokens"] = (planned - already) * min(sampling.max_new_tokens,
+                                                                   PAPER_MEAN_OUTPUT_TOKENS)
     _print_summary(summary, "dry run: nothing generated")
     return summary
 
+  model, tokenizer, model_name, mesh = loaded or load_model(cfg)
+  summary["model"] = model_name
   engine = Engine(model, tokenizer, EngineConfig(
       slots=cfg.engine.slots, max_len=cfg.sampling.context_limit,
       steps_per_call=cfg.engine.steps_per_call, seed=cfg.seed), mesh=mesh)
