@@ -81,6 +81,27 @@ def test_output_is_readable_by_pyarrow_and_parquet_output(default_run, tmp_path)
   assert path.endswith(".parquet") and pq.read_table(path).num_rows >= 1
 
 
+def test_output_loads_with_datasets_and_pandas(default_run):
+  import datasets
+  import pandas as pd
+  out, summary = default_run
+  files = part_files(str(out))
+  loaded = datasets.load_dataset("json", data_files=files, split="train")
+  assert loaded.num_rows == summary["units"] and set(loaded.column_names) == RECORD_KEYS
+  frame = pd.concat(pd.read_json(f, lines=True) for f in files)
+  assert sorted(frame["id"]) == sorted(loaded["id"])
+
+
+def test_datasets_directory_as_input(tmp_path):
+  import datasets
+  rows = {"id": ["a", "b"], "body": ["Two is even.", "Three is odd."]}
+  datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "d"))
+  docs = list(read_documents(str(tmp_path / "d"), text_field="body", split="test"))
+  assert [(d.id, d.text) for d in docs] == [("a", "Two is even."), ("b", "Three is odd.")]
+  with pytest.raises(MindJaxError, match="no split 'train' \\(has test\\)"):
+    list(read_documents(str(tmp_path / "d"), text_field="body"))
+
+
 def test_rerun_skips_everything_done(default_run):
   out, summary = default_run
   again = run(make_config(out, "input.limit=2"))
@@ -190,3 +211,18 @@ def test_repository_generate_configs_validate():
   for path in files:
     config.load_config(GenerateConfig, path)
   assert config.load_config(GenerateConfig, os.path.join(root, "generate.yaml")) == GenerateConfig()
+
+
+def test_directories_and_globs_expand_to_data_files(tmp_path):
+  from mind_jax.data import expand
+  (tmp_path / "a" / "b").mkdir(parents=True)
+  for name in ["x.jsonl", "a/y.jsonl.gz", "a/b/z.parquet", "a/b/notes.txt"]:
+    (tmp_path / name).write_bytes(b"")
+  assert expand(str(tmp_path)) == [str(tmp_path / n) for n in ["a/b/z.parquet", "a/y.jsonl.gz",
+                                                                "x.jsonl"]]
+  assert expand(str(tmp_path / "**" / "*.jsonl*")) == [str(tmp_path / "a/y.jsonl.gz"),
+                                                        str(tmp_path / "x.jsonl")]
+  with pytest.raises(MindJaxError, match="no input files match"):
+    expand(str(tmp_path / "*.csv"))
+  with pytest.raises(MindJaxError, match="notes.txt: unknown input format"):
+    expand(str(tmp_path / "a" / "b" / "notes.txt"))

@@ -1,4 +1,5 @@
-"""Documents from JSONL (plain or compressed), Parquet, the CHAMP package, and globs of them.
+"""Documents from JSONL (plain or compressed), Parquet, Hugging Face `datasets` directories
+(`save_to_disk`), the CHAMP package, and directories or globs of files.
 
 Every reader yields `Document`s with a stable id and the text, streaming: a
 corpus is never held in memory. Bad records either stop the run with one line
@@ -33,26 +34,57 @@ class ReadStats(collections.Counter):
   """Counts of documents read, skipped as bad records, and empty."""
 
 
+def _path(path: str):
+  """etils.epath path: local files and gs:// (with gcsfs installed) through one interface."""
+  from etils import epath
+  return epath.Path(path)
+
+
+def _is_datasets_dir(path: str) -> bool:
+  return "://" not in path and os.path.isdir(path) and any(
+      os.path.exists(os.path.join(path, f)) for f in ("dataset_info.json", "dataset_dict.json"))
+
+
 def expand(source: str) -> list[str]:
-  """A path, a directory (its data files) or a glob -> the sorted files to read."""
-  if source == CHAMP_SOURCE:
-    return [CHAMP_SOURCE]
-  if any(ch in source for ch in "*?["):
-    files = sorted(glob.glob(source, recursive=True))
-  elif os.path.isdir(source):
-    files = sorted(os.path.join(dirpath, name) for dirpath, _, names in os.walk(source)
-                   for name in names if _kind(name))
-  else:
-    files = [source]
+  """A path, a directory (its data files) or a glob -> the sorted files to read.
+
+  Local paths and gs:// URLs alike (local globs may use **).
+  """
+  if source == CHAMP_SOURCE or _is_datasets_dir(source):
+    return [source]
+  try:
+    if "://" in source:
+      files = _expand_remote(source)
+    elif any(ch in source for ch in "*?["):
+      files = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
+    elif os.path.isdir(source):
+      files = sorted(os.path.join(dirpath, name) for dirpath, _, names in os.walk(source)
+                     for name in names if _kind(name))
+    else:
+      files = [source]
+    for path in files:
+      if not _path(path).is_file():
+        raise MindJaxError(f"{path}: input file does not exist")
+  except OSError as e:
+    raise MindJaxError(f"{source}: cannot list input ({e})") from None
   if not files:
     raise MindJaxError(f"{source}: no input files match")
   for path in files:
-    if path != CHAMP_SOURCE and not os.path.isfile(path):
-      raise MindJaxError(f"{path}: input file does not exist")
-    if path != CHAMP_SOURCE and not _kind(path):
+    if not _kind(path):
       raise MindJaxError(f"{path}: unknown input format (expected .jsonl, .json, .parquet, "
                          "optionally .gz/.bz2/.xz compressed)")
   return files
+
+
+def _expand_remote(source: str) -> list[str]:
+  """gs://bucket/dir, gs://bucket/dir/*.parquet or one object; no recursive ** on object stores
+  (each level is a listing request)."""
+  path = _path(source)
+  if any(ch in source for ch in "*?["):
+    return sorted(str(p) for p in path.parent.glob(path.name))
+  if path.is_dir():
+    return sorted(str(p) for p in path.iterdir() if _kind(p.name))
+  return [source]
 
 
 def _kind(name: str) -> str | None:
@@ -67,25 +99,28 @@ def _kind(name: str) -> str | None:
 
 
 def _open_binary(path: str):
-  opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(os.path.splitext(path)[1],
-                                                                       open)
   try:
-    return opener(path, "rb")
+    raw = _path(path).open("rb")
   except OSError as e:
     raise MindJaxError(f"{path}: cannot open ({e.strerror or e})") from None
+  wrap = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}.get(
+      os.path.splitext(path)[1])
+  return wrap(fileobj=raw) if wrap is gzip.GzipFile else wrap(raw) if wrap else raw
 
 
 def read_documents(source: str, text_field: str = "text", id_field: str | None = "id",
                    on_bad_record: str = "error", stats: ReadStats | None = None,
-                   limit: int | None = None) -> Iterator[Document]:
+                   limit: int | None = None, split: str = "train") -> Iterator[Document]:
   """Streams documents from `source` (see `expand`), at most `limit` of them; ids default to
-  `file:line`."""
+  `file:line`. `split` picks the split of a `datasets` DatasetDict directory."""
   if on_bad_record not in ("error", "skip"):
     raise MindJaxError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
   stats = stats if stats is not None else ReadStats()
   for path in expand(source):
     if path == CHAMP_SOURCE:
       records = _champ_records()
+    elif _is_datasets_dir(path):
+      records = _datasets_records(path, split)
     elif _kind(path) == "parquet":
       records = _parquet_records(path)
     else:
@@ -150,7 +185,7 @@ def _jsonl_records(path):
 def _parquet_records(path):
   import pyarrow.parquet as pq
   try:
-    table = pq.ParquetFile(path)
+    table = pq.ParquetFile(_path(path).open("rb"))
   except Exception as e:  # noqa: BLE001  pyarrow raises several types for bad files
     raise MindJaxError(f"{path}: not a readable Parquet file ({e})") from None
   name, row = os.path.basename(path), 0
@@ -158,6 +193,22 @@ def _parquet_records(path):
     for record in batch.to_pylist():
       row += 1
       yield f"{name}:{row}", record, None
+
+
+def _datasets_records(path, split):
+  try:
+    import datasets
+  except ModuleNotFoundError:
+    raise MindJaxError(f"{path}: a Hugging Face datasets directory; pip install datasets "
+                       "to read it") from None
+  loaded = datasets.load_from_disk(path)
+  if isinstance(loaded, datasets.DatasetDict):
+    if split not in loaded:
+      raise MindJaxError(f"{path}: no split {split!r} (has {', '.join(loaded)}); set input.split")
+    loaded = loaded[split]
+  name = os.path.basename(os.path.normpath(path))
+  for row, record in enumerate(loaded, start=1):
+    yield f"{name}:{row}", record, None
 
 
 def _champ_records():
