@@ -102,6 +102,33 @@ def test_datasets_directory_as_input(tmp_path):
     list(read_documents(str(tmp_path / "d"), text_field="body"))
 
 
+def test_tfds_data_source_as_input_without_tensorflow(tmp_path):
+  import tensorflow_datasets as tfds
+
+  class MathNotes(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+          {"id": tfds.features.Text(), "text": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(3), "test": self._generate_examples(2)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, {"id": f"n{i}", "text": f"Note {i}: {i} + {i} = {2 * i}."}
+
+  MathNotes(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+  docs = list(read_documents("tfds:math_notes:test", data_dir=str(tmp_path)))
+  # TFDS stores examples in its own (hashed) order, which stays fixed.
+  assert sorted((d.id, d.text) for d in docs) == [("n0", "Note 0: 0 + 0 = 0."),
+                                                  ("n1", "Note 1: 1 + 1 = 2.")]
+  assert len(list(read_documents("tfds:math_notes", data_dir=str(tmp_path)))) == 3
+  with pytest.raises(MindJaxError, match="tfds:nope: cannot open the TFDS data source"):
+    list(read_documents("tfds:nope", data_dir=str(tmp_path)))
+
+
 def test_rerun_skips_everything_done(default_run):
   out, summary = default_run
   again = run(make_config(out, "input.limit=2"))

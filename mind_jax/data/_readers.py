@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from mind_jax._errors import MindJaxError
 
 CHAMP_SOURCE = "champ"
+TFDS_PREFIX = "tfds:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,7 @@ def expand(source: str) -> list[str]:
 
   Local paths and gs:// URLs alike (local globs may use **).
   """
-  if source == CHAMP_SOURCE or _is_datasets_dir(source):
+  if source == CHAMP_SOURCE or source.startswith(TFDS_PREFIX) or _is_datasets_dir(source):
     return [source]
   try:
     if "://" in source:
@@ -110,15 +111,19 @@ def _open_binary(path: str):
 
 def read_documents(source: str, text_field: str = "text", id_field: str | None = "id",
                    on_bad_record: str = "error", stats: ReadStats | None = None,
-                   limit: int | None = None, split: str = "train") -> Iterator[Document]:
+                   limit: int | None = None, split: str = "train",
+                   data_dir: str | None = None) -> Iterator[Document]:
   """Streams documents from `source` (see `expand`), at most `limit` of them; ids default to
-  `file:line`. `split` picks the split of a `datasets` DatasetDict directory."""
+  `file:line`. `split` picks the split of a `datasets` DatasetDict directory or of a
+  `tfds:name[/config][:split]` source (read from `data_dir`, without TensorFlow)."""
   if on_bad_record not in ("error", "skip"):
     raise MindJaxError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
   stats = stats if stats is not None else ReadStats()
   for path in expand(source):
     if path == CHAMP_SOURCE:
       records = _champ_records()
+    elif path.startswith(TFDS_PREFIX):
+      records = _tfds_records(path, split, data_dir)
     elif _is_datasets_dir(path):
       records = _datasets_records(path, split)
     elif _kind(path) == "parquet":
@@ -209,6 +214,40 @@ def _datasets_records(path, split):
   name = os.path.basename(os.path.normpath(path))
   for row, record in enumerate(loaded, start=1):
     yield f"{name}:{row}", record, None
+
+
+def _tfds_records(source, default_split, data_dir):
+  """A prepared TFDS dataset (array_record files) through tfds.data_source: random access,
+  no TensorFlow. Text features arrive as bytes and are decoded here."""
+  try:
+    import tensorflow_datasets as tfds
+  except ModuleNotFoundError:
+    raise MindJaxError(f"{source}: pip install tensorflow-datasets (the tfds extra) to read "
+                       "TFDS sources") from None
+  name, _, split = source[len(TFDS_PREFIX):].partition(":")
+  split = split or default_split
+  try:
+    data = tfds.data_source(name, split=split, data_dir=data_dir)
+  except Exception as e:  # noqa: BLE001  tfds raises many types for a missing dataset
+    raise MindJaxError(f"{source}: cannot open the TFDS data source "
+                       f"({str(e).splitlines()[0]})") from None
+  for index in range(len(data)):
+    where = f"{source}[{index}]"
+    record = {k: _decode(v) for k, v in data[index].items()}
+    bad = [k for k, v in record.items() if v is _UNDECODABLE]
+    yield where, record, f"field {bad[0]!r} is not valid UTF-8" if bad else None
+
+
+_UNDECODABLE = object()
+
+
+def _decode(value):
+  if isinstance(value, bytes):
+    try:
+      return value.decode("utf-8")
+    except UnicodeDecodeError:
+      return _UNDECODABLE
+  return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
 
 
 def _champ_records():

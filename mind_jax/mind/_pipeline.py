@@ -29,11 +29,14 @@ PAPER_MEAN_OUTPUT_TOKENS = 540
 class InputSection(config_lib.Section):
   source: str = pydantic.Field(
       "champ", description="'champ' (the champ-dataset package), a .jsonl[.gz|.bz2|.xz] or "
-      ".parquet file, a Hugging Face datasets save_to_disk directory, a directory or a glob")
+      ".parquet file, a directory or a glob of them, a Hugging Face datasets save_to_disk "
+      "directory, or tfds:name[/config][:split]")
   text_field: str = pydantic.Field("text", description="field holding the document text")
   id_field: str | None = pydantic.Field("id", description="field holding the document id "
                                         "(default when missing: file:line)")
-  split: str = pydantic.Field("train", description="split of a datasets DatasetDict directory")
+  split: str = pydantic.Field("train", description="split of a datasets DatasetDict directory "
+                              "or of a tfds: source without one")
+  data_dir: str | None = pydantic.Field(None, description="TFDS data directory for tfds: sources")
   on_bad_record: str = pydantic.Field("error", pattern="^(error|skip)$",
                                       description="error: stop naming file and line; skip: count")
   limit: int | None = pydantic.Field(3, ge=1, description="read at most this many documents")
@@ -146,7 +149,8 @@ def plan_units(cfg: GenerateConfig, tokenizer, styles: list[Style], stats: ReadS
   """Every unit of this shard, in a fixed order: document k belongs to shard k % num_shards."""
   count = lambda text: len(tokenizer.encode(text))  # noqa: E731
   docs = read_documents(cfg.input.source, cfg.input.text_field, cfg.input.id_field,
-                        cfg.input.on_bad_record, stats, cfg.input.limit, cfg.input.split)
+                        cfg.input.on_bad_record, stats, cfg.input.limit, cfg.input.split,
+                        cfg.input.data_dir)
   for k, doc in enumerate(docs):
     if k % cfg.num_shards != cfg.shard_index:
       continue
