@@ -50,8 +50,8 @@ class MeshSection(Section):
   rules: Literal["generate", "train"] = pydantic.Field(
       "generate", description="logical-axis rule set")
 
-  def build(self):
-    return sharding.make_mesh(self.axes)
+  def build(self, devices=None):
+    return sharding.make_mesh(self.axes, devices)
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

@@ -146,6 +146,16 @@ def test_shards_cover_every_unit_exactly_once(default_run, tmp_path):
   assert [r["conversation"] for r in sharded] == [r["conversation"] for r in single]
 
 
+def test_hosts_of_a_slice_split_each_job_shard_exactly():
+  from mind_jax.mind._pipeline import host_shard
+  cfgs = [make_config("/tmp/x", "num_shards=3", f"shard_index={i}") for i in range(3)]
+  # 3 jobs x 4 hosts: 12 disjoint shards that cover every document index once.
+  shards = [host_shard(cfg, host, 4) for cfg in cfgs for host in range(4)]
+  assert sorted(index for index, _ in shards) == list(range(12))
+  assert {count for _, count in shards} == {12}
+  assert host_shard(cfgs[1], 0, 1) == (1, 3)  # one host: the job's own shard
+
+
 @pytest.mark.slow
 def test_sigkill_then_restart_gives_the_uninterrupted_dataset(default_run, tmp_path):
   out, _ = default_run

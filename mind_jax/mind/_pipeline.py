@@ -92,6 +92,10 @@ class GenerateConfig(config_lib.Section):
   num_shards: int = pydantic.Field(1, ge=1, description="independent jobs splitting the work")
   shard_index: int = pydantic.Field(0, ge=0, description="which of them this job is")
   dry_run: bool = pydantic.Field(False, description="print the plan and token estimate only")
+  distributed: str = pydantic.Field(
+      "auto", pattern="^(auto|on|off)$",
+      description="multi-host slices: each host runs its own engine on its own chips over its "
+      "own share of the documents (auto: when the TPU runtime lists several hosts)")
 
   @pydantic.model_validator(mode="after")
   def _shard_in_range(self):
@@ -121,10 +125,35 @@ def load_tokenizer_for(cfg: GenerateConfig):
   return load_tokenizer(cfg.model.path)
 
 
+def init_hosts(cfg: GenerateConfig) -> tuple[int, int]:
+  """(this host's index, host count), starting jax.distributed on a multi-host slice.
+
+  Each host then decodes on its own chips (the model must fit one host) and takes its own
+  share of the documents, so hosts never wait on each other.
+  """
+  import jax
+  several = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or bool(
+      os.environ.get("JAX_COORDINATOR_ADDRESS"))
+  wanted = cfg.distributed == "on" or (cfg.distributed == "auto" and several)
+  if wanted and jax.process_count() == 1 and not _DISTRIBUTED_STARTED:
+    jax.distributed.initialize()
+    _DISTRIBUTED_STARTED.append(True)
+  return jax.process_index(), jax.process_count()
+
+
+_DISTRIBUTED_STARTED: list[bool] = []
+
+
+def host_shard(cfg: GenerateConfig, host: int, hosts: int) -> tuple[int, int]:
+  """(shard index, shard count) of one host: job shard i of n is split again over the hosts."""
+  return cfg.shard_index * hosts + host, cfg.num_shards * hosts
+
+
 def load_model(cfg: GenerateConfig):
   """(model, tokenizer, model name, mesh) from a checkpoint, or the random smoke-test model."""
+  import jax
   from mind_jax.ckpts import load_pretrained
-  mesh = cfg.mesh.build()
+  mesh = cfg.mesh.build(jax.local_devices())
   if cfg.model.path:
     model, tokenizer = load_pretrained(cfg.model.path, dtype=cfg.model.dtype,
                                        param_dtype=cfg.model.param_dtype, mesh=mesh,
@@ -144,15 +173,17 @@ def load_model(cfg: GenerateConfig):
   return model, load_tokenizer_for(cfg), f"smoke-test:{name}-random-seed0", mesh
 
 
-def plan_units(cfg: GenerateConfig, tokenizer, styles: list[Style], stats: ReadStats
-               ) -> Iterator[Unit]:
-  """Every unit of this shard, in a fixed order: document k belongs to shard k % num_shards."""
+def plan_units(cfg: GenerateConfig, tokenizer, styles: list[Style], stats: ReadStats,
+               shard: tuple[int, int] | None = None) -> Iterator[Unit]:
+  """Every unit of a shard (default: the job's), in a fixed order: document k belongs to
+  shard k % count."""
+  shard_index, shard_count = shard or (cfg.shard_index, cfg.num_shards)
   count = lambda text: len(tokenizer.encode(text))  # noqa: E731
   docs = read_documents(cfg.input.source, cfg.input.text_field, cfg.input.id_field,
                         cfg.input.on_bad_record, stats, cfg.input.limit, cfg.input.split,
                         cfg.input.data_dir)
   for k, doc in enumerate(docs):
-    if k % cfg.num_shards != cfg.shard_index:
+    if k % shard_count != shard_index:
       continue
     chunks = chunk_text(doc.text, count, cfg.chunking.max_tokens, cfg.chunking.min_tail_tokens)
     stats["chunks"] += len(chunks)
@@ -174,6 +205,8 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   """
   start = time.perf_counter()
   styles = check_style_keys(load_styles(cfg.prompt.styles_file), cfg.prompt.styles)
+  host, hosts = init_hosts(cfg)
+  shard = host_shard(cfg, host, hosts)
   tokenizer = loaded[1] if loaded else load_tokenizer_for(cfg)
   max_new = cfg.sampling.max_new_tokens or cfg.sampling.context_limit
   sampling = SamplingParams(max_new_tokens=max_new, temperature=cfg.sampling.temperature,
@@ -183,7 +216,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   done = done_ids(cfg.output.dir)
   plan_stats = ReadStats()
   planned = prompt_tokens = already = 0
-  for unit in plan_units(cfg, tokenizer, styles, plan_stats):
+  for unit in plan_units(cfg, tokenizer, styles, plan_stats, shard):
     planned += 1
     prompt_tokens += len(unit.prompt_ids)
     already += unit.id in done
@@ -208,12 +241,12 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   engine = Engine(model, tokenizer, EngineConfig(
       slots=cfg.engine.slots, max_len=cfg.sampling.context_limit,
       steps_per_call=cfg.engine.steps_per_call, seed=cfg.seed), mesh=mesh)
-  writer = PartWriter(cfg.output.dir, cfg.shard_index, cfg.output.format,
+  writer = PartWriter(cfg.output.dir, shard[0], cfg.output.format,
                       cfg.output.records_per_part, cfg.output.flush_seconds)
   units: dict[str, Unit] = {}
 
   def requests():
-    for unit in plan_units(cfg, tokenizer, styles, ReadStats()):
+    for unit in plan_units(cfg, tokenizer, styles, ReadStats(), shard):
       if unit.id in done:
         continue
       units[unit.id] = unit
