@@ -250,6 +250,17 @@ def test_repository_generate_configs_validate():
   assert config.load_config(GenerateConfig, os.path.join(root, "generate.yaml")) == GenerateConfig()
 
 
+def test_default_ids_keep_folders_apart(tmp_path):
+  for folder in ("a", "b"):
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "x.jsonl").write_text('{"text": "1 + 1 = 2"}\n')
+  assert [d.id for d in read_documents(str(tmp_path), id_field=None)] == ["a/x.jsonl:1",
+                                                                          "b/x.jsonl:1"]
+  assert [d.id for d in read_documents(str(tmp_path / "*" / "x.jsonl"))] == ["a/x.jsonl:1",
+                                                                             "b/x.jsonl:1"]
+  assert [d.id for d in read_documents(str(tmp_path / "a" / "x.jsonl"))] == ["x.jsonl:1"]
+
+
 def test_directories_and_globs_expand_to_data_files(tmp_path):
   from mind_jax.data import expand
   (tmp_path / "a" / "b").mkdir(parents=True)

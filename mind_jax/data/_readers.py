@@ -127,9 +127,9 @@ def read_documents(source: str, text_field: str = "text", id_field: str | None =
     elif _is_datasets_dir(path):
       records = _datasets_records(path, split)
     elif _kind(path) == "parquet":
-      records = _parquet_records(path)
+      records = _parquet_records(path, _label(path, source))
     else:
-      records = _jsonl_records(path)
+      records = _jsonl_records(path, _label(path, source))
     for where, record, problem in records:
       if problem is None:
         problem = _check(record, text_field, id_field)
@@ -159,9 +159,23 @@ def _check(record, text_field, id_field) -> str | None:
   return None
 
 
-def _jsonl_records(path):
+def _label(path: str, source: str) -> str:
+  """How a file is named in default document ids: its path below the source's root (the
+  directory given, or the part of a glob before its first wildcard), so two files with the
+  same name in different folders never give the same ids."""
+  root = source
+  if any(ch in source for ch in "*?["):
+    root = source[:min(source.index(ch) for ch in "*?[" if ch in source)].rpartition("/")[0]
+  elif not _path(source).is_dir():
+    root = os.path.dirname(source)
+  if "://" in path:
+    return path[len(root):].lstrip("/") if root and path.startswith(root) else path
+  return os.path.relpath(path, root or ".")
+
+
+def _jsonl_records(path, label):
   # Lines are decoded one by one, so a line that is not UTF-8 is reported (or skipped) alone.
-  name = os.path.basename(path)
+  name = label
   with _open_binary(path) as f:
     line_number = 0
     while True:
@@ -187,13 +201,13 @@ def _jsonl_records(path):
       yield f"{name}:{line_number}", record, None
 
 
-def _parquet_records(path):
+def _parquet_records(path, label):
   import pyarrow.parquet as pq
   try:
     table = pq.ParquetFile(_path(path).open("rb"))
   except Exception as e:  # noqa: BLE001  pyarrow raises several types for bad files
     raise MindJaxError(f"{path}: not a readable Parquet file ({e})") from None
-  name, row = os.path.basename(path), 0
+  name, row = label, 0
   for batch in table.iter_batches(batch_size=1024):
     for record in batch.to_pylist():
       row += 1
