@@ -4,15 +4,17 @@ A part file is written under a temporary name and renamed when complete, so a
 job killed at any moment leaves only whole parts. On restart the ids already
 in parts are skipped; what was in flight is redone. Part names carry the
 shard index, so independent jobs (--num-shards) write to one directory
-without colliding.
+without colliding. Paths go through etils.epath: a local directory or gs://
+(on object stores the rename is a copy then a delete; readers ignore .tmp).
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import time
+
+from etils import epath
 
 from mind_jax._errors import MindJaxError
 
@@ -20,15 +22,18 @@ FORMATS = ("jsonl", "parquet")
 
 
 def part_files(out_dir: str) -> list[str]:
-  return sorted(glob.glob(os.path.join(out_dir, "part-*.jsonl")) +
-                glob.glob(os.path.join(out_dir, "part-*.parquet")))
+  root = epath.Path(out_dir)
+  if not root.exists():
+    return []
+  return sorted(str(p) for pattern in ("part-*.jsonl", "part-*.parquet") for p in root.glob(pattern))
 
 
 def read_records(path: str) -> list[dict]:
   if path.endswith(".parquet"):
     import pyarrow.parquet as pq
-    return pq.read_table(path).to_pylist()
-  with open(path, encoding="utf-8") as f:
+    with epath.Path(path).open("rb") as f:
+      return pq.read_table(f).to_pylist()
+  with epath.Path(path).open("r") as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
@@ -53,12 +58,13 @@ class PartWriter:
       raise MindJaxError(f"output format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     self.out_dir, self.shard, self.fmt = out_dir, shard_index, fmt
     self.records_per_part, self.flush_seconds = records_per_part, flush_seconds
-    os.makedirs(out_dir, exist_ok=True)
-    prefix = os.path.join(out_dir, f"part-{shard_index:05d}-")
-    for stale in glob.glob(prefix + "*.tmp"):  # an interrupted write: its records are redone
-      os.remove(stale)
-    existing = [int(os.path.basename(p).split("-")[2].split(".")[0])
-                for p in glob.glob(prefix + "*") if not p.endswith(".tmp")]
+    self.root = epath.Path(out_dir)
+    self.root.mkdir(parents=True, exist_ok=True)
+    prefix = f"part-{shard_index:05d}-"
+    for stale in self.root.glob(prefix + "*.tmp"):  # an interrupted write: its records are redone
+      stale.unlink()
+    existing = [int(p.name.split("-")[2].split(".")[0])
+                for p in self.root.glob(prefix + "*") if not p.name.endswith(".tmp")]
     self.next_part = max(existing, default=-1) + 1
     self._rebuild_manifest()
     self.buffer: list[dict] = []
@@ -76,37 +82,36 @@ class PartWriter:
     if not self.buffer:
       return None
     name = f"part-{self.shard:05d}-{self.next_part:06d}.{self.fmt}"
-    path = os.path.join(self.out_dir, name)
-    tmp = path + ".tmp"
+    path = self.root / name
+    tmp = self.root / (name + ".tmp")
     if self.fmt == "jsonl":
-      with open(tmp, "w", encoding="utf-8") as f:
+      with tmp.open("w") as f:
         for record in self.buffer:
           f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
-        os.fsync(f.fileno())
+        try:  # local files: on disk before the rename makes them visible
+          os.fsync(f.fileno())
+        except (AttributeError, OSError, ValueError):
+          pass  # object stores have no file descriptor; their upload completes on close
     else:
       import pyarrow as pa
       import pyarrow.parquet as pq
-      pq.write_table(pa.Table.from_pylist(self.buffer), tmp)
-    os.replace(tmp, path)
+      with tmp.open("wb") as f:
+        pq.write_table(pa.Table.from_pylist(self.buffer), f)
+    tmp.replace(path)
     self._update_manifest(name, len(self.buffer))
     self.written += len(self.buffer)
     self.next_part += 1
     self.buffer = []
-    return path
-
-  @property
-  def _manifest_path(self) -> str:
-    return os.path.join(self.out_dir, f"manifest-{self.shard:05d}.json")
+    return str(path)
 
   def _rebuild_manifest(self) -> None:
     # The parts are the truth; a kill between a part's rename and the manifest's update
     # is repaired here.
-    parts = [p for p in part_files(self.out_dir)
-             if os.path.basename(p).startswith(f"part-{self.shard:05d}-")]
+    parts = [epath.Path(p) for p in part_files(self.out_dir)]
     self.manifest = {"shard_index": self.shard,
-                     "parts": [{"file": os.path.basename(p), "records": len(read_records(p))}
-                               for p in parts]}
+                     "parts": [{"file": p.name, "records": len(read_records(str(p)))}
+                               for p in parts if p.name.startswith(f"part-{self.shard:05d}-")]}
     self._write_manifest()
 
   def _update_manifest(self, name: str, count: int) -> None:
@@ -115,6 +120,7 @@ class PartWriter:
 
   def _write_manifest(self) -> None:
     self.manifest["records"] = sum(p["records"] for p in self.manifest["parts"])
-    with open(self._manifest_path + ".tmp", "w") as f:
-      json.dump(self.manifest, f, indent=1)
-    os.replace(self._manifest_path + ".tmp", self._manifest_path)
+    path = self.root / f"manifest-{self.shard:05d}.json"
+    tmp = self.root / f"manifest-{self.shard:05d}.json.tmp"
+    tmp.write_text(json.dumps(self.manifest, indent=1))
+    tmp.replace(path)
