@@ -99,6 +99,7 @@ def main():
   parser.add_argument("--skip-transformers", action="store_true")
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
+  import jax
   import torch
   import transformers
   import mind_jax
@@ -143,7 +144,7 @@ def main():
     print(f"transformers {t_hf:7.1f} s  {useful / t_hf:8.1f} output tok/s "
           f"({len(prompts) * max(new_tokens) / t_hf:.1f} tok/s counting padding steps)")
     print(f"speedup: {t_hf / t_engine:.2f}x; identical greedy outputs: {agree:.0%}")
-  summary.update(jax=__import__("jax").__version__, torch=torch.__version__,
+  summary.update(jax=jax.__version__, torch=torch.__version__,
                  transformers=transformers.__version__)
   with open(os.path.join(args.out, "generate_cpu.json"), "w") as f:
     json.dump(summary, f, indent=2)

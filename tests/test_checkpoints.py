@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 from safetensors.torch import load_file
 
 import mind_jax
@@ -61,7 +62,7 @@ def test_hf_round_trip_is_bit_exact_and_transformers_reproduces_logits(
 
 def test_exported_config_carries_rope_in_both_spellings(tmp_path):
   cfg = mind_jax.preset("tiny")
-  mind_jax.save_pretrained(mind_jax.Llama(cfg, rngs=__import__("flax").nnx.Rngs(0)), str(tmp_path),
+  mind_jax.save_pretrained(mind_jax.Llama(cfg, rngs=nnx.Rngs(0)), str(tmp_path),
                            progress=False)
   written = json.load(open(tmp_path / "config.json"))
   # What a transformers-4 reader looks at: rope_theta and rope_scaling only.
@@ -102,8 +103,8 @@ def test_orbax_round_trip_restores_onto_a_mesh(bf16_checkpoint, tmp_path):
                                   rules="train")
   q = restored.model.layers[0].self_attn.q_proj.weight[...]
   assert q.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
-  for a, b in zip(jax.tree.leaves(mind_jax.ckpts._hf.nnx.state(model)),
-                  jax.tree.leaves(mind_jax.ckpts._hf.nnx.state(restored))):
+  for a, b in zip(jax.tree.leaves(nnx.state(model)),
+                  jax.tree.leaves(nnx.state(restored))):
     assert np.array_equal(np.asarray(a).view(np.uint16), np.asarray(b).view(np.uint16))
   assert tok.encode("abc") == tokenizer.encode("abc")
 

@@ -35,6 +35,8 @@ def test_same_seed_same_sample_and_chat_template(checkpoint, capsys):
           "--seed", "7", "--top-p", "0.9", "--top-k", "40", "--json", "--ignore-eos"]
   first = json.loads(run(capsys, *args)[1])
   assert json.loads(run(capsys, *args)[1]) == first
+  other = json.loads(run(capsys, *[("8" if a == "7" else a) for a in args])[1])
+  assert other["token_ids"] != first["token_ids"]  # the seed is really used
   # The chat template wraps the message in header tokens and opens the assistant turn.
   assert first["prompt_ids"][:2] == [256, 258] and first["prompt_ids"][-2:] == [10, 10]
 

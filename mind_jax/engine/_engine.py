@@ -18,6 +18,7 @@ import collections
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -158,11 +159,8 @@ class Engine:
 
   def _check_memory(self):
     per_slot, total = self.cache_bytes()
-    spec = self._cache_sharding().spec
-    ways = 1
-    for entry in spec:
-      for axis in (entry,) if isinstance(entry, str) else (entry or ()):
-        ways *= self.mesh.shape[axis]
+    shape = KVCache.layer_shape(self.model_config, self.config.slots, self.config.max_len)
+    ways = math.prod(shape) // math.prod(self._cache_sharding().shard_shape(shape))
     per_device = total // ways
     free = _free_device_bytes(self.mesh.devices.flat[0])
     log.info("KV cache: %s per slot, %s in all (%d slots x %d tokens, %s), %s per device",
