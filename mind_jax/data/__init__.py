@@ -1,6 +1,8 @@
 """Input data: corpus readers and chunking."""
 
 from mind_jax.data._chunking import chunk_text
-from mind_jax.data._readers import CHAMP_SOURCE, Document, ReadStats, expand, read_documents
+from mind_jax.data._readers import (CHAMP_SOURCE, Document, ReadStats, expand, iter_records,
+                                    read_documents)
 
-__all__ = ["CHAMP_SOURCE", "Document", "ReadStats", "chunk_text", "expand", "read_documents"]
+__all__ = ["CHAMP_SOURCE", "Document", "ReadStats", "chunk_text", "expand", "iter_records",
+           "read_documents"]

@@ -126,10 +126,8 @@ def read_documents(source: str, text_field: str = "text", id_field: str | None =
       records = _tfds_records(path, split, data_dir)
     elif _is_datasets_dir(path):
       records = _datasets_records(path, split)
-    elif _kind(path) == "parquet":
-      records = _parquet_records(path, _label(path, source))
     else:
-      records = _jsonl_records(path, _label(path, source))
+      records = iter_records(path, _label(path, source))
     for where, record, problem in records:
       if problem is None:
         problem = _check(record, text_field, id_field)
@@ -173,6 +171,16 @@ def _label(path: str, source: str) -> str:
   return os.path.relpath(path, root or ".")
 
 
+def iter_records(path: str, label: str | None = None) -> Iterator[tuple[str, object, str | None]]:
+  """(where, record, problem) for each record of one JSONL or Parquet file, streaming.
+
+  `where` is `label:line` (`label` defaults to the path); a record that cannot be decoded
+  comes with a one-line `problem` instead, so callers decide whether to stop or skip.
+  """
+  label = label or path
+  return _parquet_records(path, label) if _kind(path) == "parquet" else _jsonl_records(path, label)
+
+
 def _jsonl_records(path, label):
   # Lines are decoded one by one, so a line that is not UTF-8 is reported (or skipped) alone.
   name = label
@@ -208,7 +216,14 @@ def _parquet_records(path, label):
   except Exception as e:  # noqa: BLE001  pyarrow raises several types for bad files
     raise MindJaxError(f"{path}: not a readable Parquet file ({e})") from None
   name, row = label, 0
-  for batch in table.iter_batches(batch_size=1024):
+  batches = table.iter_batches(batch_size=1024)
+  while True:
+    try:
+      batch = next(batches, None)
+    except Exception as e:  # noqa: BLE001
+      raise MindJaxError(f"{path}: unreadable after row {row} ({e})") from None
+    if batch is None:
+      return
     for record in batch.to_pylist():
       row += 1
       yield f"{name}:{row}", record, None

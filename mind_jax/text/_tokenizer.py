@@ -35,6 +35,10 @@ class Tokenizer(abc.ABC):
   def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
     ...
 
+  def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    """Token counts of many texts (no special tokens added)."""
+    return [len(self.encode(text)) for text in texts]
+
   @property
   def has_chat_template(self) -> bool:
     return False
@@ -83,6 +87,13 @@ class HFTokenizer(Tokenizer):
 
   def decode(self, ids, skip_special_tokens=True):
     return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+  def count_tokens(self, texts):
+    backend = getattr(self.hf, "backend_tokenizer", None)
+    if backend is None:  # a slow (Python) tokenizer
+      return super().count_tokens(texts)
+    # The Rust tokenizer encodes a batch on all cores.
+    return [len(e.ids) for e in backend.encode_batch(list(texts), add_special_tokens=False)]
 
   @property
   def has_chat_template(self):

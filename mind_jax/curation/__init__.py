@@ -1,0 +1,10 @@
+"""Curation: filter generated conversations into a training set, and report on them."""
+
+from mind_jax.curation._decontam import EvalIndex, Match
+from mind_jax.curation._filter import CONTAMINATION, SUMMARY, input_files, read_input
+from mind_jax.curation._filter import run as run_filter
+from mind_jax.curation._rules import FilterConfig
+from mind_jax.curation._text import Cleaned, Turns, clean, split_turns, words
+
+__all__ = ["CONTAMINATION", "Cleaned", "EvalIndex", "FilterConfig", "Match", "SUMMARY", "Turns",
+           "clean", "input_files", "read_input", "run_filter", "split_turns", "words"]

@@ -1,0 +1,64 @@
+"""Exact and near-duplicate detection across a whole output.
+
+Exact duplicates share a hash of their normalised words. Near duplicates are
+found with datasketch: a MinHash signature of each conversation's word
+n-grams (5 by default), an LSH index that proposes candidates, and the
+signatures' estimated Jaccard similarity to confirm them. Records are visited
+in id order and the first of a group is kept, so the result does not depend on
+how the input was split into files or processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from mind_jax.curation._text import ngram_hashes
+
+# Fixed so signatures from different processes and runs are comparable.
+MINHASH_SEED = 1
+
+
+def exact_key(word_list: list[str]) -> bytes:
+  return hashlib.blake2b(" ".join(word_list).encode(), digest_size=12).digest()
+
+
+class Signer:
+  """MinHash signatures (uint32, `num_perm` values) of word-hash arrays."""
+
+  def __init__(self, num_perm: int = 128, shingle: int = 5):
+    from datasketch import MinHash
+    self.num_perm, self.shingle = num_perm, shingle
+    self._template = MinHash(num_perm=num_perm, seed=MINHASH_SEED)
+
+  def __call__(self, hashes: np.ndarray) -> np.ndarray:
+    from datasketch import MinHash
+    shingles = ngram_hashes(hashes, min(self.shingle, len(hashes))) if len(hashes) else hashes
+    # datasketch's affine32 scheme takes 32-bit inputs: fold the 64-bit shingle hashes.
+    folded = ((shingles >> np.uint64(32)) ^ shingles) & np.uint64(0xFFFFFFFF)
+    sketch = MinHash(num_perm=self.num_perm, hashfunc=int, scheme="affine32",
+                     permutations=self._template.permutations)
+    sketch.update_batch(folded.tolist())
+    return sketch.digest().astype(np.uint32)
+
+
+def near_duplicates(ids: list[str], signatures: list[np.ndarray], threshold: float,
+                    num_perm: int) -> dict[str, tuple[str, float]]:
+  """id -> (id of the earlier record it duplicates, estimated Jaccard), visiting `ids` in the
+  given order; a record found to be a duplicate is not indexed itself."""
+  from datasketch import LeanMinHash, MinHashLSH
+  lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+  indexed: dict[str, np.ndarray] = {}
+  found = {}
+  for record_id, signature in zip(ids, signatures, strict=True):
+    sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32")
+    confirmed = [(-float(np.mean(indexed[c] == signature)), c) for c in lsh.query(sketch)]
+    confirmed = [pair for pair in confirmed if -pair[0] >= threshold]
+    if confirmed:
+      similarity, best = min(confirmed)  # the most similar; ties go to the smaller id
+      found[record_id] = (best, -similarity)
+    else:
+      lsh.insert(record_id, sketch)
+      indexed[record_id] = signature
+  return found

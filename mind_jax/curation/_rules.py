@@ -1,0 +1,159 @@
+"""The filter's configuration and the rules that judge one record on its own.
+
+Each rule that rejects a record names itself in the record's reasons; all
+per-record rules run, so a record can carry several reasons. Rules that need
+the whole output (duplicates, longest per chunk) live in the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pydantic
+
+from mind_jax import config as config_lib
+from mind_jax.curation._text import Cleaned, clean, ngram_hashes, split_turns, word_hashes, words
+
+# Finish reasons meaning the generator was cut off by a length limit.
+TRUNCATED = ("length", "context_limit")
+
+# Fields every input record must have (as written by python -m mind_jax.generate).
+REQUIRED_FIELDS = {"id": str, "doc_id": str, "chunk_index": int, "style": str,
+                   "conversation": str, "finish_reason": str}
+
+
+class TurnsRule(config_lib.Section):
+  enabled: bool = pydantic.Field(False, description="require speakers and turns")
+  min_speakers: int = pydantic.Field(2, ge=1)
+  min_turns: int = pydantic.Field(4, ge=1, description="lines opening with a speaker label")
+
+
+class RepetitionRule(config_lib.Section):
+  enabled: bool = pydantic.Field(False, description="reject repetitive conversations")
+  max_repeated_lines: float = pydantic.Field(
+      0.3, ge=0, le=1, description="share of non-empty lines that repeat an earlier line")
+  ngram: int = pydantic.Field(10, ge=2, description="word n-gram size for the next limit")
+  max_duplicate_ngrams: float = pydantic.Field(
+      0.3, ge=0, le=1, description="share of word n-grams that repeat an earlier one")
+
+
+class CopyRule(config_lib.Section):
+  enabled: bool = pydantic.Field(False, description="reject conversations that copy the source")
+  ngram: int = pydantic.Field(10, ge=2)
+  max_share: float = pydantic.Field(
+      0.5, ge=0, le=1, description="share of the conversation's word n-grams found in the source")
+
+
+class DedupRule(config_lib.Section):
+  exact: bool = pydantic.Field(True, description="drop repeats of the same normalised words")
+  near: bool = pydantic.Field(False, description="MinHash LSH near-duplicate removal")
+  threshold: float = pydantic.Field(0.8, gt=0, le=1, description="Jaccard similarity")
+  num_perm: int = pydantic.Field(128, ge=16, description="MinHash permutations")
+  shingle: int = pydantic.Field(5, ge=1, description="word n-gram size of the shingles")
+
+
+class DecontaminateRule(config_lib.Section):
+  files: list[str] = pydantic.Field(
+      default_factory=list, description="evaluation sets (.jsonl/.parquet, local or gs://) whose "
+      "question/problem field must not appear in conversations")
+  ngram: int = pydantic.Field(13, ge=4)
+  min_words: int = pydantic.Field(8, ge=1, description="shorter questions are ignored")
+
+
+class SelectRule(config_lib.Section):
+  mode: str = pydantic.Field("all", pattern="^(all|longest)$",
+                             description="all, or the longest conversation per chunk")
+  styles: list[str] | None = pydantic.Field(None, description="keep only these styles")
+
+
+class FilterConfig(config_lib.Section):
+  input: str | None = pydantic.Field(None, description="output directory of mind_jax.generate")
+  out: str | None = pydantic.Field(None, description="where kept/ and rejected/ are written")
+  tokenizer: str | None = pydantic.Field(
+      None, description="tokenizer directory (default: the records' model directory, or the "
+      "byte tokenizer for smoke-test output)")
+  workers: int = pydantic.Field(0, ge=0, description="processes (0: one per CPU, at most one "
+                                "per input file)")
+  format: str = pydantic.Field("same", pattern="^(same|jsonl|parquet)$",
+                               description="output format (same: as each input file)")
+  min_tokens: int = pydantic.Field(50, ge=0, description="drop shorter conversations (the paper)")
+  cleanup: bool = pydantic.Field(True, description="strip preambles and trailing notes")
+  truncated: str = pydantic.Field("flag", pattern="^(flag|drop)$",
+                                  description="records cut off by the length limit")
+  turns: TurnsRule = pydantic.Field(default_factory=TurnsRule)
+  repetition: RepetitionRule = pydantic.Field(default_factory=RepetitionRule)
+  copy_source: CopyRule = pydantic.Field(default_factory=CopyRule)
+  dedup: DedupRule = pydantic.Field(default_factory=DedupRule)
+  decontaminate: DecontaminateRule = pydantic.Field(default_factory=DecontaminateRule)
+  select: SelectRule = pydantic.Field(default_factory=SelectRule)
+
+
+@dataclasses.dataclass
+class Verdict:
+  """What the per-record rules found; `tokens` counts the cleaned conversation."""
+
+  tokens: int
+  turns: int
+  speakers: int
+  truncated: bool
+  reasons: list[str]
+  detail: list[str]
+  words: list[str]
+  hashes: np.ndarray
+
+
+def cleaned(record: dict, cfg: FilterConfig) -> Cleaned:
+  raw = record["conversation"]
+  return clean(raw) if cfg.cleanup else Cleaned(raw, "", "")
+
+
+def judge(record: dict, text: str, tokens: int, cfg: FilterConfig) -> Verdict:
+  """Runs every per-record rule on `text` (the cleaned conversation)."""
+  reasons, detail = [], []
+  turns = split_turns(text)
+  tokens_list = words(text)
+  hashes = word_hashes(tokens_list)
+  truncated = record["finish_reason"] in TRUNCATED
+  if record["finish_reason"] == "error":
+    reasons.append("generation_error")
+    detail.append(f"generation_error: {record.get('error') or 'no detail'}")
+  if not text.strip():
+    reasons.append("empty")
+  elif tokens < cfg.min_tokens:
+    reasons.append("too_short")
+    detail.append(f"too_short: {tokens} < {cfg.min_tokens} tokens")
+  if truncated and cfg.truncated == "drop":
+    reasons.append("truncated")
+  if cfg.select.styles is not None and record["style"] not in cfg.select.styles:
+    reasons.append("style_not_selected")
+  if cfg.turns.enabled:
+    if len(turns.speakers) < cfg.turns.min_speakers:
+      reasons.append("too_few_speakers")
+      detail.append(f"too_few_speakers: {len(turns.speakers)} < {cfg.turns.min_speakers}")
+    if turns.count < cfg.turns.min_turns:
+      reasons.append("too_few_turns")
+      detail.append(f"too_few_turns: {turns.count} < {cfg.turns.min_turns}")
+  if cfg.repetition.enabled and text.strip():
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    repeated = (len(lines) - len(set(lines))) / len(lines)
+    if repeated > cfg.repetition.max_repeated_lines:
+      reasons.append("repeated_lines")
+      detail.append(f"repeated_lines: {repeated:.2f}")
+    grams = ngram_hashes(hashes, cfg.repetition.ngram)
+    if len(grams):
+      duplicated = 1 - len(np.unique(grams)) / len(grams)
+      if duplicated > cfg.repetition.max_duplicate_ngrams:
+        reasons.append("duplicate_ngrams")
+        detail.append(f"duplicate_ngrams: {duplicated:.2f}")
+  if cfg.copy_source.enabled and isinstance(record.get("source"), str):
+    grams = ngram_hashes(hashes, cfg.copy_source.ngram)
+    source = ngram_hashes(word_hashes(words(record["source"])), cfg.copy_source.ngram)
+    if len(grams) and len(source):
+      share = float(np.mean(np.isin(grams, source)))
+      if share > cfg.copy_source.max_share:
+        reasons.append("copies_source")
+        detail.append(f"copies_source: {share:.2f} of its {cfg.copy_source.ngram}-grams")
+  return Verdict(tokens=tokens, turns=turns.count, speakers=len(turns.speakers),
+                 truncated=truncated, reasons=reasons, detail=detail, words=tokens_list,
+                 hashes=hashes)

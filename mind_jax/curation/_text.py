@@ -1,0 +1,144 @@
+"""Reading a generated conversation: its turns, the generator's chatter around it, its n-grams.
+
+The generator picks its own layout ("Teacher:", "**Student:**", "Prof. Lee:",
+"Q:"), so turns are found by a speaker label at the start of a line. Words are
+lowercased runs of letters and digits; n-grams are hashed with CRC-32 so the
+hashes are the same in every process and every run (Python's `hash` is not).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import zlib
+
+import numpy as np
+
+_WORD = re.compile(r"\w+")
+
+# A speaker label opens a line: optional list/quote/heading marks and bold, a name of up to
+# four words, an optional "(aside)", a colon, then whitespace.
+_SPEAKER = re.compile(
+    r"^[ \t]*(?:[-*#>]+[ \t]*)?(?:\*\*|__)?"
+    r"(?P<name>[^\W\d_][\w.'’-]*(?:[ \t][\w.'’-]+){0,3}?)"
+    r"(?:\*\*|__)?[ \t]*(?:\([^)\n]{0,40}\))?[ \t]*(?:\*\*|__)?:(?:\*\*|__)?(?=\s|$)",
+    re.MULTILINE)
+
+# Labels that open a line of content, not a speaker.
+_NOT_SPEAKERS = frozenset("""
+    note notes step example examples solution answer question problem hint hints definition
+    theorem lemma proof case part therefore thus so given where let source context summary
+    conclusion title topic result results formula equation remark reminder key point points
+    explanation recall recap tip warning exercise method approach final output input
+    """.split())
+
+_PREAMBLE = re.compile(
+    r"^\W*(?:(?:sure|certainly|of course|okay|ok|absolutely|great|alright)\b[\s!,.]*)?"
+    r"(?:here(?:'s|’s| is| are)|below (?:is|are)|the following|i have (?:written|created)|"
+    r"i've (?:written|created)|let me|this is an? (?:conversation|dialogue|discussion|debate|"
+    r"interview))\b", re.IGNORECASE)
+_ABOUT_DIALOGUE = re.compile(r"\b(?:conversation|dialogue|discussion|debate|interview|exchange|"
+                             r"transcript|rewrite|rewritten)\b", re.IGNORECASE)
+_TRAILER = re.compile(
+    r"^[\s*_(\[]*(?:[-*_=]{3,}\s*$|notes?\b|n\.b\.|(?:this|the above|in this|in the above|"
+    r"that|the) (?:conversation|dialogue|discussion|debate|interview|exchange)\b|i hope\b|"
+    r"hope this\b|let me know\b|feel free\b|end of (?:the )?(?:conversation|dialogue)\b|"
+    r"\[?end\b)", re.IGNORECASE)
+
+PREAMBLE_MAX_WORDS = 80
+
+
+def words(text: str) -> list[str]:
+  return _WORD.findall(text.lower())
+
+
+def word_hashes(tokens: list[str]) -> np.ndarray:
+  return np.fromiter((zlib.crc32(w.encode()) for w in tokens), dtype=np.uint64, count=len(tokens))
+
+
+def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
+  """One 64-bit hash per run of `n` consecutive word hashes (empty if fewer than n words)."""
+  count = len(hashes) - n + 1
+  if count <= 0:
+    return np.zeros(0, dtype=np.uint64)
+  out = np.zeros(count, dtype=np.uint64)
+  with np.errstate(over="ignore"):
+    for j in range(n):  # polynomial in an odd 64-bit multiplier; wraps modulo 2**64
+      out = out * np.uint64(0x9E3779B97F4A7C15) + hashes[j:j + count] + np.uint64(1)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Turns:
+  count: int
+  speakers: tuple[str, ...]
+
+
+def speaker_of(line: str) -> str | None:
+  match = _SPEAKER.match(line)
+  if not match:
+    return None
+  name = " ".join(match.group("name").lower().replace("’", "'").strip(".'-").split())
+  if not name or name.split()[0] in _NOT_SPEAKERS or any(ch.isdigit() for ch in name):
+    return None
+  return name
+
+
+def split_turns(text: str) -> Turns:
+  """Turns (lines opening with a speaker label) and the distinct speakers, in order of
+  appearance."""
+  speakers, count = [], 0
+  for line in text.splitlines():
+    name = speaker_of(line)
+    if name is not None:
+      count += 1
+      if name not in speakers:
+        speakers.append(name)
+  return Turns(count, tuple(speakers))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cleaned:
+  """`raw == preamble + text + trailer`, exactly."""
+
+  text: str
+  preamble: str
+  trailer: str
+
+
+def clean(raw: str) -> Cleaned:
+  """Strips generator chatter: a short lead-in before the first turn that announces the
+  conversation ("Sure! Here is a debate about..."), and notes after the last turn ("Note: this
+  dialogue...", "I hope this helps"). Text without speaker turns is left alone: there is no
+  telling where a conversation would start."""
+  lines = raw.splitlines(keepends=True)
+  turn_lines = [i for i, line in enumerate(lines) if speaker_of(line) is not None]
+  if not turn_lines:
+    return _trimmed(raw, 0, len(raw))
+  offsets = np.cumsum([0] + [len(line) for line in lines]).tolist()
+  start = 0
+  lead = "".join(lines[:turn_lines[0]])
+  if lead.strip() and len(words(lead)) <= PREAMBLE_MAX_WORDS and (
+      _PREAMBLE.search(lead.strip()) or _ABOUT_DIALOGUE.search(lead)):
+    start = offsets[turn_lines[0]]
+  end = len(raw)
+  # The last turn runs to the first blank-line-separated paragraph that reads as a note.
+  after = turn_lines[-1] + 1
+  previous_blank = False
+  for i in range(after, len(lines)):
+    line = lines[i]
+    if not line.strip():
+      previous_blank = True
+      continue
+    if (previous_blank or re.match(r"^\s*[-*_=]{3,}\s*$", line)) and _TRAILER.match(line):
+      end = offsets[i]
+      break
+    previous_blank = False
+  return _trimmed(raw, start, end)
+
+
+def _trimmed(raw: str, start: int, end: int) -> Cleaned:
+  body = raw[start:end]
+  left = len(body) - len(body.lstrip())
+  right = len(body.rstrip())
+  return Cleaned(text=body[left:right], preamble=raw[:start + left], trailer=raw[start + right:])
