@@ -30,6 +30,8 @@ _NOT_SPEAKERS = frozenset("""
     theorem lemma proof case part therefore thus so given where let source context summary
     conclusion title topic result results formula equation remark reminder key point points
     explanation recall recap tip warning exercise method approach final output input
+    conversation dialogue discussion debate interview transcript scene setting characters
+    participants
     """.split())
 
 _PREAMBLE = re.compile(
@@ -78,7 +80,11 @@ def speaker_of(line: str) -> str | None:
   match = _SPEAKER.match(line)
   if not match:
     return None
-  name = " ".join(match.group("name").lower().replace("’", "'").strip(".'-").split())
+  label = match.group("name").split()
+  # Names are capitalised ("Prof. Lee", "Student A"); "Here is the idea:" is prose.
+  if not all(word[0].isupper() for word in label):
+    return None
+  name = " ".join(" ".join(label).lower().replace("’", "'").strip(".'-").split())
   if not name or name.split()[0] in _NOT_SPEAKERS or any(ch.isdigit() for ch in name):
     return None
   return name

@@ -1,0 +1,365 @@
+"""python -m mind_jax.filter: each rule on crafted records, and the guarantees of the job.
+
+Records name the smoke-test model, so tokens are counted with the byte
+tokenizer: one token per UTF-8 byte, which makes "exactly 50 tokens" exact.
+"""
+
+import json
+import random
+
+import pytest
+
+from mind_jax._errors import MindJaxError
+from mind_jax.config import load_config
+from mind_jax.curation import CONTAMINATION, SUMMARY, FilterConfig, clean, run_filter, split_turns
+from mind_jax.filter import main as filter_main
+
+DIALOGUE = ("Alex: What does the lemma say about primes of the form 4k+1?\n"
+            "Sam: Each of them is a sum of two squares, and the proof uses descent.\n"
+            "Alex: So 13 is 4 plus 9, and 29 is 4 plus 25?\n"
+            "Sam: Exactly, and the representation is unique up to order and signs.\n")
+
+
+def record(rid, conversation=DIALOGUE, style="two_students", doc_id=None, chunk_index=0,
+           finish_reason="eos", source="Primes p = 1 mod 4 are sums of two squares."):
+  return {"id": rid, "doc_id": doc_id or rid.split("#")[0], "chunk_index": chunk_index,
+          "style": style, "style_name": style, "source": source, "conversation": conversation,
+          "prompt_tokens": 100, "output_tokens": len(conversation.encode()),
+          "finish_reason": finish_reason, "error": None, "model": "smoke-test:tiny-random-seed0",
+          "temperature": 1.0, "top_p": 0.9, "top_k": 0, "max_new_tokens": 512, "seed": 0}
+
+
+def write_parts(directory, records, files=1):
+  directory.mkdir(parents=True, exist_ok=True)
+  for k in range(files):
+    with open(directory / f"part-00000-{k:06d}.jsonl", "w") as f:
+      for r in records[k::files]:
+        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  return directory
+
+
+def filtered(tmp_path, records, *overrides, files=1, name="out"):
+  src = write_parts(tmp_path / f"{name}-in", records, files)
+  cfg = load_config(FilterConfig, None, [f"input={src}", f"out={tmp_path / name}", "workers=1",
+                                         *overrides])
+  summary = run_filter(cfg)
+  return summary, read_dir(tmp_path / name / "kept"), read_dir(tmp_path / name / "rejected")
+
+
+def read_dir(directory):
+  out = {}
+  for path in sorted(directory.glob("part-*")):
+    for line in path.read_text().splitlines():
+      r = json.loads(line)
+      out[r["id"]] = r
+  return out
+
+
+# --- the paper's rule, counted in generator tokens --------------------------------------------
+
+def test_fifty_token_rule_edges(tmp_path):
+  records = [record("exact50", "a" * 50), record("short49", "a" * 49),
+             record("unicode50", "é" * 25),  # 25 characters, 50 byte tokens
+             record("empty", ""), record("blank", " \n\t ")]
+  summary, kept, rejected = filtered(tmp_path, records)
+  assert set(kept) == {"exact50", "unicode50"}
+  assert rejected["short49"]["reject_reasons"] == ["too_short"]
+  assert "49 < 50" in rejected["short49"]["reject_detail"]
+  assert rejected["empty"]["reject_reasons"] == rejected["blank"]["reject_reasons"] == ["empty"]
+  assert kept["unicode50"]["conversation_tokens"] == 50
+  assert summary["reasons"] == {"empty": 2, "too_short": 1}
+
+
+def test_threshold_is_an_option(tmp_path):
+  _, kept, _ = filtered(tmp_path, [record("r", "a" * 20)], "min_tokens=10")
+  assert set(kept) == {"r"}
+
+
+# --- cleanup ------------------------------------------------------------------------------------
+
+def test_preamble_and_trailing_notes_are_removed_and_kept_aside():
+  raw = ("Sure! Here is a conversation between two students about the lemma:\n\n" + DIALOGUE +
+         "\nNote: this conversation stays faithful to the context.\nI hope it helps!\n")
+  cleaned = clean(raw)
+  assert cleaned.text == DIALOGUE.strip()
+  assert cleaned.preamble + cleaned.text + cleaned.trailer == raw
+  assert cleaned.trailer.lstrip().startswith("Note:")
+
+
+@pytest.mark.parametrize("lead", ["## A debate on primes\n\n", "**Conversation:**\n",
+                                  "Below is the dialogue you asked for.\n\n"])
+def test_announcing_titles_are_preamble(lead):
+  assert clean(lead + DIALOGUE).text == DIALOGUE.strip()
+
+
+def test_content_is_never_taken_for_chatter():
+  # A lead that is content, a note inside a turn, text without turns: all kept.
+  content = "Primes of the form 4k+1 are sums of two squares; 4k+3 primes are not.\n\n"
+  assert clean(content + DIALOGUE).text == (content + DIALOGUE).strip()
+  inside = DIALOGUE + "Alex: Note: the descent argument needs care.\n"
+  assert clean(inside).text == inside.strip()
+  prose = "Here is the idea: write p as a sum of two squares.\n\nNote: p is prime."
+  assert clean(prose).text == prose
+
+
+def test_turns_and_speakers():
+  text = ("**Teacher:** Let us begin.\n**Student:** Sure.\nStep 1: compute 2+2.\n"
+          "Prof. Lee (smiling): Good.\nNote: not a speaker.\nQ: Why?\nA: Because.\n"
+          "Teacher: Again.\n")
+  turns = split_turns(text)
+  assert turns.speakers == ("teacher", "student", "prof. lee", "q", "a")
+  assert turns.count == 6
+  assert split_turns("x = 3: the root").count == 0
+
+
+def test_truncated_records_are_flagged_or_dropped(tmp_path):
+  records = [record("cut", finish_reason="length"), record("done#1", DIALOGUE + "Alex: Thanks.\n")]
+  _, kept, _ = filtered(tmp_path, records)
+  assert kept["cut"]["truncated"] is True and kept["done#1"]["truncated"] is False
+  _, kept, rejected = filtered(tmp_path, records, "truncated=drop", name="drop")
+  assert rejected["cut"]["reject_reasons"] == ["truncated"] and set(kept) == {"done#1"}
+
+
+def test_generation_errors_are_rejected(tmp_path):
+  bad = record("err", "", finish_reason="error")
+  bad["error"] = "prompt longer than the context limit"
+  _, _, rejected = filtered(tmp_path, [bad])
+  assert rejected["err"]["reject_reasons"] == ["generation_error", "empty"]
+  assert "context limit" in rejected["err"]["reject_detail"]
+
+
+# --- stricter rules -----------------------------------------------------------------------------
+
+def test_a_conversation_repeating_one_line_is_rejected(tmp_path):
+  loop = "Alex: I think the answer is four, because two and two make four.\n" * 6
+  summary, kept, rejected = filtered(tmp_path, [record("loop", loop), record("ok", DIALOGUE)],
+                                     "repetition.enabled=true", "turns.enabled=true")
+  assert set(kept) == {"ok"}
+  reasons = rejected["loop"]["reject_reasons"]
+  assert {"repeated_lines", "duplicate_ngrams", "too_few_speakers"} <= set(reasons)
+
+
+def test_speakers_and_turns_minimums(tmp_path):
+  monologue = "Alex: " + "primes are sums of two squares when they are one mod four. " * 3
+  _, kept, rejected = filtered(tmp_path, [record("mono", monologue), record("ok", DIALOGUE)],
+                               "turns.enabled=true")
+  assert set(kept) == {"ok"}
+  assert rejected["mono"]["reject_reasons"] == ["too_few_speakers", "too_few_turns"]
+
+
+def test_copying_the_source_verbatim_is_rejected(tmp_path):
+  source = ("Fermat's theorem on sums of two squares states that an odd prime p can be written "
+            "as a sum of two squares exactly when p leaves remainder one on division by four, "
+            "and the representation is unique up to order and sign of the squares.")
+  copy = "Teacher: " + source + "\nStudent: I see.\n"
+  _, kept, rejected = filtered(tmp_path, [record("copy", copy, source=source),
+                                          record("own", DIALOGUE, source=source)],
+                               "copy_source.enabled=true")
+  assert set(kept) == {"own"} and rejected["copy"]["reject_reasons"] == ["copies_source"]
+
+
+# --- duplicates ---------------------------------------------------------------------------------
+
+def _essay(seed, n=300):
+  rng = random.Random(seed)
+  vocab = [f"w{i}" for i in range(2000)]
+  return "A: " + " ".join(rng.choice(vocab) for _ in range(n)) + "\nB: fine.\n"
+
+
+def test_exact_and_near_duplicates(tmp_path):
+  base = _essay(1)
+  near = base.replace(base.split()[40], "changed", 1)  # one word differs out of 300
+  records = [record("a", base), record("b", base.upper()),  # same normalised words
+             record("c", near), record("d", _essay(2)), record("e", _essay(3))]
+  summary, kept, rejected = filtered(tmp_path, records, "dedup.near=true")
+  assert set(kept) == {"a", "d", "e"}
+  assert rejected["b"]["reject_reasons"] == ["exact_duplicate"]
+  assert rejected["b"]["reject_detail"] == "exact_duplicate of a"
+  assert rejected["c"]["reject_reasons"] == ["near_duplicate"]
+  assert rejected["c"]["reject_detail"].startswith("near_duplicate of a")
+  _, kept_without, _ = filtered(tmp_path, records, name="exact-only")
+  assert set(kept_without) == {"a", "c", "d", "e"}
+
+
+def test_result_does_not_depend_on_files_or_workers(tmp_path):
+  base = _essay(5)
+  records = [record(f"r{i:02d}", _essay(i) if i % 3 else base.replace("w", "w" * (i % 2 + 1), 1))
+             for i in range(30)]
+  random.Random(0).shuffle(records)
+  one = filtered(tmp_path, records, "dedup.near=true", files=1, name="one")
+  three = filtered(tmp_path, records, "dedup.near=true", "workers=2", files=3, name="three")
+  assert one[1] == three[1] and one[2] == three[2]
+  assert one[0]["reasons"] == three[0]["reasons"] and one[0]["reasons"]
+
+
+# --- decontamination ----------------------------------------------------------------------------
+
+def test_planted_benchmark_question_is_found_and_listed(tmp_path):
+  question = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+              "clips in May. How many clips did Natalia sell altogether in April and May?")
+  evals = tmp_path / "gsm8k_test.jsonl"
+  evals.write_text(json.dumps({"question": "What is 2 + 2 here?", "answer": "4"}) + "\n" +
+                   json.dumps({"question": question, "answer": "72"}) + "\n")
+  leak = DIALOGUE + "Alex: Now try this one: " + question.lower() + "\nSam: 72.\n"
+  near_miss = DIALOGUE + "Alex: " + " ".join(question.split()[:12]) + " pencils.\n"
+  summary, kept, rejected = filtered(
+      tmp_path, [record("leak", leak), record("miss", near_miss), record("ok", DIALOGUE)],
+      f"decontaminate.files=[{evals}]")
+  assert set(kept) == {"miss", "ok"}
+  assert rejected["leak"]["reject_reasons"] == ["contaminated"]
+  listed = [json.loads(line) for line in (tmp_path / "out" / CONTAMINATION).read_text().splitlines()]
+  assert len(listed) == 1 and listed[0]["id"] == "leak"
+  assert listed[0]["question"] == f"{evals}:2"  # file and line of the question
+  assert listed[0]["ngram"] in question.lower().replace("?", "").replace(",", "").replace(".", "")
+  assert summary["contaminated"] == 1
+
+
+def test_short_questions_match_whole_and_parquet_eval_sets(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  evals = tmp_path / "math_test.parquet"
+  pq.write_table(pa.Table.from_pylist([{"problem": "Find the remainder of 2^100 mod 7 please."}]),
+                 evals)
+  hit = DIALOGUE + "Alex: find the remainder of 2^100 mod 7, please!\n"
+  _, kept, rejected = filtered(tmp_path, [record("hit", hit), record("ok", DIALOGUE)],
+                               f"decontaminate.files=[{evals}]")
+  assert set(kept) == {"ok"} and set(rejected) == {"hit"}
+
+
+# --- selection ----------------------------------------------------------------------------------
+
+def test_longest_conversation_per_chunk_and_style_selection(tmp_path):
+  records = [record("d#0#two_students", DIALOGUE, "two_students", "d", 0),
+             record("d#0#debate", DIALOGUE + "Alex: One more point.\n", "debate", "d", 0),
+             record("d#1#two_students", DIALOGUE, "two_students", "d", 1),
+             record("d#1#debate", DIALOGUE, "debate", "d", 1)]  # a tie: the smaller id wins
+  _, kept, rejected = filtered(tmp_path, records, "select.mode=longest", "dedup.exact=false")
+  assert set(kept) == {"d#0#debate", "d#1#debate"}
+  assert rejected["d#0#two_students"]["reject_reasons"] == ["not_longest_in_chunk"]
+  _, kept, rejected = filtered(tmp_path, records, "select.styles=[two_students]",
+                               "dedup.exact=false", name="styles")
+  assert set(kept) == {"d#0#two_students", "d#1#two_students"}
+  assert {r["reject_reasons"][0] for r in rejected.values()} == {"style_not_selected"}
+
+
+# --- the job's guarantees -----------------------------------------------------------------------
+
+def _mixed_records():
+  chatter = "Here is a conversation between two students:\n\n" + DIALOGUE + "\nNote: faithful.\n"
+  return [record("a", chatter), record("b", "too short"), record("c", DIALOGUE),
+          record("d", DIALOGUE, finish_reason="length"), record("e", "x" * 80),
+          record("f", "Ünïcödé talk: " + "ζ" * 40)]
+
+
+def test_nothing_disappears_and_ids_are_preserved(tmp_path):
+  records = _mixed_records()
+  summary, kept, rejected = filtered(tmp_path, records, files=2)
+  assert not set(kept) & set(rejected)
+  assert set(kept) | set(rejected) == {r["id"] for r in records}
+  assert summary["input_records"] == len(records) == summary["kept"] + summary["rejected"]
+  by_id = {r["id"]: r for r in records}
+  for rid, r in rejected.items():  # rejected records are untouched
+    assert r["conversation"] == by_id[rid]["conversation"] and r["reject_reasons"]
+  for rid, r in kept.items():  # kept ones lose only the chatter, which is kept aside
+    assert r["removed_preamble"] + r["conversation"] + r["removed_trailer"] == by_id[rid]["conversation"]
+  assert kept["a"]["conversation"] == DIALOGUE.strip()
+  for counts in summary["styles"].values():
+    assert counts["input"] == counts["kept"] + counts["rejected"]
+
+
+def test_reruns_are_idempotent(tmp_path):
+  records = _mixed_records()
+  filtered(tmp_path, records)
+  out = tmp_path / "out"
+  before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+  filtered(tmp_path, records)
+  assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+  # Filtering the kept output again keeps all of it, unchanged.
+  cfg = load_config(FilterConfig, None, [f"input={out / 'kept'}", f"out={tmp_path / 'again'}"])
+  again = run_filter(cfg)
+  assert again["rejected"] == 0
+  assert read_dir(tmp_path / "again" / "kept") == read_dir(out / "kept")
+
+
+def test_parquet_in_and_out(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  src = tmp_path / "gen"
+  src.mkdir()
+  pq.write_table(pa.Table.from_pylist(_mixed_records()), src / "part-00000-000000.parquet")
+  cfg = load_config(FilterConfig, None, [f"input={src}", f"out={tmp_path / 'out'}"])
+  summary = run_filter(cfg)
+  kept = pq.read_table(tmp_path / "out" / "kept" / "part-00000-000000.parquet").to_pylist()
+  assert len(kept) == summary["kept"] > 0
+  cfg = load_config(FilterConfig, None, [f"input={src}", f"out={tmp_path / 'out'}", "format=jsonl"])
+  run_filter(cfg)
+  assert sorted(p.name for p in (tmp_path / "out" / "kept").iterdir()) == ["part-00000-000000.jsonl"]
+
+
+def test_tokenizer_comes_from_the_records_model_directory(tmp_path):
+  from mind_jax.testing import byte_tokenizer
+  model_dir = tmp_path / "model"
+  byte_tokenizer().save(str(model_dir))
+  r = record("r", "a" * 60)
+  r["model"] = str(model_dir)
+  summary, kept, _ = filtered(tmp_path, [r])
+  assert summary["tokenizer"] == str(model_dir) and set(kept) == {"r"}
+  r["model"] = "meta-llama/Llama-3.1-70B-Instruct"
+  with pytest.raises(MindJaxError, match="pass tokenizer=DIR"):
+    filtered(tmp_path, [r], name="hub")
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+def test_missing_directory_and_no_parts(tmp_path):
+  with pytest.raises(MindJaxError, match="input directory does not exist"):
+    run_filter(load_config(FilterConfig, None, [f"input={tmp_path / 'nope'}", "out=x"]))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(MindJaxError, match="no part-"):
+    run_filter(load_config(FilterConfig, None, [f"input={tmp_path / 'empty'}", "out=x"]))
+
+
+def test_corrupt_shard_and_missing_fields_lose_nothing(tmp_path):
+  records = _mixed_records()
+  filtered(tmp_path, records)
+  out = tmp_path / "out"
+  before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+  src = tmp_path / "out-in"
+  part = src / "part-00000-000000.jsonl"
+  good = part.read_text()
+  part.write_text(good + '{"id": "broken", "conversation": \n')
+  with pytest.raises(MindJaxError, match=r"part-00000-000000.jsonl:7: malformed JSON"):
+    run_filter(load_config(FilterConfig, None, [f"input={src}", f"out={out}"]))
+  incomplete = dict(records[0], id="z")
+  del incomplete["style"]
+  part.write_text(good + json.dumps(incomplete) + "\n")
+  with pytest.raises(MindJaxError, match=r":7: missing field 'style'"):
+    run_filter(load_config(FilterConfig, None, [f"input={src}", f"out={out}"]))
+  part.write_text(good)
+  assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_bad_evaluation_file_fails_before_work(tmp_path):
+  evals = tmp_path / "mmlu.jsonl"
+  evals.write_text(json.dumps({"choices": ["a", "b"]}) + "\n")
+  with pytest.raises(MindJaxError, match=r"mmlu.jsonl:1: no question field"):
+    filtered(tmp_path, [record("r")], f"decontaminate.files=[{evals}]")
+  assert not (tmp_path / "out" / "kept").exists()
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def test_command_line(tmp_path, capsys):
+  src = write_parts(tmp_path / "gen", _mixed_records())
+  status = filter_main([str(src), "--out", str(tmp_path / "out"), "--strict", "--near-dup",
+                        "--select", "longest", "--min-tokens", "40", "--workers", "1"])
+  assert status == 0
+  summary = json.loads((tmp_path / "out" / SUMMARY).read_text())
+  assert summary["config"]["turns"]["enabled"] and summary["config"]["dedup"]["near"]
+  assert summary["config"]["min_tokens"] == 40 and summary["config"]["select"]["mode"] == "longest"
+  assert "kept" in capsys.readouterr().out
+  assert filter_main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+  assert "input directory does not exist" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    filter_main(["--help"])
+  assert "dedup.threshold" in capsys.readouterr().out
