@@ -1,0 +1,345 @@
+"""The dataset report: what the generator produced and what the filter kept, style by style.
+
+Reads a filter output (kept/ and rejected/) or a generation output (its part
+files, all counted as kept) in one streaming pass, holding only a few numbers
+per record and a fixed-size sample per style, so it scales to millions of
+records. Lengths, turns and similarity describe the kept conversations (what
+training sees). Similarity to the source is ROUGE-L F1 (rouge-score) and
+sentence BLEU (sacrebleu) on a deterministic sample per style: both are
+quadratic or worse in text length, and a few hundred pairs pin the mean.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+import html
+import io
+import json
+import logging
+import random
+
+import numpy as np
+import pydantic
+from etils import epath
+
+from mind_jax import config as config_lib
+from mind_jax._errors import MindJaxError
+from mind_jax._progress import progress_bar
+from mind_jax.curation._filter import SUMMARY, input_files, read_input
+from mind_jax.curation._rules import FilterConfig
+from mind_jax.curation._text import split_turns
+
+log = logging.getLogger("mind_jax.report")
+
+ALL = "all"
+
+
+class ReportConfig(config_lib.Section):
+  dir: str | None = pydantic.Field(None, description="filter output (kept/, rejected/) or "
+                                   "generation output directory")
+  out: str | None = pydantic.Field(None, description="report directory (default: DIR/report)")
+  tokenizer: str | None = pydantic.Field(None, description="generator's tokenizer directory "
+                                         "(default: from the records, as in mind_jax.filter)")
+  similarity_sample: int = pydantic.Field(
+      300, ge=0, description="records per style scored with ROUGE-L and BLEU")
+  examples: int = pydantic.Field(2, ge=0, description="example conversations per style")
+  example_chars: int = pydantic.Field(1500, ge=100, description="characters shown per example")
+  seed: int = pydantic.Field(0, description="seed of the similarity and example samples")
+
+
+@dataclasses.dataclass
+class _Style:
+  records: int = 0
+  kept: int = 0
+  reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  conversation_tokens: list = dataclasses.field(default_factory=list)
+  source_tokens: list = dataclasses.field(default_factory=list)
+  turns: list = dataclasses.field(default_factory=list)
+  sample: list = dataclasses.field(default_factory=list)  # reservoir of (conversation, source, id)
+  seen: int = 0
+
+
+def _sources(directory: str) -> tuple[list[tuple[str, bool]], bool]:
+  """[(part file, holds kept records)], and whether the directory is a filter output."""
+  root = epath.Path(directory)
+  if not root.is_dir():
+    raise MindJaxError(f"{directory}: directory does not exist")
+  if (root / "kept").is_dir():
+    kept = [(p, True) for p in input_files(str(root / "kept"))] if _has_parts(root / "kept") else []
+    rejected = ([(p, False) for p in input_files(str(root / "rejected"))]
+                if (root / "rejected").is_dir() and _has_parts(root / "rejected") else [])
+    if not kept and not rejected:
+      raise MindJaxError(f"{directory}: kept/ and rejected/ hold no part files")
+    return kept + rejected, True
+  return [(p, True) for p in input_files(directory)], False
+
+
+def _has_parts(path) -> bool:
+  return any(True for _ in path.glob("part-*"))
+
+
+def collect(cfg: ReportConfig) -> dict:
+  """The report's numbers (see `render` for the pages)."""
+  from mind_jax.curation._filter import BYTE_TOKENIZER, resolve_tokenizer
+  files, filtered = _sources(cfg.dir)
+  tokenizer_spec = resolve_tokenizer(FilterConfig(tokenizer=cfg.tokenizer), files[0][0])
+  if tokenizer_spec == BYTE_TOKENIZER:
+    from mind_jax.testing import byte_tokenizer
+    tokenizer = byte_tokenizer()
+  else:
+    from mind_jax.text import load_tokenizer
+    tokenizer = load_tokenizer(tokenizer_spec)
+  rng = random.Random(cfg.seed)
+  styles: dict[str, _Style] = collections.defaultdict(_Style)
+  names: dict[str, str] = {}
+  source_tokens: dict[tuple, int] = {}  # one source chunk is shared by all its styles
+  with progress_bar(len(files), "report", unit="file") as bar:
+    for path, kept in files:
+      batch = []
+      for _, record in read_input(path):
+        s = styles[record["style"]]
+        names.setdefault(record["style"], record.get("style_name") or record["style"])
+        s.records += 1
+        if not kept:
+          s.reasons.update(record.get("reject_reasons") or ["rejected"])
+          continue
+        s.kept += 1
+        batch.append(record)
+      _measure(batch, styles, tokenizer, source_tokens, rng, cfg)
+      bar.update(1)
+  return _numbers(cfg, styles, names, filtered, tokenizer_spec)
+
+
+def _measure(records, styles, tokenizer, source_tokens, rng, cfg) -> None:
+  missing = [r for r in records if "conversation_tokens" not in r]
+  counts = tokenizer.count_tokens([r["conversation"] for r in missing])
+  for r, n in zip(missing, counts, strict=True):
+    r["conversation_tokens"] = n
+  new_sources = {}
+  for r in records:
+    key = (r["doc_id"], r["chunk_index"])
+    if key not in source_tokens and isinstance(r.get("source"), str):
+      new_sources[key] = r["source"]
+  for key, n in zip(new_sources, tokenizer.count_tokens(list(new_sources.values())), strict=True):
+    source_tokens[key] = n
+  for r in records:
+    s = styles[r["style"]]
+    s.conversation_tokens.append(r["conversation_tokens"])
+    s.turns.append(r["turns"] if "turns" in r else split_turns(r["conversation"]).count)
+    key = (r["doc_id"], r["chunk_index"])
+    if key in source_tokens:
+      s.source_tokens.append(source_tokens[key])
+    # Reservoir sampling: every kept record has the same chance to be scored and shown.
+    s.seen += 1
+    size = max(cfg.similarity_sample, cfg.examples)
+    item = (r["conversation"], r.get("source") or "", r["id"])
+    if len(s.sample) < size:
+      s.sample.append(item)
+    else:
+      j = rng.randrange(s.seen)
+      if j < size:
+        s.sample[j] = item
+
+
+def _distribution(values) -> dict:
+  if not len(values):
+    return {"mean": None, "median": None, "p90": None}
+  a = np.asarray(values, dtype=np.float64)
+  return {"mean": round(float(a.mean()), 1), "median": round(float(np.median(a)), 1),
+          "p90": round(float(np.percentile(a, 90)), 1)}
+
+
+def similarity(pairs: list[tuple[str, str]]) -> dict:
+  """Mean ROUGE-L F1 (0-1) and sentence BLEU (0-100) of conversations against their sources."""
+  if not pairs:
+    return {"rouge_l": None, "bleu": None, "scored": 0}
+  import sacrebleu
+  from rouge_score import rouge_scorer
+  scorer = rouge_scorer.RougeScorer(["rougeL"])
+  rouge = [scorer.score(source, conversation)["rougeL"].fmeasure for conversation, source in pairs]
+  bleu = [sacrebleu.sentence_bleu(conversation, [source]).score for conversation, source in pairs]
+  return {"rouge_l": round(float(np.mean(rouge)), 4), "bleu": round(float(np.mean(bleu)), 2),
+          "scored": len(pairs)}
+
+
+def _numbers(cfg, styles, names, filtered, tokenizer_spec) -> dict:
+  def entry(parts: list[_Style]) -> dict:
+    records = sum(p.records for p in parts)
+    kept = sum(p.kept for p in parts)
+    reasons = sum((p.reasons for p in parts), collections.Counter())
+    sample = [item for p in parts for item in p.sample[:cfg.similarity_sample]]
+    return {
+        "records": records, "kept": kept, "rejected": records - kept,
+        "kept_share": round(kept / records, 4) if records else None,
+        "reasons": dict(sorted(reasons.items())),
+        "conversation_tokens": _distribution([v for p in parts for v in p.conversation_tokens]),
+        "source_tokens": _distribution([v for p in parts for v in p.source_tokens]),
+        "turns": _distribution([v for p in parts for v in p.turns]),
+        "similarity": similarity([(c, s) for c, s, _ in sample if s]),
+    }
+  order = sorted(styles)
+  report = {"dir": cfg.dir, "filtered": filtered, "tokenizer": tokenizer_spec,
+            "styles": {k: {"name": names[k], **entry([styles[k]])} for k in order},
+            ALL: entry([styles[k] for k in order]),
+            "examples": {k: [{"id": i, "conversation": c[:cfg.example_chars],
+                              "truncated": len(c) > cfg.example_chars}
+                             for c, _, i in sorted(styles[k].sample, key=lambda x: x[2])[:cfg.examples]]
+                         for k in order},
+            "_lengths": {k: styles[k].conversation_tokens for k in order}}
+  return report
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+def _plots(report: dict) -> dict[str, bytes]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  styles = list(report["styles"])
+  pngs = {}
+
+  def save(fig, name):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    pngs[name] = buffer.getvalue()
+
+  fig, ax = plt.subplots(figsize=(8, 3.6))
+  reasons = sorted({r for s in styles for r in report["styles"][s]["reasons"]})
+  bottom = np.array([report["styles"][s]["kept"] for s in styles], dtype=float)
+  ax.bar(styles, bottom, label="kept", color="#2b8a3e")
+  for reason, color in zip(reasons, plt.cm.tab20.colors, strict=False):
+    heights = np.array([report["styles"][s]["reasons"].get(reason, 0) for s in styles], dtype=float)
+    ax.bar(styles, heights, bottom=bottom, label=reason, color=color)
+    bottom += heights
+  ax.set_ylabel("records")
+  ax.set_title("Kept and rejected records per style (a record may have several reasons)")
+  ax.legend(fontsize=7, ncol=2)
+  ax.tick_params(axis="x", rotation=30, labelsize=8)
+  save(fig, "kept_rejected.png")
+
+  # Small multiples on common bins, so shapes compare across styles.
+  lengths = report["_lengths"]
+  every = [v for s in styles for v in lengths.get(s, [])]
+  bins = np.histogram_bin_edges(every, bins=30) if every else 10
+  cols = min(4, max(len(styles), 1))
+  rows = -(-max(len(styles), 1) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.1 * rows), sharex=True, squeeze=False)
+  for i, ax in enumerate(axes.flat):
+    if i >= len(styles):
+      ax.axis("off")
+      continue
+    values = lengths.get(styles[i], [])
+    if values:
+      ax.hist(values, bins=bins, color="#1c7ed6")
+    else:
+      ax.text(0.5, 0.5, "none kept", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    ax.set_title(styles[i], fontsize=8)
+    ax.tick_params(labelsize=7)
+  fig.supxlabel("tokens per kept conversation", fontsize=8)
+  fig.supylabel("conversations", fontsize=8)
+  fig.tight_layout()
+  save(fig, "lengths.png")
+
+  fig, ax1 = plt.subplots(figsize=(8, 3.2))
+  x = np.arange(len(styles))
+  rouge = [report["styles"][s]["similarity"]["rouge_l"] or 0 for s in styles]
+  bleu = [report["styles"][s]["similarity"]["bleu"] or 0 for s in styles]
+  ax1.bar(x - 0.2, rouge, 0.4, label="ROUGE-L F1", color="#f08c00")
+  ax2 = ax1.twinx()
+  ax2.bar(x + 0.2, bleu, 0.4, label="BLEU", color="#5f3dc4")
+  ax1.set_xticks(x, styles, rotation=30, fontsize=8)
+  ax1.set_ylabel("ROUGE-L F1")
+  ax2.set_ylim(0, max(1.0, *bleu) * 1.1)
+  ax2.set_ylabel("BLEU")
+  ax1.set_title("Similarity of kept conversations to their source chunk")
+  fig.legend(loc="upper right", fontsize=7)
+  save(fig, "similarity.png")
+  return pngs
+
+
+def _table(report: dict) -> tuple[list[str], list[list[str]]]:
+  header = ["style", "records", "kept", "kept share", "conversation tokens mean / median / p90",
+            "source tokens mean / median / p90", "turns mean", "ROUGE-L", "BLEU", "rejected for"]
+  rows = []
+  for key, e in [*report["styles"].items(), (ALL, report[ALL])]:
+    d = lambda x: " / ".join("-" if x[k] is None else f"{x[k]:g}" for k in ("mean", "median", "p90"))  # noqa: E731
+    sim = e["similarity"]
+    rows.append([key, str(e["records"]), str(e["kept"]),
+                 "-" if e["kept_share"] is None else f"{e['kept_share']:.1%}",
+                 d(e["conversation_tokens"]), d(e["source_tokens"]),
+                 "-" if e["turns"]["mean"] is None else f"{e['turns']['mean']:g}",
+                 "-" if sim["rouge_l"] is None else f"{sim['rouge_l']:.3f}",
+                 "-" if sim["bleu"] is None else f"{sim['bleu']:.1f}",
+                 ", ".join(f"{r} {n}" for r, n in e["reasons"].items()) or "-"])
+  return header, rows
+
+
+def render(report: dict, out_dir: str) -> dict[str, str]:
+  """Writes report.json, report.md (+ PNGs) and a self-contained report.html."""
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  pngs = _plots(report)
+  for name, data in pngs.items():
+    (out / name).write_bytes(data)
+  public = {k: v for k, v in report.items() if not k.startswith("_")}
+  (out / "report.json").write_text(json.dumps(public, indent=1, ensure_ascii=False) + "\n")
+  header, rows = _table(report)
+  source = "filter output" if report["filtered"] else "generation output (not filtered)"
+  md = [f"# MIND dataset report: {report['dir']}", "",
+        f"{source}; tokens counted with `{report['tokenizer']}`. Lengths, turns and similarity "
+        "describe kept conversations; similarity is the mean over a sample of "
+        f"{report[ALL]['similarity']['scored']} records.", "",
+        "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  md += ["| " + " | ".join(row) + " |" for row in rows]
+  md += ["", "![kept and rejected](kept_rejected.png)", "", "![lengths](lengths.png)", "",
+         "![similarity](similarity.png)", "", "## Examples", ""]
+  for style, examples in report["examples"].items():
+    md.append(f"### {report['styles'][style]['name']}")
+    for ex in examples:
+      md += ["", f"`{ex['id']}`", "", "```text", ex["conversation"] + (" [...]" if ex["truncated"] else ""),
+             "```"]
+    md.append("")
+  (out / "report.md").write_text("\n".join(md) + "\n")
+
+  def img(name):
+    return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(pngs[name]).decode()}">'
+  cells = lambda row, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
+  page = [
+      "<!doctype html><html><head><meta charset='utf-8'>",
+      f"<title>MIND dataset report: {html.escape(report['dir'])}</title><style>",
+      "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}",
+      "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}",
+      "pre{white-space:pre-wrap;background:#f6f6f6;padding:.6em;font-size:12px}img{max-width:100%}",
+      "</style></head><body>", f"<h1>MIND dataset report</h1><p>{html.escape(report['dir'])}: "
+      f"{html.escape(source)}; tokens counted with <code>{html.escape(report['tokenizer'])}</code>."
+      " Lengths, turns and similarity describe kept conversations.</p>",
+      "<table><tr>" + cells(header, "th") + "</tr>",
+      *["<tr>" + cells(row, "td") + "</tr>" for row in rows], "</table>",
+      img("kept_rejected.png"), img("lengths.png"), img("similarity.png"), "<h2>Examples</h2>"]
+  for style, examples in report["examples"].items():
+    page.append(f"<h3>{html.escape(report['styles'][style]['name'])}</h3>")
+    for ex in examples:
+      page.append(f"<p><code>{html.escape(ex['id'])}</code></p><pre>"
+                  f"{html.escape(ex['conversation'])}{' [...]' if ex['truncated'] else ''}</pre>")
+  page.append("</body></html>")
+  (out / "report.html").write_text("\n".join(page) + "\n")
+  return {"html": str(out / "report.html"), "markdown": str(out / "report.md"),
+          "json": str(out / "report.json")}
+
+
+def run(cfg: ReportConfig) -> dict:
+  """Collects and renders the report; returns its numbers."""
+  if not cfg.dir:
+    raise MindJaxError("no directory given (DIR or dir=...)")
+  report = collect(cfg)
+  out = cfg.out or str(epath.Path(cfg.dir) / "report")
+  paths = render(report, out)
+  summary_path = epath.Path(cfg.dir) / SUMMARY
+  log.info("report on %d records (%d kept) of %d styles%s", report[ALL]["records"],
+           report[ALL]["kept"], len(report["styles"]),
+           " (filter summary found)" if summary_path.exists() else "")
+  print(f"report: {paths['html']} (also {paths['markdown']}, {paths['json']})")
+  return {k: v for k, v in report.items() if not k.startswith("_")}
