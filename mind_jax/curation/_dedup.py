@@ -48,7 +48,11 @@ def near_duplicates(ids: list[str], signatures: list[np.ndarray], threshold: flo
   """id -> (id of the earlier record it duplicates, estimated Jaccard), visiting `ids` in the
   given order; a record found to be a duplicate is not indexed itself."""
   from datasketch import LeanMinHash, MinHashLSH
-  lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+  # Every candidate is confirmed on its signature, so false positives cost a comparison while
+  # false negatives cost a duplicate: weight the banding towards recall (at threshold 0.8 and
+  # 128 permutations, 14 bands of 9 rows find a 0.85 pair 97% of the time; the default
+  # weights' 9 x 13 find it 69% of the time).
+  lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
   indexed: dict[str, np.ndarray] = {}
   found = {}
   for record_id, signature in zip(ids, signatures, strict=True):

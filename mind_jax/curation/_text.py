@@ -54,8 +54,21 @@ def words(text: str) -> list[str]:
   return _WORD.findall(text.lower())
 
 
+_HASHES: dict[str, int] = {}
+_HASHES_MAX = 2_000_000
+
+
 def word_hashes(tokens: list[str]) -> np.ndarray:
-  return np.fromiter((zlib.crc32(w.encode()) for w in tokens), dtype=np.uint64, count=len(tokens))
+  # Word frequencies are Zipfian: a dictionary lookup is several times cheaper than hashing.
+  try:
+    return np.array([_HASHES[w] for w in tokens], dtype=np.uint64)
+  except KeyError:
+    if len(_HASHES) > _HASHES_MAX:
+      _HASHES.clear()
+    for w in tokens:
+      if w not in _HASHES:
+        _HASHES[w] = zlib.crc32(w.encode())
+    return np.array([_HASHES[w] for w in tokens], dtype=np.uint64)
 
 
 def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
