@@ -58,3 +58,38 @@ def hf_checkpoints(tmp_path_factory):
     path = tmp_path_factory.mktemp(name)
     out[name] = (str(path), make_hf_checkpoint(path, **overrides))
   return out
+
+
+@pytest.fixture
+def fake_gcs(tmp_path):
+  """gs://bucket/... paths served from tmp_path/gcs through etils.epath's own mock hook, so code
+  that goes through epath is exercised on gs:// URLs without a network (one process only)."""
+  from etils.epath import testing as epath_testing
+  root = tmp_path / "gcs"
+  root.mkdir()
+
+  def local(path):
+    text = os.fspath(path)
+    return str(root / text[len("gs://"):]) if text.startswith("gs://") else text
+
+  def remote(path):
+    text = os.fspath(path)
+    return "gs://" + text[len(str(root)) + 1:] if text.startswith(str(root) + "/") else text
+
+  def one(fn, path, *args, **kwargs):
+    return fn(local(path), *args, **kwargs)
+
+  def two(fn, path, dst, *args, **kwargs):
+    return fn(local(path), local(dst), *args, **kwargs)
+
+  def glob(fn, pattern):
+    return [remote(p) for p in fn(local(pattern))]
+
+  def walk(fn, top, **kwargs):
+    for dirpath, dirs, files in fn(local(top), **kwargs):
+      yield remote(dirpath), dirs, files
+
+  with epath_testing.mock_epath(
+      open=one, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one, remove=one,
+      rmtree=one, stat=one, copy=two, rename=two, replace=two, glob=glob, walk=walk):
+    yield root

@@ -363,3 +363,21 @@ def test_command_line(tmp_path, capsys):
   with pytest.raises(SystemExit):
     filter_main(["--help"])
   assert "dedup.threshold" in capsys.readouterr().out
+
+
+def test_repository_filter_configs_validate():
+  import pathlib
+  for path in sorted(pathlib.Path(__file__).parent.parent.glob("configs/filter*.yaml")):
+    cfg = load_config(FilterConfig, str(path))
+    assert cfg.min_tokens == 50
+
+
+def test_input_and_output_on_gcs(fake_gcs):
+  write_parts(fake_gcs / "bucket" / "mind", _mixed_records(), files=2)
+  cfg = load_config(FilterConfig, None, ["input=gs://bucket/mind", "out=gs://bucket/filtered",
+                                         "workers=1"])
+  summary = run_filter(cfg)
+  kept = read_dir(fake_gcs / "bucket" / "filtered" / "kept")
+  assert summary["kept"] == len(kept) > 0
+  assert (fake_gcs / "bucket" / "filtered" / SUMMARY).exists()
+  assert not list((fake_gcs / "bucket" / "filtered").rglob("*.tmp"))

@@ -274,3 +274,13 @@ def test_directories_and_globs_expand_to_data_files(tmp_path):
     expand(str(tmp_path / "*.csv"))
   with pytest.raises(MindJaxError, match="notes.txt: unknown input format"):
     expand(str(tmp_path / "a" / "b" / "notes.txt"))
+
+
+def test_output_on_gcs_and_resume(fake_gcs):
+  cfg = make_config("gs://bucket/mind", "input.limit=1", "prompt.styles=[debate,interview]")
+  first = run(cfg)
+  written = all_records(fake_gcs / "bucket" / "mind")
+  assert first["units_written"] == len(written) > 0
+  assert (fake_gcs / "bucket" / "mind" / "manifest-00000.json").exists()
+  again = run(cfg)  # resume reads the gs:// parts back and finds nothing to do
+  assert again["already_done"] == len(written) and again["units_written"] == 0
