@@ -4,6 +4,7 @@ Eight host CPU devices are requested before jax is imported so that sharding
 tests run on a real (if small) mesh.
 """
 
+import json
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -93,3 +94,38 @@ def fake_gcs(tmp_path):
       open=one, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one, remove=one,
       rmtree=one, stat=one, copy=two, rename=two, replace=two, glob=glob, walk=walk):
     yield root
+
+
+# --- generated records (the schema python -m mind_jax.generate writes), for filter and report tests
+
+DIALOGUE = ("Alex: What does the lemma say about primes of the form 4k+1?\n"
+            "Sam: Each of them is a sum of two squares, and the proof uses descent.\n"
+            "Alex: So 13 is 4 plus 9, and 29 is 4 plus 25?\n"
+            "Sam: Exactly, and the representation is unique up to order and signs.\n")
+
+
+def record(rid, conversation=DIALOGUE, style="two_students", doc_id=None, chunk_index=0,
+           finish_reason="eos", source="Primes p = 1 mod 4 are sums of two squares."):
+  return {"id": rid, "doc_id": doc_id or rid.split("#")[0], "chunk_index": chunk_index,
+          "style": style, "style_name": style, "source": source, "conversation": conversation,
+          "prompt_tokens": 100, "output_tokens": len(conversation.encode()),
+          "finish_reason": finish_reason, "error": None, "model": "smoke-test:tiny-random-seed0",
+          "temperature": 1.0, "top_p": 0.9, "top_k": 0, "max_new_tokens": 512, "seed": 0}
+
+
+def write_parts(directory, records, files=1):
+  directory.mkdir(parents=True, exist_ok=True)
+  for k in range(files):
+    with open(directory / f"part-00000-{k:06d}.jsonl", "w") as f:
+      for r in records[k::files]:
+        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  return directory
+
+
+def read_dir(directory):
+  out = {}
+  for path in sorted(directory.glob("part-*")):
+    for line in path.read_text().splitlines():
+      r = json.loads(line)
+      out[r["id"]] = r
+  return out

@@ -11,7 +11,7 @@ from mind_jax import MindJaxError, config
 from mind_jax.curation import FilterConfig, ReportConfig, run_filter, run_report
 from mind_jax.mind import GenerateConfig, run
 from mind_jax.report import main as report_main
-from tests.test_filter import DIALOGUE, read_dir, record, write_parts
+from conftest import DIALOGUE, read_dir, record, write_parts
 
 
 @pytest.fixture(scope="module")
