@@ -309,6 +309,14 @@ def test_corrupt_shard_and_missing_fields_lose_nothing(tmp_path):
   assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_corrupt_parquet_shard_is_named(tmp_path):
+  src = write_parts(tmp_path / "gen", _mixed_records())
+  (src / "part-00001-000000.parquet").write_bytes(b"PAR1 this is not parquet")
+  with pytest.raises(MindJaxError, match=r"part-00001-000000.parquet: not a readable Parquet"):
+    run_filter(load_config(FilterConfig, None, [f"input={src}", f"out={tmp_path / 'out'}"]))
+  assert not (tmp_path / "out" / "kept").exists()
+
+
 def test_bad_evaluation_file_fails_before_work(tmp_path):
   evals = tmp_path / "mmlu.jsonl"
   evals.write_text(json.dumps({"choices": ["a", "b"]}) + "\n")

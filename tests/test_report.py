@@ -48,7 +48,8 @@ def test_report_numbers_match_independent_counts(default_output):
         reasons[reason] = reasons.get(reason, 0) + 1
     assert entry["reasons"] == reasons
     if mine:  # byte tokenizer: a source's tokens are its UTF-8 bytes
-      assert entry["conversation_tokens"] == stats([r["conversation_tokens"] for r in mine])
+      assert entry["conversation_tokens"] == stats([len(r["conversation"].encode()) for r in mine])
+      assert entry["turns"] == stats([r["turns"] for r in mine])
       assert entry["source_tokens"] == stats([len(r["source"].encode()) for r in mine])
       rouge = np.mean([scorer.score(r["source"], r["conversation"])["rougeL"].fmeasure
                        for r in mine])

@@ -41,7 +41,7 @@ BYTE_TOKENIZER = "byte"
 TOKEN_BATCH = 512
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)  # one per input record, all held by pass 2
 class Facts:
   """What pass 1 learned about one record: enough for pass 2 to decide, and pass 3 to write."""
 
