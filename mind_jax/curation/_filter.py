@@ -187,8 +187,10 @@ def decide(facts: list[Facts], cfg: FilterConfig) -> None:
         first_of[f.exact] = f.id
     alive = [f for f in alive if not f.reasons]
   if cfg.dedup.near:
-    found = near_duplicates([f.id for f in alive], [f.signature for f in alive],
-                            cfg.dedup.threshold, cfg.dedup.num_perm)
+    matrix = np.zeros((len(alive), cfg.dedup.num_perm), dtype=np.uint32)
+    for row, f in enumerate(alive):  # one array instead of a small one per record
+      matrix[row], f.signature = f.signature, None
+    found = near_duplicates([f.id for f in alive], matrix, cfg.dedup.threshold, cfg.dedup.num_perm)
     for record_id, (of, similarity) in found.items():
       by_id[record_id].reasons.append("near_duplicate")
       by_id[record_id].detail.append(f"near_duplicate of {of} (jaccard ~{similarity:.2f})")
