@@ -7,6 +7,10 @@ Public surface:
   generation   Engine, EngineConfig, Request, Result, SamplingParams
   sharding     make_mesh, shard_model, TRAIN_RULES, GENERATE_RULES
   errors       MindJaxError
+
+Jobs live in their packages: mind_jax.mind (generation), mind_jax.curation
+(filter and report), each with a command-line tool (python -m mind_jax.generate,
+mind_jax.filter, mind_jax.report).
 """
 
 from mind_jax._errors import MindJaxError
