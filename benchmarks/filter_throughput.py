@@ -106,12 +106,12 @@ def write_input(records, directory):
         f.write(json.dumps(r) + "\n")
 
 
-def time_ours(src, out, tokenizer, workers, near):
+def time_ours(src, out, tokenizer, workers, near, index="memory"):
   from mind_jax.config import load_config
   from mind_jax.curation import FilterConfig, run_filter
   overrides = [f"input={src}", f"out={out}", f"tokenizer={tokenizer}", f"workers={workers}",
                "turns.enabled=true", "repetition.enabled=true", "copy_source.enabled=true",
-               f"dedup.near={str(near).lower()}"]
+               f"dedup.near={str(near).lower()}", f"dedup.index={index}"]
   start = time.perf_counter()
   summary = run_filter(load_config(FilterConfig, None, overrides))
   return time.perf_counter() - start, summary
@@ -160,7 +160,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--records", type=int, default=100000)
   parser.add_argument("--workers", type=int, default=2)
-  parser.add_argument("--out", help="directory for filter_throughput.json")
+  parser.add_argument("--out", help="directory for the results JSON")
+  parser.add_argument("--runs", default="mind_jax_rules,mind_jax_minhash,datatrove_gopher,"
+                      "datatrove_minhash", help="comma-separated runs (also: mind_jax_bloom)")
+  parser.add_argument("--name", default="filter_throughput", help="results file name")
   args = parser.parse_args()
   work = tempfile.mkdtemp(prefix="filter-bench-")
   try:
@@ -178,10 +181,13 @@ def main():
                "mean_conversation_tokens": round(float(np.mean(tokens)), 1),
                "planted_near_duplicates": len(near),
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
-    for name, fn in [("mind_jax_rules", lambda: time_ours(src, f"{work}/o1", tok, args.workers, False)),
-                     ("mind_jax_minhash", lambda: time_ours(src, f"{work}/o2", tok, args.workers, True)),
-                     ("datatrove_gopher", lambda: time_datatrove(src, f"{work}/d1", args.workers, False)),
-                     ("datatrove_minhash", lambda: time_datatrove(src, f"{work}/d2", args.workers, True))]:
+    runs = {"mind_jax_rules": lambda: time_ours(src, f"{work}/o1", tok, args.workers, False),
+            "mind_jax_minhash": lambda: time_ours(src, f"{work}/o2", tok, args.workers, True),
+            "mind_jax_bloom": lambda: time_ours(src, f"{work}/o3", tok, args.workers, True, "bloom"),
+            "datatrove_gopher": lambda: time_datatrove(src, f"{work}/d1", args.workers, False),
+            "datatrove_minhash": lambda: time_datatrove(src, f"{work}/d2", args.workers, True)}
+    for name in args.runs.split(","):
+      fn = runs[name]
       seconds, outcome = fn()
       kept_ids = _kept_ids(outcome["output_dir"]) if isinstance(outcome, dict) else set(outcome)
       # A planted pair is resolved when at most one of the two survives (either may be kept).
@@ -191,12 +197,14 @@ def main():
       print(f"{name:20s} {seconds:7.1f} s {args.records / seconds:9.0f} records/s  kept "
             f"{len(kept_ids)}  planted near-duplicate pairs resolved {resolved}/{len(near)}")
     for ours, theirs in [("mind_jax_rules", "datatrove_gopher"), ("mind_jax_minhash", "datatrove_minhash")]:
+      if ours not in results or theirs not in results:
+        continue
       ratio = results[ours]["records_per_s"] / results[theirs]["records_per_s"]
       results[f"{ours}_vs_{theirs}"] = round(ratio, 2)
       print(f"{ours} / {theirs}: {ratio:.2f}x")
     if args.out:
       os.makedirs(args.out, exist_ok=True)
-      with open(os.path.join(args.out, "filter_throughput.json"), "w") as f:
+      with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:
         json.dump(results, f, indent=1)
   finally:
     shutil.rmtree(work, ignore_errors=True)

@@ -151,6 +151,16 @@ def test_exact_and_near_duplicates(tmp_path):
   assert set(kept_without) == {"a", "c", "d", "e"}
 
 
+def test_bloom_index_for_very_large_outputs(tmp_path):
+  base = _essay(1)
+  records = [record("a", base), record("c", base.replace(base.split()[40], "changed", 1)),
+             record("d", _essay(2)), record("e", _essay(3))]
+  _, kept, rejected = filtered(tmp_path, records, "dedup.near=true", "dedup.index=bloom")
+  assert set(kept) == {"a", "d", "e"}
+  assert rejected["c"]["reject_reasons"] == ["near_duplicate"]
+  assert "Bloom index" in rejected["c"]["reject_detail"]
+
+
 def test_result_does_not_depend_on_files_or_workers(tmp_path):
   base = _essay(5)
   records = [record(f"r{i:02d}", _essay(i) if i % 3 else base.replace("w", "w" * (i % 2 + 1), 1))

@@ -11,9 +11,12 @@ how the input was split into files or processes.
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
+from datasketch import LeanMinHash, MinHash, MinHashLSH, MinHashLSHBloom
 
+from mind_jax._errors import MindJaxError
 from mind_jax.curation._text import ngram_hashes
 
 # Fixed so signatures from different processes and runs are comparable.
@@ -28,12 +31,10 @@ class Signer:
   """MinHash signatures (uint32, `num_perm` values) of word-hash arrays."""
 
   def __init__(self, num_perm: int = 128, shingle: int = 5):
-    from datasketch import MinHash
     self.num_perm, self.shingle = num_perm, shingle
     self._template = MinHash(num_perm=num_perm, seed=MINHASH_SEED)
 
   def __call__(self, hashes: np.ndarray) -> np.ndarray:
-    from datasketch import MinHash
     shingles = ngram_hashes(hashes, min(self.shingle, len(hashes))) if len(hashes) else hashes
     # datasketch's affine32 scheme takes 32-bit inputs: fold the 64-bit shingle hashes.
     folded = ((shingles >> np.uint64(32)) ^ shingles) & np.uint64(0xFFFFFFFF)
@@ -43,30 +44,59 @@ class Signer:
     return sketch.digest().astype(np.uint32)
 
 
-def near_duplicates(ids: list[str], signatures: np.ndarray, threshold: float,
-                    num_perm: int) -> dict[str, tuple[str, float]]:
+def near_duplicates(ids: list[str], signatures: np.ndarray, threshold: float, num_perm: int,
+                    index: str = "memory", bloom_fp: float = 1e-6
+                    ) -> dict[str, tuple[str | None, float | None]]:
   """id -> (id of the earlier record it duplicates, estimated Jaccard), visiting `ids` (one per
   row of `signatures`, [records, num_perm]) in order; a duplicate is not indexed itself.
 
-  datasketch's in-memory index costs about 5 KB per indexed record (a set per band; 4.8 KB
-  measured over 100,000 records), so one process holds about 3 million records per 16 GB.
+  index="memory" is datasketch's MinHashLSH: candidates come back by key and are confirmed on
+  their signatures; it costs about 5 KB per indexed record (a set per band; 4.8 KB measured
+  over 100,000 records), so one process holds about 3 million records per 16 GB.
+  index="bloom" is datasketch's MinHashLSHBloom: one Bloom filter per band (about 29 bits per
+  record and band at fp=1e-6), for outputs of tens of millions; it only answers "does a band
+  match an earlier record", so nothing is confirmed and the duplicate's partner is not known
+  (the pair comes back as (None, None)).
   """
-  from datasketch import LeanMinHash, MinHashLSH
   # Every candidate is confirmed on its signature, so false positives cost a comparison while
   # false negatives cost a duplicate: weight the banding towards recall (at threshold 0.8 and
   # 128 permutations, 14 bands of 9 rows find a 0.85 pair 97% of the time; the default
-  # weights' 9 x 13 find it 69% of the time).
-  lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
-  matrix = signatures
+  # weights' 9 x 13 find it 69% of the time). The Bloom index keeps the same banding.
+  weights = (0.1, 0.9)
   found = {}
-  for row, signature in enumerate(matrix):  # keys are row numbers: cheaper than the ids
+  if index == "bloom":
+    lsh = _bloom_index(threshold, num_perm, len(ids), bloom_fp, weights)
+    for row, signature in enumerate(signatures):
+      sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32")
+      if lsh.query(sketch):
+        found[ids[row]] = (None, None)
+      else:
+        lsh.insert(sketch)
+    return found
+  lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights)
+  for row, signature in enumerate(signatures):  # keys are row numbers: cheaper than the ids
     sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32")
     candidates = np.fromiter(lsh.query(sketch), dtype=np.int64)
     if len(candidates):
-      similarity = np.mean(matrix[candidates] == signature, axis=1)
+      similarity = np.mean(signatures[candidates] == signature, axis=1)
       best = np.lexsort((candidates, -similarity))[0]  # most similar; ties to the earlier row
       if similarity[best] >= threshold:
         found[ids[row]] = (ids[candidates[best]], float(similarity[best]))
         continue
     lsh.insert(row, sketch, check_duplication=False)
   return found
+
+
+def check_bloom_available() -> None:
+  try:
+    import pybloomfilter  # noqa: F401  datasketch's Bloom backend
+  except ModuleNotFoundError:
+    raise MindJaxError("dedup.index=bloom needs pybloomfiltermmap3 (pip install -e '.[bloom]')") from None
+
+
+def _bloom_index(threshold, num_perm, count, fp, weights):
+  check_bloom_available()
+  with warnings.catch_warnings():  # "not persisted": it lives for one run by design
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return MinHashLSHBloom(threshold=threshold, num_perm=num_perm, n=max(count, 1), fp=fp,
+                           weights=weights)

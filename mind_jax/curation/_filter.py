@@ -30,7 +30,7 @@ from etils import epath
 from mind_jax._errors import MindJaxError
 from mind_jax._progress import progress_bar
 from mind_jax.curation._decontam import EvalIndex
-from mind_jax.curation._dedup import Signer, exact_key, near_duplicates
+from mind_jax.curation._dedup import Signer, check_bloom_available, exact_key, near_duplicates
 from mind_jax.curation._rules import REQUIRED_FIELDS, FilterConfig, cleaned, judge
 
 log = logging.getLogger("mind_jax.filter")
@@ -190,10 +190,13 @@ def decide(facts: list[Facts], cfg: FilterConfig) -> None:
     matrix = np.zeros((len(alive), cfg.dedup.num_perm), dtype=np.uint32)
     for row, f in enumerate(alive):  # one array instead of a small one per record
       matrix[row], f.signature = f.signature, None
-    found = near_duplicates([f.id for f in alive], matrix, cfg.dedup.threshold, cfg.dedup.num_perm)
+    found = near_duplicates([f.id for f in alive], matrix, cfg.dedup.threshold, cfg.dedup.num_perm,
+                            cfg.dedup.index, cfg.dedup.bloom_fp)
     for record_id, (of, similarity) in found.items():
       by_id[record_id].reasons.append("near_duplicate")
-      by_id[record_id].detail.append(f"near_duplicate of {of} (jaccard ~{similarity:.2f})")
+      by_id[record_id].detail.append(
+          f"near_duplicate of {of} (jaccard ~{similarity:.2f})" if of is not None
+          else "near_duplicate of an earlier record (Bloom index: a band matched)")
     alive = [f for f in alive if not f.reasons]
   if cfg.select.mode == "longest":
     longest = {}
@@ -257,6 +260,8 @@ def run(cfg: FilterConfig) -> dict:
   workers = min(cfg.workers or os.cpu_count() or 1, len(files))
   log.info("filter: %d part files from %s, tokenizer %s, %d worker(s)", len(files), cfg.input,
            tokenizer_spec, workers)
+  if cfg.dedup.near and cfg.dedup.index == "bloom":
+    check_bloom_available()
   if cfg.decontaminate.files:  # fail on a bad evaluation file before any work
     index = _tools(cfg, tokenizer_spec)[1]
     log.info("decontamination: %d questions from %d files, %d-grams", len(index),

@@ -51,6 +51,13 @@ class DedupRule(config_lib.Section):
   threshold: float = pydantic.Field(0.8, gt=0, le=1, description="Jaccard similarity")
   num_perm: int = pydantic.Field(128, ge=16, description="MinHash permutations")
   shingle: int = pydantic.Field(5, ge=1, description="word n-gram size of the shingles")
+  index: str = pydantic.Field(
+      "memory", pattern="^(memory|bloom)$",
+      description="memory: datasketch MinHashLSH, candidates confirmed on their signatures "
+      "(~5 KB per record); bloom: datasketch MinHashLSHBloom (~40 bytes per record, for tens of "
+      "millions; unconfirmed; needs pybloomfiltermmap3)")
+  bloom_fp: float = pydantic.Field(1e-6, gt=0, lt=1, description="false positive rate of each "
+                                   "band's Bloom filter (index=bloom)")
 
 
 class DecontaminateRule(config_lib.Section):
