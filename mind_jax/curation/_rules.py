@@ -54,7 +54,7 @@ class DedupRule(config_lib.Section):
   index: str = pydantic.Field(
       "memory", pattern="^(memory|bloom)$",
       description="memory: datasketch MinHashLSH, candidates confirmed on their signatures "
-      "(~5 KB per record); bloom: datasketch MinHashLSHBloom (~40 bytes per record, for tens of "
+      "(~5 KB per record); bloom: datasketch MinHashLSHBloom (~50 bytes per record, for tens of "
       "millions; unconfirmed; needs pybloomfiltermmap3)")
   bloom_fp: float = pydantic.Field(1e-6, gt=0, lt=1, description="false positive rate of each "
                                    "band's Bloom filter (index=bloom)")
