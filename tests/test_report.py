@@ -68,6 +68,7 @@ def test_pages_are_written_and_self_contained(default_output):
   for png in re.findall(r"\]\(([^)]+\.png)\)", markdown):
     assert (out / png).read_bytes().startswith(b"\x89PNG")
   assert "| all |" in markdown and "### Two Students" in markdown
+  assert "Filter: at least 20 tokens; cleanup; truncated: flag; exact dedup" in markdown
 
 
 def test_unfiltered_generation_output_counts_everything_as_kept(default_output):

@@ -116,7 +116,35 @@ def collect(cfg: ReportConfig) -> dict:
           batch = []
       _measure(batch, styles, tokenizer, source_tokens, rng, cfg)
       bar.update(1)
-  return _numbers(cfg, styles, names, filtered, tokenizer_spec)
+  report = _numbers(cfg, styles, names, filtered, tokenizer_spec)
+  report["filter_rules"] = filter_rules(cfg.dir) if filtered else []
+  return report
+
+
+def filter_rules(directory: str) -> list[str]:
+  """The filter's settings, in words, from its summary (empty when there is none)."""
+  path = epath.Path(directory) / SUMMARY
+  if not path.exists():
+    return []
+  c = json.loads(path.read_text())["config"]
+  rules = [f"at least {c['min_tokens']} tokens", "cleanup" if c["cleanup"] else "no cleanup",
+           f"truncated: {c['truncated']}"]
+  if c["turns"]["enabled"]:
+    rules.append(f"{c['turns']['min_speakers']}+ speakers, {c['turns']['min_turns']}+ turns")
+  if c["repetition"]["enabled"]:
+    rules.append("repetition")
+  if c["copy_source"]["enabled"]:
+    rules.append("source copying")
+  if c["dedup"]["exact"]:
+    rules.append("exact dedup")
+  if c["dedup"]["near"]:
+    rules.append(f"near dedup (Jaccard {c['dedup']['threshold']}, {c['dedup']['index']} index)")
+  if c["decontaminate"]["files"]:
+    rules.append(f"decontaminated against {len(c['decontaminate']['files'])} evaluation file(s)")
+  rules.append("longest per chunk" if c["select"]["mode"] == "longest" else "all conversations")
+  if c["select"]["styles"]:
+    rules.append("styles: " + ", ".join(c["select"]["styles"]))
+  return rules
 
 
 def _measure(records, styles, tokenizer, source_tokens, rng, cfg) -> None:
@@ -309,7 +337,9 @@ def render(report: dict, out_dir: str) -> dict[str, str]:
   header, rows = _table(report)
   source = "filter output" if report["filtered"] else "generation output (not filtered)"
   md = [f"# MIND dataset report: {report['dir']}", "",
-        f"{source}; tokens counted with `{report['tokenizer']}`. Lengths, turns and similarity "
+        f"{source}; tokens counted with `{report['tokenizer']}`."
+        + (f" Filter: {'; '.join(report['filter_rules'])}." if report["filter_rules"] else "")
+        + " Lengths, turns and similarity "
         "describe kept conversations; similarity is the mean over a sample of "
         f"{report[ALL]['similarity']['scored']} records.", "",
         "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -335,6 +365,8 @@ def render(report: dict, out_dir: str) -> dict[str, str]:
       "pre{white-space:pre-wrap;background:#f6f6f6;padding:.6em;font-size:12px}img{max-width:100%}",
       "</style></head><body>", f"<h1>MIND dataset report</h1><p>{html.escape(report['dir'])}: "
       f"{html.escape(source)}; tokens counted with <code>{html.escape(report['tokenizer'])}</code>."
+      + (f" Filter: {html.escape('; '.join(report['filter_rules']))}." if report["filter_rules"] else "")
+      +
       " Lengths, turns and similarity describe kept conversations.</p>",
       "<table><tr>" + cells(header, "th") + "</tr>",
       *["<tr>" + cells(row, "td") + "</tr>" for row in rows], "</table>",
