@@ -214,38 +214,63 @@ def write_file(path: str, facts: dict[str, Facts], cfg: FilterConfig) -> dict:
   name = epath.Path(path).name
   fmt = cfg.format if cfg.format != "same" else ("parquet" if name.endswith(".parquet") else "jsonl")
   stem = name.rsplit(".", 1)[0]
-  kept, rejected = [], []
-  for _, record in read_input(path):
-    f = facts[record["id"]]
-    computed = {"conversation_tokens": f.tokens, "turns": f.turns, "speakers": f.speakers,
-                "truncated": f.truncated}
-    if f.reasons:
-      rejected.append({**record, **computed, "reject_reasons": f.reasons,
-                       "reject_detail": "; ".join(f.detail)})
-    else:
-      c = cleaned(record, cfg)
-      kept.append({**record, "conversation": c.text,
-                   "removed_preamble": record.get("removed_preamble", "") + c.preamble,
-                   "removed_trailer": c.trailer + record.get("removed_trailer", ""), **computed})
   out = epath.Path(cfg.out)
-  for folder, records in (("kept", kept), ("rejected", rejected)):
-    _write_atomic(out / folder / f"{stem}.{fmt}", records, fmt)
-  return {"file": name, "output": f"{stem}.{fmt}", "input": len(kept) + len(rejected),
-          "kept": len(kept), "rejected": len(rejected)}
+  with _AtomicPart(out / "kept" / f"{stem}.{fmt}", fmt) as kept, \
+       _AtomicPart(out / "rejected" / f"{stem}.{fmt}", fmt) as rejected:
+    for _, record in read_input(path):
+      f = facts[record["id"]]
+      computed = {"conversation_tokens": f.tokens, "turns": f.turns, "speakers": f.speakers,
+                  "truncated": f.truncated}
+      if f.reasons:
+        rejected.add({**record, **computed, "reject_reasons": f.reasons,
+                      "reject_detail": "; ".join(f.detail)})
+      else:
+        c = cleaned(record, cfg)
+        kept.add({**record, "conversation": c.text,
+                  "removed_preamble": record.get("removed_preamble", "") + c.preamble,
+                  "removed_trailer": c.trailer + record.get("removed_trailer", ""), **computed})
+  return {"file": name, "output": f"{stem}.{fmt}", "input": kept.count + rejected.count,
+          "kept": kept.count, "rejected": rejected.count}
+
+
+class _AtomicPart:
+  """A part file that appears complete or not at all (temporary name, then rename). JSONL is
+  written as records arrive; Parquet is written at the end, one table, so its schema is
+  inferred from every record."""
+
+  def __init__(self, path: epath.Path, fmt: str):
+    self.path, self.fmt, self.count = path, fmt, 0
+    self.tmp = path.parent / (path.name + ".tmp")
+    self.buffer: list[dict] = []
+
+  def __enter__(self):
+    self.file = self.tmp.open("w" if self.fmt == "jsonl" else "wb")
+    return self
+
+  def add(self, record: dict) -> None:
+    self.count += 1
+    if self.fmt == "jsonl":
+      self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    else:
+      self.buffer.append(record)
+
+  def __exit__(self, exc_type, *exc):
+    if exc_type is None and self.fmt == "parquet":
+      import pyarrow as pa
+      import pyarrow.parquet as pq
+      pq.write_table(pa.Table.from_pylist(self.buffer), self.file)
+    self.file.close()
+    if exc_type is None:
+      self.tmp.replace(self.path)
+    else:
+      self.tmp.unlink(missing_ok=True)
+    return False
 
 
 def _write_atomic(path: epath.Path, records: list[dict], fmt: str) -> None:
-  tmp = path.parent / (path.name + ".tmp")
-  if fmt == "jsonl":
-    with tmp.open("w") as f:
-      for record in records:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-  else:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    with tmp.open("wb") as f:
-      pq.write_table(pa.Table.from_pylist(records), f)
-  tmp.replace(path)
+  with _AtomicPart(path, fmt) as part:
+    for record in records:
+      part.add(record)
 
 
 def run(cfg: FilterConfig) -> dict:
