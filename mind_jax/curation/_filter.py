@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import json
 import logging
 import multiprocessing
@@ -31,7 +30,7 @@ from mind_jax._errors import MindJaxError
 from mind_jax._progress import progress_bar
 from mind_jax.curation._decontam import EvalIndex
 from mind_jax.curation._dedup import Signer, check_bloom_available, exact_key, near_duplicates
-from mind_jax.curation._rules import REQUIRED_FIELDS, FilterConfig, cleaned, judge
+from mind_jax.curation._rules import REQUIRED_FIELDS, Facts, FilterConfig, cleaned, judge
 
 log = logging.getLogger("mind_jax.filter")
 
@@ -39,24 +38,6 @@ SUMMARY = "filter-summary.json"
 CONTAMINATION = "contamination.jsonl"
 BYTE_TOKENIZER = "byte"
 TOKEN_BATCH = 512
-
-
-@dataclasses.dataclass(slots=True)  # one per input record, all held by pass 2
-class Facts:
-  """What pass 1 learned about one record: enough for pass 2 to decide, and pass 3 to write."""
-
-  id: str
-  chunk: tuple[str, int]
-  style: str
-  tokens: int
-  turns: int
-  speakers: int
-  truncated: bool
-  reasons: list[str]
-  detail: list[str]
-  exact: bytes | None = None
-  signature: np.ndarray | None = None
-  matches: list = dataclasses.field(default_factory=list)
 
 
 def input_files(input_dir: str) -> list[str]:
@@ -95,11 +76,11 @@ def _schema_problem(record) -> str | None:
   return None
 
 
-def resolve_tokenizer(cfg: FilterConfig, first_file: str) -> str:
-  """The generator's tokenizer: `cfg.tokenizer`, else the model directory named in the
+def resolve_tokenizer(tokenizer: str | None, first_file: str) -> str:
+  """The generator's tokenizer: `tokenizer` if given, else the model directory named in the
   records, else the byte tokenizer for the smoke-test model's output."""
-  if cfg.tokenizer:
-    return cfg.tokenizer
+  if tokenizer:
+    return tokenizer
   where, record = next(read_input(first_file), (first_file, {}))
   model = record.get("model") or ""
   if model.startswith("smoke-test:"):
@@ -111,6 +92,15 @@ def resolve_tokenizer(cfg: FilterConfig, first_file: str) -> str:
                      "with tokenizer files; pass tokenizer=DIR (the generator's tokenizer)")
 
 
+def load_tokenizer_spec(spec: str):
+  """The tokenizer `resolve_tokenizer` named."""
+  if spec == BYTE_TOKENIZER:
+    from mind_jax.testing import byte_tokenizer
+    return byte_tokenizer()
+  from mind_jax.text import load_tokenizer
+  return load_tokenizer(spec)
+
+
 _WORKER_STATE: dict = {}
 
 
@@ -118,12 +108,7 @@ def _tools(cfg: FilterConfig, tokenizer_spec: str):
   """Tokenizer, evaluation index and MinHash signer, built once per process."""
   key = (cfg.model_dump_json(), tokenizer_spec)
   if _WORKER_STATE.get("key") != key:
-    if tokenizer_spec == BYTE_TOKENIZER:
-      from mind_jax.testing import byte_tokenizer
-      tokenizer = byte_tokenizer()
-    else:
-      from mind_jax.text import load_tokenizer
-      tokenizer = load_tokenizer(tokenizer_spec)
+    tokenizer = load_tokenizer_spec(tokenizer_spec)
     index = (EvalIndex(cfg.decontaminate.files, cfg.decontaminate.ngram, cfg.decontaminate.min_words)
              if cfg.decontaminate.files else None)
     signer = Signer(cfg.dedup.num_perm, cfg.dedup.shingle) if cfg.dedup.near else None
@@ -151,21 +136,17 @@ def inspect_file(path: str, cfg: FilterConfig, tokenizer_spec: str) -> list[Fact
 
 
 def _facts(record, text, tokens, cfg, index, signer) -> Facts:
-  verdict = judge(record, text, tokens, cfg)
-  facts = Facts(id=record["id"], chunk=(record["doc_id"], record["chunk_index"]),
-                style=record["style"], tokens=tokens, turns=verdict.turns,
-                speakers=verdict.speakers, truncated=verdict.truncated,
-                reasons=verdict.reasons, detail=verdict.detail)
+  facts, words, hashes = judge(record, text, tokens, cfg)
   if index is not None:
-    facts.matches = index.matches(verdict.hashes)
+    facts.matches = index.matches(hashes)
     if facts.matches:
       facts.reasons.append("contaminated")
       facts.detail.append("contaminated: " + ", ".join(m.question for m in facts.matches))
   if not facts.reasons:  # only candidates for keeping take part in the global passes
     if cfg.dedup.exact:
-      facts.exact = exact_key(verdict.words)
+      facts.exact = exact_key(words)
     if signer is not None:
-      facts.signature = signer(verdict.hashes)
+      facts.signature = signer(hashes)
   return facts
 
 
@@ -281,7 +262,7 @@ def run(cfg: FilterConfig) -> dict:
     raise MindJaxError("no output directory given (--out DIR or out=...)")
   if str(epath.Path(cfg.out).resolve()) == str(epath.Path(cfg.input).resolve()):
     raise MindJaxError(f"{cfg.out}: output directory must differ from the input")
-  tokenizer_spec = resolve_tokenizer(cfg, files[0])
+  tokenizer_spec = resolve_tokenizer(cfg.tokenizer, files[0])
   workers = min(cfg.workers or os.cpu_count() or 1, len(files))
   log.info("filter: %d part files from %s, tokenizer %s, %d worker(s)", len(files), cfg.input,
            tokenizer_spec, workers)

@@ -27,8 +27,8 @@ from etils import epath
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
 from mind_jax._progress import progress_bar
-from mind_jax.curation._filter import SUMMARY, input_files, read_input
-from mind_jax.curation._rules import FilterConfig
+from mind_jax.curation._filter import (SUMMARY, input_files, load_tokenizer_spec, read_input,
+                                       resolve_tokenizer)
 from mind_jax.curation._text import split_turns
 
 log = logging.getLogger("mind_jax.report")
@@ -84,15 +84,9 @@ def _has_parts(path) -> bool:
 
 def collect(cfg: ReportConfig) -> dict:
   """The report's numbers (see `render` for the pages)."""
-  from mind_jax.curation._filter import BYTE_TOKENIZER, resolve_tokenizer
   files, filtered = _sources(cfg.dir)
-  tokenizer_spec = resolve_tokenizer(FilterConfig(tokenizer=cfg.tokenizer), files[0][0])
-  if tokenizer_spec == BYTE_TOKENIZER:
-    from mind_jax.testing import byte_tokenizer
-    tokenizer = byte_tokenizer()
-  else:
-    from mind_jax.text import load_tokenizer
-    tokenizer = load_tokenizer(tokenizer_spec)
+  tokenizer_spec = resolve_tokenizer(cfg.tokenizer, files[0][0])
+  tokenizer = load_tokenizer_spec(tokenizer_spec)
   rng = random.Random(cfg.seed)
   styles: dict[str, _Style] = collections.defaultdict(_Style)
   names: dict[str, str] = {}

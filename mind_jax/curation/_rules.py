@@ -96,18 +96,23 @@ class FilterConfig(config_lib.Section):
   select: SelectRule = pydantic.Field(default_factory=SelectRule)
 
 
-@dataclasses.dataclass
-class Verdict:
-  """What the per-record rules found; `tokens` counts the cleaned conversation."""
+@dataclasses.dataclass(slots=True)  # one per input record, all held by the filter's pass 2
+class Facts:
+  """What the rules learned about one record: the per-record rules fill it, the global passes
+  add to its reasons, and the writer reads it. `tokens` counts the cleaned conversation."""
 
+  id: str
+  chunk: tuple[str, int]
+  style: str
   tokens: int
   turns: int
   speakers: int
   truncated: bool
   reasons: list[str]
   detail: list[str]
-  words: list[str]
-  hashes: np.ndarray
+  exact: bytes | None = None
+  signature: np.ndarray | None = None
+  matches: list = dataclasses.field(default_factory=list)
 
 
 def cleaned(record: dict, cfg: FilterConfig) -> Cleaned:
@@ -115,8 +120,10 @@ def cleaned(record: dict, cfg: FilterConfig) -> Cleaned:
   return clean(raw) if cfg.cleanup else Cleaned(raw, "", "")
 
 
-def judge(record: dict, text: str, tokens: int, cfg: FilterConfig) -> Verdict:
-  """Runs every per-record rule on `text` (the cleaned conversation)."""
+def judge(record: dict, text: str, tokens: int,
+          cfg: FilterConfig) -> tuple[Facts, list[str], np.ndarray]:
+  """Runs every per-record rule on `text` (the cleaned conversation); returns the facts and the
+  text's words and word hashes, which the global passes' keys are made from."""
   reasons, detail = [], []
   turns = split_turns(text)
   tokens_list = words(text)
@@ -161,6 +168,7 @@ def judge(record: dict, text: str, tokens: int, cfg: FilterConfig) -> Verdict:
       if share > cfg.copy_source.max_share:
         reasons.append("copies_source")
         detail.append(f"copies_source: {share:.2f} of its {cfg.copy_source.ngram}-grams")
-  return Verdict(tokens=tokens, turns=turns.count, speakers=len(turns.speakers),
-                 truncated=truncated, reasons=reasons, detail=detail, words=tokens_list,
-                 hashes=hashes)
+  facts = Facts(id=record["id"], chunk=(record["doc_id"], record["chunk_index"]),
+                style=record["style"], tokens=tokens, turns=turns.count,
+                speakers=len(turns.speakers), truncated=truncated, reasons=reasons, detail=detail)
+  return facts, tokens_list, hashes
