@@ -5,9 +5,12 @@ checkpoint needed) decodes with the engine at 1 slot and at 64 slots. Each
 measurement fills every slot with a 512-token prompt, compiles, then times
 generate calls only (prefill excluded).
 
-Bandwidth utilisation = bytes a decode step must read (all weights once, plus
-the KV cache window every slot attends over) / step time / the card's peak
-memory bandwidth. Decode is memory-bound, so this is the figure to push up.
+Bandwidth utilisation = bytes a decode step must read (every weight once, less
+the embedding table of which it reads a row per slot, plus the KV cache window
+every slot attends over) / step time / the card's peak memory bandwidth
+(--peak-bandwidth where the card is not in PEAK_BANDWIDTH). Decode is
+memory-bound, so this is the figure to push up. Results are written to
+OUT/decode_gpu.json after each batch size.
 
   python benchmarks/decode_gpu.py --out bench_out                 # on the GPU / TPU host
   python benchmarks/decode_gpu.py --preset tiny --slots 1 4       # a quick check on CPU
@@ -27,15 +30,19 @@ from flax import nnx
 import mind_jax
 from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
 
-# Peak memory bandwidth by device kind (bytes/s), from the vendors' data sheets.
-PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "TPU v5 lite": 0.82e12,
-                  "TPU v5e": 0.82e12, "TPU v5p": 2.76e12, "TPU v6 lite": 1.64e12}
+# Peak memory bandwidth (bytes/s) by a part of `device_kind`, from the vendors' data sheets.
+# The first match wins, so a variant comes before its family: an H100 PCIe card has 2.0 TB/s
+# where the SXM part ("NVIDIA H100 80GB HBM3") has 3.35.
+PEAK_BANDWIDTH = [("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12),
+                  ("H200", 4.8e12), ("A100-PCIE-40GB", 1.555e12), ("A100", 2.039e12),
+                  ("L4", 0.3e12), ("TPU v4", 1.2e12), ("TPU v5 lite", 0.819e12),
+                  ("TPU v5e", 0.819e12), ("TPU v5p", 2.765e12), ("TPU v5", 2.765e12),
+                  ("TPU v6 lite", 1.64e12), ("TPU v6e", 1.64e12)]
 
 
-def peak_bandwidth(device) -> float | None:
-  kind = getattr(device, "device_kind", "")
-  for name, bandwidth in PEAK_BANDWIDTH.items():
-    if name.lower() in kind.lower():
+def peak_bandwidth(device_kind: str) -> float | None:
+  for name, bandwidth in PEAK_BANDWIDTH:
+    if name.lower() in device_kind.lower():
       return bandwidth
   return None
 
@@ -63,7 +70,11 @@ def measure(model, slots: int, prompt_len: int, max_len: int, steps: int, calls:
   jax.block_until_ready(emitted)
   step = (time.perf_counter() - start) / (calls * steps)
   cfg = model.config
-  weight_bytes = sum(v[...].nbytes for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  if not cfg.tie_word_embeddings:
+    # A step reads one embedding row per slot, not the table (1 GB of the 8B model's 16 GB);
+    # counting the table would overstate the bandwidth reached.
+    weight_bytes -= cfg.vocab_size * cfg.hidden_size * jnp.dtype(cfg.param_dtype).itemsize
   kv_bytes = (2 * cfg.num_hidden_layers * slots * cfg.num_key_value_heads * window
               * cfg.resolved_head_dim * jnp.dtype(cfg.dtype).itemsize)
   return {"slots": slots, "step_ms": step * 1e3, "tokens_per_s": slots / step,
@@ -81,11 +92,17 @@ def main():
   parser.add_argument("--max-len", type=int, default=1024)
   parser.add_argument("--steps-per-call", type=int, default=16)
   parser.add_argument("--calls", type=int, default=4)
+  parser.add_argument("--peak-bandwidth", type=float, default=None,
+                      help="the card's peak memory bandwidth in bytes/s, where its name is not "
+                      "in PEAK_BANDWIDTH or the table's figure is not this card's")
   args = parser.parse_args()
   device = jax.devices()[0]
-  peak = peak_bandwidth(device)
+  peak = args.peak_bandwidth or peak_bandwidth(device.device_kind)
+  print(f"{device.device_kind} ({device.platform}), jax {jax.__version__}, "
+        f"peak bandwidth {peak / 1e12 if peak else float('nan'):.2f} TB/s", flush=True)
   model = random_model(args.preset)
   rows = []
+  os.makedirs(args.out, exist_ok=True)
   for slots in args.slots:
     row = measure(model, slots, args.prompt_len, args.max_len, args.steps_per_call, args.calls)
     row["bandwidth_utilisation"] = row["bytes_per_s"] / peak if peak else None
@@ -93,11 +110,12 @@ def main():
     util = f"{row['bandwidth_utilisation']:.0%}" if peak else "n/a (unknown peak)"
     print(f"{device.device_kind}: {slots} slots, {row['step_ms']:.2f} ms/step, "
           f"{row['tokens_per_s']:.0f} tok/s, {row['bytes_per_s'] / 1e9:.0f} GB/s read, "
-          f"bandwidth utilisation {util}")
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "decode_gpu.json"), "w") as f:
-    json.dump({"device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
-               "preset": args.preset, "prompt_len": args.prompt_len, "rows": rows}, f, indent=2)
+          f"bandwidth utilisation {util}", flush=True)
+    # Written after every row, so a run stopped at its time limit still leaves its figures.
+    with open(os.path.join(args.out, "decode_gpu.json"), "w") as f:
+      json.dump({"device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
+                 "preset": args.preset, "prompt_len": args.prompt_len,
+                 "peak_bandwidth": peak, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
