@@ -56,14 +56,19 @@ def random_model(preset: str) -> mind_jax.Llama:
 
 
 def measure(model, slots: int, prompt_len: int, max_len: int, steps: int, calls: int) -> dict:
-  engine = Engine(model, None, EngineConfig(slots=slots, max_len=max_len, steps_per_call=steps))
-  engine.warmup()
+  setup_start = time.perf_counter()
+  # One prefill bucket and no warmup: the run compiles only the two programs it uses (an 8B
+  # model compiles for tens of seconds each, and a lent device's minutes are few); the untimed
+  # generate call below compiles the decode step.
+  engine = Engine(model, None, EngineConfig(slots=slots, max_len=max_len, steps_per_call=steps,
+                                            prefill_buckets=(prompt_len,)))
   params = SamplingParams(max_new_tokens=max_len - prompt_len, temperature=0.0, ignore_eos=True)
   for slot in range(slots):
     engine._insert(Request(slot, [1] * prompt_len, params), slot)
   window = engine._window_for(prompt_len + steps * (calls + 1))
   state, emitted = engine._generate(engine._params, engine.state, window)
   jax.block_until_ready(emitted)
+  setup_s = time.perf_counter() - setup_start
   start = time.perf_counter()
   for _ in range(calls):
     state, emitted = engine._generate(engine._params, state, window)
@@ -77,7 +82,7 @@ def measure(model, slots: int, prompt_len: int, max_len: int, steps: int, calls:
     weight_bytes -= cfg.vocab_size * cfg.hidden_size * jnp.dtype(cfg.param_dtype).itemsize
   kv_bytes = (2 * cfg.num_hidden_layers * slots * cfg.num_key_value_heads * window
               * cfg.resolved_head_dim * jnp.dtype(cfg.dtype).itemsize)
-  return {"slots": slots, "step_ms": step * 1e3, "tokens_per_s": slots / step,
+  return {"slots": slots, "setup_s": setup_s, "step_ms": step * 1e3, "tokens_per_s": slots / step,
           "weight_bytes": weight_bytes, "kv_bytes_per_step": kv_bytes, "window": window,
           "bytes_per_s": (weight_bytes + kv_bytes) / step}
 
@@ -108,7 +113,8 @@ def main():
     row["bandwidth_utilisation"] = row["bytes_per_s"] / peak if peak else None
     rows.append(row)
     util = f"{row['bandwidth_utilisation']:.0%}" if peak else "n/a (unknown peak)"
-    print(f"{device.device_kind}: {slots} slots, {row['step_ms']:.2f} ms/step, "
+    print(f"{device.device_kind}: {slots} slots, {row['step_ms']:.2f} ms/step "
+          f"(compile and prefill {row['setup_s']:.0f} s), "
           f"{row['tokens_per_s']:.0f} tok/s, {row['bytes_per_s'] / 1e9:.0f} GB/s read, "
           f"bandwidth utilisation {util}", flush=True)
     # Written after every row, so a run stopped at its time limit still leaves its figures.
