@@ -98,6 +98,24 @@ def train_tokenizer(records, out_dir):
   PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>").save_pretrained(out_dir)
 
 
+def save_results(results: dict, out_dir: str | None, name: str) -> None:
+  """OUT_DIR/NAME.json, where the docs' figures are read from (nothing without --out)."""
+  if out_dir:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+      json.dump(results, f, indent=1)
+
+
+def synthetic_input(n: int, work: str):
+  """n synthetic records as part files in WORK/gen and a tokenizer trained on them in
+  WORK/tokenizer: (input dir, tokenizer dir, records, planted near duplicates)."""
+  records, near = synthetic_records(n)
+  src, tok = os.path.join(work, "gen"), os.path.join(work, "tokenizer")
+  write_input(records, src)
+  train_tokenizer(records, tok)
+  return src, tok, records, near
+
+
 def write_input(records, directory):
   os.makedirs(directory, exist_ok=True)
   for k in range(TEXT_FILES):
@@ -168,10 +186,7 @@ def main():
   work = tempfile.mkdtemp(prefix="filter-bench-")
   try:
     t = time.perf_counter()
-    records, near = synthetic_records(args.records)
-    src, tok = os.path.join(work, "gen"), os.path.join(work, "tokenizer")
-    write_input(records, src)
-    train_tokenizer(records, tok)
+    src, tok, records, near = synthetic_input(args.records, work)
     from mind_jax.text import load_tokenizer
     tokens = load_tokenizer(tok).count_tokens([r["conversation"] for r in records[:2000]])
     print(f"{args.records} records in {time.perf_counter() - t:.0f} s; conversation tokens: "
@@ -202,10 +217,7 @@ def main():
       ratio = results[ours]["records_per_s"] / results[theirs]["records_per_s"]
       results[f"{ours}_vs_{theirs}"] = round(ratio, 2)
       print(f"{ours} / {theirs}: {ratio:.2f}x")
-    if args.out:
-      os.makedirs(args.out, exist_ok=True)
-      with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    save_results(results, args.out, args.name)
   finally:
     shutil.rmtree(work, ignore_errors=True)
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from filter_throughput import synthetic_records, train_tokenizer, write_input  # noqa: E402
+from filter_throughput import save_results, synthetic_input  # noqa: E402
 
 
 def peak_rss_gb() -> float:
@@ -34,10 +34,7 @@ def main():
   args = parser.parse_args()
   work = tempfile.mkdtemp(prefix="report-bench-")
   try:
-    records, _ = synthetic_records(args.records)
-    src, tok = os.path.join(work, "gen"), os.path.join(work, "tokenizer")
-    write_input(records, src)
-    train_tokenizer(records, tok)
+    src, tok, records, _ = synthetic_input(args.records, work)
     size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
     del records
     import gc
@@ -66,9 +63,7 @@ def main():
               "rss_at_start_gb": round(child["start_rss_gb"], 2),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
     print(json.dumps(result, indent=1))
-    if args.out:
-      with open(os.path.join(args.out, "report_scale.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    save_results(result, args.out, "report_scale")
   finally:
     shutil.rmtree(work, ignore_errors=True)
 

@@ -5,8 +5,10 @@ tokenizer: one token per UTF-8 byte, which makes "exactly 50 tokens" exact.
 """
 
 import json
+import pickle
 import random
 
+import numpy as np
 import pytest
 
 from mind_jax._errors import MindJaxError
@@ -170,6 +172,64 @@ def test_result_does_not_depend_on_files_or_workers(tmp_path):
   three = filtered(tmp_path, records, "dedup.near=true", "workers=2", files=3, name="three")
   assert one[1] == three[1] and one[2] == three[2]
   assert one[0]["reasons"] == three[0]["reasons"] and one[0]["reasons"]
+
+
+def test_signatures_wait_on_scratch_disk_and_are_removed(tmp_path, monkeypatch):
+  """Near-duplicate removal reads the MinHash signatures through a memory map in `scratch`,
+  so a run over hundreds of millions of records needs disk for them, not memory."""
+  from mind_jax.curation import _filter
+  seen = []
+
+  def spy(signatures, *args):
+    seen.append((type(signatures), str(getattr(signatures, "filename", ""))))
+    return near_duplicates(signatures, *args)
+
+  near_duplicates = _filter.near_duplicates
+  monkeypatch.setattr(_filter, "near_duplicates", spy)
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  base = _essay(1)
+  records = [record("a", base), record("c", base.replace(base.split()[40], "changed", 1)),
+             record("d", _essay(2))]
+  _, kept, _ = filtered(tmp_path, records, "dedup.near=true", f"scratch={scratch}", files=2)
+  assert set(kept) == {"a", "d"}
+  assert seen[0][0] is np.memmap and seen[0][1].startswith(str(scratch))
+  assert list(scratch.iterdir()) == []
+
+
+def test_the_decision_pass_holds_columns_not_objects(tmp_path):
+  """What pass 1 hands to the decision pass, per record: about a hundred bytes (ids of ~30
+  characters), where one Python object per record took 600 and its signature 600 more."""
+  from mind_jax.curation._filter import inspect_file
+  records = [record(f"doc{i:05d}#0#teacher_student", _essay(i, n=60)) for i in range(400)]
+  src = write_parts(tmp_path / "in", records)
+  cfg = load_config(FilterConfig, None, [f"input={src}", "out=unused", "dedup.near=true"])
+  table = inspect_file(str(src / "part-00000-000000.jsonl"), cfg, "byte", str(tmp_path / "s.npy"))
+  assert len(table) == 400 and not table.rejected
+  assert len(pickle.dumps(table)) / 400 < 120
+  assert np.load(tmp_path / "s.npy").shape == (400, 128)
+
+
+def test_a_record_id_seen_twice_stops_the_run_before_writing(tmp_path):
+  records = [record("a"), record("b"), record("a", _essay(1))]
+  with pytest.raises(MindJaxError, match="^record id 'a' appears twice in the input$"):
+    filtered(tmp_path, records, files=2)
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_file_changed_between_passes_is_named(tmp_path):
+  from mind_jax.curation._filter import decide, inspect_file, write_file
+  src = write_parts(tmp_path / "in", [record("a"), record("b")])
+  part = str(src / "part-00000-000000.jsonl")
+  cfg = load_config(FilterConfig, None, [f"input={src}", f"out={tmp_path / 'out'}"])
+  table = inspect_file(part, cfg, "byte")
+  decisions = decide([table], cfg)
+  write_parts(tmp_path / "in", [record("b"), record("a")])  # rewritten by someone else meanwhile
+  (tmp_path / "out" / "kept").mkdir(parents=True)
+  (tmp_path / "out" / "rejected").mkdir()
+  with pytest.raises(MindJaxError, match=r"part-00000-000000.jsonl:1: the file changed while"):
+    write_file(decisions.verdicts(0, table), cfg)
+  assert list((tmp_path / "out" / "kept").iterdir()) == []  # no partial part left behind
 
 
 # --- decontamination ----------------------------------------------------------------------------

@@ -44,13 +44,14 @@ class Signer:
     return sketch.digest().astype(np.uint32)
 
 
-def near_duplicates(ids: list[str], signatures: np.ndarray, threshold: float, num_perm: int,
+def near_duplicates(signatures: np.ndarray, threshold: float, num_perm: int,
                     index: str = "memory", bloom_fp: float = 1e-6
-                    ) -> dict[str, tuple[str | None, float | None]]:
-  """id -> (id of the earlier record it duplicates, estimated Jaccard), visiting `ids` (one per
-  row of `signatures`, [records, num_perm]) in order; a duplicate is not indexed itself.
+                    ) -> dict[int, tuple[int | None, float | None]]:
+  """row -> (the earlier row it duplicates, estimated Jaccard), visiting the rows of
+  `signatures` ([records, num_perm], typically a memory map) in order; a duplicate is not
+  indexed itself.
 
-  index="memory" is datasketch's MinHashLSH: candidates come back by key and are confirmed on
+  index="memory" is datasketch's MinHashLSH: candidates come back by row and are confirmed on
   their signatures; it costs about 5 KB per indexed record (a set per band; 4.8 KB measured
   over 100,000 records), so one process holds about 3 million records per 16 GB.
   index="bloom" is datasketch's MinHashLSHBloom: one Bloom filter per band (about 29 bits per
@@ -65,31 +66,41 @@ def near_duplicates(ids: list[str], signatures: np.ndarray, threshold: float, nu
   weights = (0.1, 0.9)
   found = {}
   if index == "bloom":
-    lsh = _bloom_index(threshold, num_perm, len(ids), bloom_fp, weights)
-    # LSHBloom keys a band by the sum of its values. MinHash values are minima, so they crowd
-    # near zero and different bands collide by their sums (0.07% of records were flagged
-    # against nothing similar in a 20,000-record trial). A bijective mix spreads them over
-    # 32 bits first; equal bands stay equal, so the LSH itself is unchanged.
-    signatures = _mix32(signatures)
-    for row, signature in enumerate(signatures):
+    lsh = _bloom_index(threshold, num_perm, len(signatures), bloom_fp, weights)
+    for row, signature in _rows(signatures, mix=True):
       sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32")
       if lsh.query(sketch):
-        found[ids[row]] = (None, None)
+        found[row] = (None, None)
       else:
         lsh.insert(sketch)
     return found
   lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights)
-  for row, signature in enumerate(signatures):  # keys are row numbers: cheaper than the ids
+  for row, signature in _rows(signatures):
     sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme="affine32")
     candidates = np.fromiter(lsh.query(sketch), dtype=np.int64)
     if len(candidates):
+      candidates.sort()  # reads of a memory map in file order
       similarity = np.mean(signatures[candidates] == signature, axis=1)
       best = np.lexsort((candidates, -similarity))[0]  # most similar; ties to the earlier row
       if similarity[best] >= threshold:
-        found[ids[row]] = (ids[candidates[best]], float(similarity[best]))
+        found[row] = (int(candidates[best]), float(similarity[best]))
         continue
     lsh.insert(row, sketch, check_duplication=False)
   return found
+
+
+def _rows(signatures: np.ndarray, mix: bool = False, block: int = 4096):
+  """(row, signature) in order, a block at a time, so a memory map is read sequentially."""
+  for start in range(0, len(signatures), block):
+    values = np.asarray(signatures[start:start + block])
+    # LSHBloom keys a band by the sum of its values. MinHash values are minima, so they crowd
+    # near zero and different bands collide by their sums (0.07% of records were flagged
+    # against nothing similar in a 20,000-record trial). A bijective mix spreads them over
+    # 32 bits first; equal bands stay equal, so the LSH itself is unchanged.
+    if mix:
+      values = _mix32(values)
+    for offset, signature in enumerate(values):
+      yield start + offset, signature
 
 
 def _mix32(values: np.ndarray) -> np.ndarray:

@@ -17,20 +17,27 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
+import itertools
 import json
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from etils import epath
 
 from mind_jax._errors import MindJaxError
 from mind_jax._progress import progress_bar
 from mind_jax.curation._decontam import EvalIndex
 from mind_jax.curation._dedup import Signer, check_bloom_available, exact_key, near_duplicates
-from mind_jax.curation._rules import REQUIRED_FIELDS, Facts, FilterConfig, cleaned, judge
+from mind_jax.curation._rules import REQUIRED_FIELDS, FilterConfig, cleaned, judge
+from mind_jax.curation._table import FileFacts, FileFactsBuilder
 
 log = logging.getLogger("mind_jax.filter")
 
@@ -116,15 +123,18 @@ def _tools(cfg: FilterConfig, tokenizer_spec: str):
   return _WORKER_STATE["tools"]
 
 
-def inspect_file(path: str, cfg: FilterConfig, tokenizer_spec: str) -> list[Facts]:
-  """Pass 1 over one file."""
+def inspect_file(path: str, cfg: FilterConfig, tokenizer_spec: str,
+                 signature_file: str | None = None) -> FileFacts:
+  """Pass 1 over one file; with near-duplicate removal on, its MinHash signatures go to
+  `signature_file`."""
   tokenizer, index, signer = _tools(cfg, tokenizer_spec)
-  facts, batch = [], []
+  table = FileFactsBuilder(path, cfg.dedup.num_perm if signer is not None else None)
+  batch = []
 
   def flush():
     counts = tokenizer.count_tokens([text for _, text in batch])
     for (record, text), tokens in zip(batch, counts, strict=True):
-      facts.append(_facts(record, text, tokens, cfg, index, signer))
+      _judge_into(table, record, text, tokens, cfg, index, signer)
     batch.clear()
 
   for _, record in read_input(path):
@@ -132,79 +142,152 @@ def inspect_file(path: str, cfg: FilterConfig, tokenizer_spec: str) -> list[Fact
     if len(batch) >= TOKEN_BATCH:
       flush()
   flush()
-  return facts
+  return table.build(signature_file)
 
 
-def _facts(record, text, tokens, cfg, index, signer) -> Facts:
+def _judge_into(table, record, text, tokens, cfg, index, signer) -> None:
   facts, words, hashes = judge(record, text, tokens, cfg)
-  if index is not None:
-    facts.matches = index.matches(hashes)
-    if facts.matches:
-      facts.reasons.append("contaminated")
-      facts.detail.append("contaminated: " + ", ".join(m.question for m in facts.matches))
+  matches = index.matches(hashes) if index is not None else []
+  if matches:
+    facts.reasons.append("contaminated")
+    facts.detail.append("contaminated: " + ", ".join(m.question for m in matches))
+  exact = signature = None
   if not facts.reasons:  # only candidates for keeping take part in the global passes
     if cfg.dedup.exact:
-      facts.exact = exact_key(words)
+      exact = exact_key(words)
     if signer is not None:
-      facts.signature = signer(hashes)
-  return facts
+      signature = signer(hashes)
+  table.add(facts, exact, signature, matches)
 
 
-def decide(facts: list[Facts], cfg: FilterConfig) -> None:
-  """Pass 2: duplicates and per-chunk selection, over every file's facts at once."""
-  by_id = {}
-  for f in facts:
-    if f.id in by_id:
-      raise MindJaxError(f"record id {f.id!r} appears twice in the input")
-    by_id[f.id] = f
-  alive = sorted((f for f in facts if not f.reasons), key=lambda f: f.id)
+# Reasons the global passes give; a record gets at most one, and only if no per-record rule
+# rejected it.
+EXACT, NEAR, NOT_LONGEST = 1, 2, 3
+GLOBAL_REASONS = {EXACT: "exact_duplicate", NEAR: "near_duplicate", NOT_LONGEST: "not_longest_in_chunk"}
+
+
+@dataclasses.dataclass
+class Decisions:
+  """The global passes' verdicts, one row per record of all files in input order."""
+
+  ids: pa.Array
+  offsets: np.ndarray      # file k's rows are offsets[k]:offsets[k + 1]
+  reason: np.ndarray       # uint8: 0 (none) or a GLOBAL_REASONS key
+  partner: np.ndarray      # int64: the row duplicated / the longer one (-1: none or unknown)
+  similarity: np.ndarray   # float64: estimated Jaccard of a near duplicate
+
+  def detail(self, row: int) -> str:
+    reason, partner = int(self.reason[row]), int(self.partner[row])
+    other = self.ids[partner].as_py() if partner >= 0 else None
+    if reason == EXACT:
+      return f"exact_duplicate of {other}"
+    if reason == NEAR:
+      return (f"near_duplicate of {other} (jaccard ~{self.similarity[row]:.2f})" if other is not None
+              else "near_duplicate of an earlier record (Bloom index: a band matched)")
+    return f"not_longest_in_chunk: {other} is longer"
+
+  def verdicts(self, k: int, table: FileFacts) -> FileFacts:
+    """File k's facts with the global verdicts merged into its rejections, for the writer."""
+    start = int(self.offsets[k])
+    rejected = dict(table.rejected)
+    for row in np.flatnonzero(self.reason[start:start + len(table)]):
+      rejected[int(row)] = ([GLOBAL_REASONS[int(self.reason[start + row])]],
+                            [self.detail(start + int(row))])
+    return dataclasses.replace(table, rejected=rejected, signatures=None)
+
+
+def decide(tables: list[FileFacts], cfg: FilterConfig, scratch: str | None = None) -> Decisions:
+  """Pass 2: duplicates and per-chunk selection, over every file's facts at once, in id order."""
+  ids = pa.concat_arrays([t.ids for t in tables]) if tables else pa.array([], pa.string())
+  offsets = np.cumsum([0] + [len(t) for t in tables])
+  total = int(offsets[-1])
+  order = pc.array_sort_indices(ids).to_numpy().astype(np.int64)  # UTF-8 byte order == str order
+  if total > 1:
+    ordered = ids.take(pa.array(order))
+    same = pc.equal(ordered.slice(1), ordered.slice(0, total - 1)).to_numpy(zero_copy_only=False)
+    if same.any():
+      raise MindJaxError(f"record id {ordered[int(np.argmax(same))].as_py()!r} appears twice in the input")
+  alive = np.ones(total, dtype=bool)
+  for k, t in enumerate(tables):
+    alive[np.fromiter(t.rejected, dtype=np.int64, count=len(t.rejected)) + int(offsets[k])] = False
+  decisions = Decisions(ids, offsets, np.zeros(total, np.uint8), np.full(total, -1, np.int64),
+                        np.full(total, np.nan))
+
+  def reject(rows, reason, partners, similarity=None):
+    decisions.reason[rows], decisions.partner[rows] = reason, partners
+    if similarity is not None:
+      decisions.similarity[rows] = similarity
+    alive[rows] = False
+
   if cfg.dedup.exact:
-    first_of = {}
-    for f in alive:
-      if f.exact in first_of:
-        f.reasons.append("exact_duplicate")
-        f.detail.append(f"exact_duplicate of {first_of[f.exact]}")
-      else:
-        first_of[f.exact] = f.id
-    alive = [f for f in alive if not f.reasons]
+    rows = order[alive[order]]
+    keys = np.concatenate([t.exact for t in tables])[rows]
+    _, first, group = np.unique(keys, return_index=True, return_inverse=True)  # first in id order
+    later = first[group] != np.arange(len(rows))
+    reject(rows[later], EXACT, rows[first[group[later]]])
   if cfg.dedup.near:
-    matrix = np.zeros((len(alive), cfg.dedup.num_perm), dtype=np.uint32)
-    for row, f in enumerate(alive):  # one array instead of a small one per record
-      matrix[row], f.signature = f.signature, None
-    found = near_duplicates([f.id for f in alive], matrix, cfg.dedup.threshold, cfg.dedup.num_perm,
-                            cfg.dedup.index, cfg.dedup.bloom_fp)
-    for record_id, (of, similarity) in found.items():
-      by_id[record_id].reasons.append("near_duplicate")
-      by_id[record_id].detail.append(
-          f"near_duplicate of {of} (jaccard ~{similarity:.2f})" if of is not None
-          else "near_duplicate of an earlier record (Bloom index: a band matched)")
-    alive = [f for f in alive if not f.reasons]
+    rows = order[alive[order]]
+    found = near_duplicates(_signatures_in_order(tables, offsets, rows, cfg.dedup.num_perm, scratch),
+                            cfg.dedup.threshold, cfg.dedup.num_perm, cfg.dedup.index, cfg.dedup.bloom_fp)
+    if found:
+      positions = np.fromiter(found, dtype=np.int64, count=len(found))
+      partner = np.array([-1 if of is None else rows[of] for of, _ in found.values()], np.int64)
+      similarity = np.array([np.nan if sim is None else sim for _, sim in found.values()])
+      reject(rows[positions], NEAR, partner, similarity)
   if cfg.select.mode == "longest":
-    longest = {}
-    for f in alive:  # ties go to the smaller id: `alive` is in id order
-      if f.chunk not in longest or f.tokens > longest[f.chunk].tokens:
-        longest[f.chunk] = f
-    for f in alive:
-      if longest[f.chunk] is not f:
-        f.reasons.append("not_longest_in_chunk")
-        f.detail.append(f"not_longest_in_chunk: {longest[f.chunk].id} is longer")
+    rows = order[alive[order]]
+    chunks = np.unique(np.concatenate([t.chunk for t in tables])[rows], return_inverse=True)[1]
+    tokens = np.concatenate([t.tokens for t in tables])[rows]
+    # Per chunk, the most tokens wins; ties go to the smaller id (`rows` is in id order).
+    ranked = np.lexsort((np.arange(len(rows)), -tokens.astype(np.int64), chunks))
+    starts = np.r_[True, chunks[ranked][1:] != chunks[ranked][:-1]]
+    winner = np.empty(len(rows), dtype=np.int64)
+    winner[ranked] = np.maximum.accumulate(np.where(starts, np.arange(len(rows)), 0))
+    winner = ranked[winner]
+    losers = winner != np.arange(len(rows))
+    reject(rows[losers], NOT_LONGEST, rows[winner[losers]])
+  return decisions
 
 
-def write_file(path: str, facts: dict[str, Facts], cfg: FilterConfig) -> dict:
+def _signatures_in_order(tables, offsets, rows, num_perm, scratch) -> np.ndarray:
+  """The signatures of `rows` (global rows, in id order) gathered from the per-file scratch
+  files into one matrix: a memory map in `scratch`, so it needs disk, not memory."""
+  if scratch is None:
+    matrix = np.zeros((len(rows), num_perm), dtype=np.uint32)
+  else:
+    matrix = np.lib.format.open_memmap(os.path.join(scratch, "signatures-by-id.npy"), mode="w+",
+                                       dtype=np.uint32, shape=(len(rows), num_perm))
+  position = np.full(int(offsets[-1]), -1, dtype=np.int64)
+  position[rows] = np.arange(len(rows))
+  for k, table in enumerate(tables):
+    where = position[int(offsets[k]):int(offsets[k + 1])]
+    wanted = np.flatnonzero(where >= 0)
+    if len(wanted):
+      matrix[where[wanted]] = np.load(table.signatures, mmap_mode="r")[wanted]
+    if scratch is not None:  # gathered: the disk holds one copy of the signatures, not two
+      os.remove(table.signatures)
+  return matrix
+
+
+def write_file(table: FileFacts, cfg: FilterConfig) -> dict:
   """Pass 3 over one file: its kept and rejected parts; returns the file's counts."""
+  path = table.path
   name = epath.Path(path).name
   fmt = cfg.format if cfg.format != "same" else ("parquet" if name.endswith(".parquet") else "jsonl")
   stem = name.rsplit(".", 1)[0]
   out = epath.Path(cfg.out)
+  ids = table.ids.to_pylist()
   with _AtomicPart(out / "kept" / f"{stem}.{fmt}", fmt) as kept, \
        _AtomicPart(out / "rejected" / f"{stem}.{fmt}", fmt) as rejected:
-    for _, record in read_input(path):
-      f = facts[record["id"]]
-      computed = {"conversation_tokens": f.tokens, "turns": f.turns, "speakers": f.speakers,
-                  "truncated": f.truncated}
-      if f.reasons:
-        rejected.add({**record, **computed, "reject_reasons": f.reasons,
-                      "reject_detail": "; ".join(f.detail)})
+    for row, (where, record) in enumerate(read_input(path)):
+      if row >= len(ids) or record["id"] != ids[row]:
+        raise MindJaxError(f"{where}: the file changed while it was being filtered")
+      computed = {"conversation_tokens": int(table.tokens[row]), "turns": int(table.turns[row]),
+                  "speakers": int(table.speakers[row]), "truncated": bool(table.truncated[row])}
+      if row in table.rejected:
+        reasons, detail = table.rejected[row]
+        rejected.add({**record, **computed, "reject_reasons": reasons,
+                      "reject_detail": "; ".join(detail)})
       else:
         c = cleaned(record, cfg)
         kept.add({**record, "conversation": c.text,
@@ -273,18 +356,25 @@ def run(cfg: FilterConfig) -> dict:
     log.info("decontamination: %d questions from %d files, %d-grams", len(index),
              len(cfg.decontaminate.files), cfg.decontaminate.ngram)
 
-  with _pool(workers) as pool:
-    per_file = _map(pool, inspect_file, files, "inspect", cfg, tokenizer_spec)
-    facts = [f for file_facts in per_file for f in file_facts]
-    decide(facts, cfg)
-    by_id = {f.id: f for f in facts}
-    shards = [{f.id: by_id[f.id] for f in file_facts} for file_facts in per_file]
-    for folder in ("kept", "rejected"):
-      (epath.Path(cfg.out) / folder).mkdir(parents=True, exist_ok=True)
-    counts = _map(pool, write_file, list(zip(files, shards)), "write", cfg, star=True)
+  scratch = tempfile.mkdtemp(prefix="mind-jax-filter-", dir=cfg.scratch) if cfg.dedup.near else None
+  try:
+    with _pool(workers) as pool:
+      signature_files = [os.path.join(scratch, f"signatures-{k:06d}.npy") if scratch else None
+                         for k in range(len(files))]
+      tables = _map(pool, inspect_file, list(zip(files, signature_files)), "inspect",
+                    lambda path, signature_file: (path, cfg, tokenizer_spec, signature_file), workers)
+      decisions = decide(tables, cfg, scratch)
+      for folder in ("kept", "rejected"):
+        (epath.Path(cfg.out) / folder).mkdir(parents=True, exist_ok=True)
+      counts = _map(pool, write_file, list(enumerate(tables)), "write",
+                    lambda k, table: (decisions.verdicts(k, table), cfg), workers)
+  finally:
+    if scratch:
+      shutil.rmtree(scratch, ignore_errors=True)
 
-  summary = _summary(cfg, files, facts, counts, tokenizer_spec, time.perf_counter() - start)
-  _finish(cfg, facts, summary)
+  summary = _summary(cfg, files, tables, decisions, counts, tokenizer_spec,
+                     time.perf_counter() - start)
+  _finish(cfg, tables, summary)
   return summary
 
 
@@ -303,59 +393,92 @@ class _Inline:
     return False
 
 
-def _map(pool, fn, items, desc, *args, star=False):
+def _map(pool, fn, items, desc, arguments, workers):
+  """fn(*arguments(*item)) for each item, results in order. Arguments are built as work is
+  handed out, a few per worker ahead, so the parent never holds every file's payload at once."""
   results = [None] * len(items)
   with progress_bar(len(items), desc, unit="file") as bar:
     if pool is None:
       for i, item in enumerate(items):
-        results[i] = fn(*item, *args) if star else fn(item, *args)
+        results[i] = fn(*arguments(*item))
         bar.update(1)
       return results
-    futures = {pool.submit(fn, *item, *args) if star else pool.submit(fn, item, *args): i
-               for i, item in enumerate(items)}
-    for future in concurrent.futures.as_completed(futures):
-      results[futures[future]] = future.result()
-      bar.update(1)
-  return results
+    pending, queue = {}, iter(enumerate(items))
+    ahead = 2 * workers
+    while True:
+      for i, item in itertools.islice(queue, max(ahead - len(pending), 0)):
+        pending[pool.submit(fn, *arguments(*item))] = i
+      if not pending:
+        return results
+      done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in done:
+        results[pending.pop(future)] = future.result()
+        bar.update(1)
 
 
-def _summary(cfg, files, facts, counts, tokenizer_spec, elapsed) -> dict:
+def _summary(cfg, files, tables, decisions, counts, tokenizer_spec, elapsed) -> dict:
+  read = int(decisions.offsets[-1])
   total = {k: sum(c[k] for c in counts) for k in ("input", "kept", "rejected")}
-  if total["kept"] + total["rejected"] != len(facts) or any(
+  if total["kept"] + total["rejected"] != read or any(
       c["kept"] + c["rejected"] != c["input"] for c in counts):
-    raise RuntimeError(f"filter lost records: {total} for {len(facts)} read")  # a bug, not input
-  reasons = collections.Counter(r for f in facts for r in f.reasons)
-  styles = {}
-  for f in facts:
-    entry = styles.setdefault(f.style, {"input": 0, "kept": 0, "rejected": 0, "reasons": {}})
-    entry["input"] += 1
-    entry["rejected" if f.reasons else "kept"] += 1
-    for r in f.reasons:
-      entry["reasons"][r] = entry["reasons"].get(r, 0) + 1
-  kept = [f for f in facts if not f.reasons]
+    raise RuntimeError(f"filter lost records: {total} for {read} read")  # a bug, not input
+  reasons, styles = collections.Counter(), {}
+  kept_tokens = kept_truncated = 0
+
+  def style_entry(name):
+    return styles.setdefault(name, {"input": 0, "kept": 0, "rejected": 0, "reasons": collections.Counter()})
+
+  for k, table in enumerate(tables):  # counted with arrays: a Python step per record is slow at 1e8
+    start = int(decisions.offsets[k])
+    global_reason = decisions.reason[start:start + len(table)]
+    local = np.zeros(len(table), dtype=bool)
+    local[np.fromiter(table.rejected, dtype=np.int64, count=len(table.rejected))] = True
+    kept = ~local & (global_reason == 0)
+    kept_tokens += int(table.tokens[kept].sum())
+    kept_truncated += int(table.truncated[kept].sum())
+    size = len(table.styles)
+    for code, (n_input, n_kept) in enumerate(zip(np.bincount(table.style, minlength=size),
+                                                 np.bincount(table.style[kept], minlength=size))):
+      if n_input:
+        entry = style_entry(table.styles[code])
+        entry["input"] += int(n_input)
+        entry["kept"] += int(n_kept)
+        entry["rejected"] += int(n_input - n_kept)
+    for row, (why, _) in table.rejected.items():
+      style_entry(table.styles[table.style[row]])["reasons"].update(why)
+      reasons.update(why)
+    rows = np.flatnonzero(global_reason)
+    for (code, reason), n in collections.Counter(zip(table.style[rows].tolist(),
+                                                     global_reason[rows].tolist())).items():
+      style_entry(table.styles[code])["reasons"][GLOBAL_REASONS[reason]] += n
+      reasons[GLOBAL_REASONS[reason]] += n
+  for entry in styles.values():
+    entry["reasons"] = dict(sorted(entry["reasons"].items()))
   return {
       "input_dir": cfg.input, "output_dir": cfg.out, "tokenizer": tokenizer_spec,
-      "input_records": len(facts), "kept": total["kept"], "rejected": total["rejected"],
+      "input_records": read, "kept": total["kept"], "rejected": total["rejected"],
       "reasons": dict(sorted(reasons.items())),
-      "kept_tokens": sum(f.tokens for f in kept),
-      "kept_truncated": sum(f.truncated for f in kept),
+      "kept_tokens": kept_tokens,
+      "kept_truncated": kept_truncated,
       "contaminated": reasons.get("contaminated", 0),
       "styles": dict(sorted(styles.items())), "files": counts,
       "elapsed_seconds": round(elapsed, 2),
-      "records_per_second": round(len(facts) / max(elapsed, 1e-9), 1),
+      "records_per_second": round(read / max(elapsed, 1e-9), 1),
       "config": cfg.model_dump(),
   }
 
 
-def _finish(cfg, facts, summary) -> None:
+def _finish(cfg, tables, summary) -> None:
   out = epath.Path(cfg.out)
   written = {c["output"] for c in summary["files"]}
   for folder in ("kept", "rejected"):  # parts of an earlier run over other input or format
     for stale in (out / folder).glob("*"):
       if stale.name not in written:
         stale.unlink()
-  matches = [{"id": f.id, "style": f.style, "question": m.question, "ngram": m.ngram}
-             for f in sorted(facts, key=lambda f: f.id) for m in f.matches]
+  contaminated = sorted((table.ids[row].as_py(), table.styles[table.style[row]], found)
+                        for table in tables for row, found in table.matches.items())
+  matches = [{"id": record_id, "style": style, "question": m.question, "ngram": m.ngram}
+             for record_id, style, found in contaminated for m in found]
   _write_atomic(out / CONTAMINATION, matches, "jsonl")
   stable = {k: v for k, v in summary.items() if k not in ("elapsed_seconds", "records_per_second")}
   tmp = out / (SUMMARY + ".tmp")

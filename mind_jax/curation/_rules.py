@@ -82,6 +82,9 @@ class FilterConfig(config_lib.Section):
       "byte tokenizer for smoke-test output)")
   workers: int = pydantic.Field(0, ge=0, description="processes (0: one per CPU, at most one "
                                 "per input file)")
+  scratch: str | None = pydantic.Field(
+      None, description="local directory for MinHash signatures while near-duplicate removal "
+      "runs (default: the system's temporary directory); needs 4 x num_perm bytes per record")
   format: str = pydantic.Field("same", pattern="^(same|jsonl|parquet)$",
                                description="output format (same: as each input file)")
   min_tokens: int = pydantic.Field(50, ge=0, description="drop shorter conversations (the paper)")
@@ -96,10 +99,10 @@ class FilterConfig(config_lib.Section):
   select: SelectRule = pydantic.Field(default_factory=SelectRule)
 
 
-@dataclasses.dataclass(slots=True)  # one per input record, all held by the filter's pass 2
+@dataclasses.dataclass(slots=True)
 class Facts:
-  """What the rules learned about one record: the per-record rules fill it, the global passes
-  add to its reasons, and the writer reads it. `tokens` counts the cleaned conversation."""
+  """What the per-record rules learned about one record; `tokens` counts the cleaned
+  conversation. The filter keeps these as columns (see _table.py), not one object per record."""
 
   id: str
   chunk: tuple[str, int]
@@ -110,9 +113,6 @@ class Facts:
   truncated: bool
   reasons: list[str]
   detail: list[str]
-  exact: bytes | None = None
-  signature: np.ndarray | None = None
-  matches: list = dataclasses.field(default_factory=list)
 
 
 def cleaned(record: dict, cfg: FilterConfig) -> Cleaned:
