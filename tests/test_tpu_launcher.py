@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 POD = str(ROOT / "tpu" / "pod.sh")
 
@@ -36,26 +38,67 @@ def test_missing_settings_and_unknown_commands_fail_in_one_line():
   assert "tpu/pod.sh run -- python -m mind_jax.generate" in pod("--help").stdout
 
 
-def test_run_starts_the_same_detached_job_on_every_host_with_its_arguments_intact(tmp_path):
-  """The remote command `run` sends is executed here, as one host's shell would: the job must
-  start detached, log to ~/mind_jax-logs, and receive overrides with spaces, quotes and $."""
-  argv_file = tmp_path / "argv.json"
-  program = f"import json, sys; json.dump(sys.argv[1:], open({str(argv_file)!r}, 'w'))"
-  args = ["input.source=/data/my corpus/*.parquet", "name='quoted'", "x=$HOME"]
-  out = pod("run", "--", sys.executable, "-c", program, *args)
-  gcloud = shlex.split(out.stdout)
+def remote_command(*args) -> str:
+  """The shell command `pod.sh` sends to every host for `args`."""
+  gcloud = shlex.split(pod(*args).stdout)
   assert gcloud[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mind", "--worker=all"]
-  remote = next(a for a in gcloud if a.startswith("--command="))[len("--command="):]
+  return next(a for a in gcloud if a.startswith("--command="))[len("--command="):]
 
+
+def on_host(command, home):
+  """Runs a remote command here, as one host's login shell would, with HOME as the host's."""
+  return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30,
+                        env={**os.environ, "HOME": str(home)})
+
+
+@pytest.fixture
+def host(tmp_path):
+  """A host's home after `pod.sh setup`: the checkout and its virtual environment."""
   home = tmp_path / "home"
   (home / "mind_jax").mkdir(parents=True)
   (home / "mind_jax-venv" / "bin").mkdir(parents=True)
   (home / "mind_jax-venv" / "bin" / "activate").write_text("")
-  started = subprocess.run(["bash", "-c", remote], capture_output=True, text=True, timeout=30,
-                           env={**os.environ, "HOME": str(home)})
+  return home
+
+
+def test_run_starts_the_same_detached_job_on_every_host_with_its_arguments_intact(tmp_path, host):
+  """The job must start detached, log to ~/mind_jax-logs, and receive overrides with spaces,
+  quotes and $ exactly as typed."""
+  argv_file = tmp_path / "argv.json"
+  program = f"import json, sys; json.dump(sys.argv[1:], open({str(argv_file)!r}, 'w'))"
+  args = ["input.source=/data/my corpus/*.parquet", "name='quoted'", "x=$HOME"]
+  started = on_host(remote_command("run", "--", sys.executable, "-c", program, *args), host)
   assert started.returncode == 0 and ": started, log ~/mind_jax-logs/run-" in started.stdout
   assert _read_when_written(argv_file) == args
-  assert len(list((home / "mind_jax-logs").glob("run-*.log"))) == 1
+  assert len(list((host / "mind_jax-logs").glob("run-*.log"))) == 1
+
+
+def test_a_second_run_is_refused_while_one_runs_and_stop_ends_it_with_its_workers(tmp_path, host):
+  child_file = tmp_path / "child.pid"
+  program = ("import subprocess, time; worker = subprocess.Popen(['sleep', '60']); "
+             f"open({str(child_file)!r}, 'w').write(str(worker.pid)); time.sleep(60)")
+  run = remote_command("run", "--", sys.executable, "-c", program)
+  assert on_host(run, host).returncode == 0
+  pid = int(_read_when_written(host / "mind_jax-logs" / "run.pid"))
+  worker = int(_read_when_written(child_file))
+  again = on_host(run, host)
+  assert again.returncode == 1 and f"a job is already running (pid {pid})" in again.stdout
+  assert ": stopped" in on_host(remote_command("stop"), host).stdout
+  deadline = time.time() + 10
+  while (_alive(pid) or _alive(worker)) and time.time() < deadline:
+    time.sleep(0.1)
+  assert not _alive(pid) and not _alive(worker)
+  assert ": nothing running" in on_host(remote_command("stop"), host).stdout
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  # a killed child of ours stays a zombie until reaped; it no longer runs
+  with open(f"/proc/{pid}/stat") as f:
+    return f.read().split(")")[-1].split()[0] != "Z"
 
 
 def _read_when_written(path, timeout=30.0):

@@ -6,7 +6,7 @@
 #   tpu/pod.sh setup                       # this checkout (git HEAD) + a venv with jax[tpu] on every host
 #   tpu/pod.sh run -- python -m mind_jax.generate --config configs/generate-llama3.1-8b.yaml
 #   tpu/pod.sh logs [WORKER]               # follow one host's log (worker 0 by default)
-#   tpu/pod.sh stop                        # stop the job on every host; `run` again resumes it
+#   tpu/pod.sh stop                        # stop the job and its workers on every host; `run` resumes
 #   tpu/pod.sh delete
 #
 # `run` starts the same command on every host at once, as a multi-host slice needs: JAX's
@@ -48,15 +48,26 @@ on_hosts() {  # on_hosts WORKER REMOTE_SHELL_COMMAND
   gcloud_tpu ssh "$TPU_NAME" --worker="$1" --command="$2"
 }
 
-# The remote command for `run`: the user's words quoted once here, so that spaces and quotes in
-# key=value overrides reach Python unchanged; stdin from /dev/null and setsid so that ssh
-# returns at once and the job outlives the session.
+# The remote command for `run`. The user's words are quoted once here, so that spaces, quotes
+# and $ in key=value overrides reach Python unchanged. The job runs in its own session (setsid:
+# it outlives the ssh connection, and `stop` can end it with all its worker processes) and
+# records its process id, which also keeps a second `run` from starting beside it.
 launch_command() {
-  local quoted
-  quoted=$(printf '%q ' "$@")
-  echo "mkdir -p ~/$LOG_DIR && cd ~/$REMOTE_DIR && . ~/$REMOTE_VENV/bin/activate && " \
-       "setsid nohup $quoted > ~/$LOG_DIR/run-\$(hostname).log 2>&1 < /dev/null &" \
-       "echo \"\$(hostname): started, log ~/$LOG_DIR/run-\$(hostname).log\""
+  local job pid="~/$LOG_DIR/run.pid" log="~/$LOG_DIR/run-\$(hostname).log"
+  job=$(printf 'echo $$ > %s; exec %s' "$pid" "$(printf '%q ' "$@")")
+  echo "mkdir -p ~/$LOG_DIR || exit 1;" \
+       "if [ -f $pid ] && kill -0 \"\$(cat $pid)\" 2>/dev/null; then" \
+       "echo \"\$(hostname): a job is already running (pid \$(cat $pid)); tpu/pod.sh stop first\"; exit 1;" \
+       "fi; rm -f $pid; cd ~/$REMOTE_DIR && . ~/$REMOTE_VENV/bin/activate || exit 1;" \
+       "setsid nohup bash -c $(printf '%q' "$job") > $log 2>&1 < /dev/null &" \
+       "echo \"\$(hostname): started, log $log\""
+}
+
+stop_command() {
+  local pid="~/$LOG_DIR/run.pid"
+  echo "if [ -f $pid ] && kill -0 \"\$(cat $pid)\" 2>/dev/null; then" \
+       "kill -TERM -- -\"\$(cat $pid)\" && rm -f $pid && echo \"\$(hostname): stopped\";" \
+       "else echo \"\$(hostname): nothing running\"; fi"
 }
 
 main() {
@@ -94,7 +105,7 @@ main() {
       on_hosts "${1:-0}" "tail -n 200 -F ~/$LOG_DIR/run-\$(hostname).log" ;;
     stop)
       # A generate job killed at any moment resumes from what it wrote.
-      on_hosts all "pkill -f 'python.* -m mind_jax\\.' && echo \"\$(hostname): stopped\" || echo \"\$(hostname): nothing running\"" ;;
+      on_hosts all "$(stop_command)" ;;
     delete)
       gcloud_tpu delete "$TPU_NAME" --quiet ;;
     *)
