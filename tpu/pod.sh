@@ -12,11 +12,12 @@
 # `run` starts the same command on every host at once, as a multi-host slice needs: JAX's
 # distributed runtime connects the hosts, and mind_jax.generate gives each host its own share
 # of the documents and its own part files. The job runs detached (closing your terminal does
-# not stop it), logging to ~/mind_jax-logs/ on each host. DRY_RUN=1 prints the gcloud commands
-# instead of running them.
+# not stop it), logging to ~/mind_jax-logs/ on each host. Write output.dir to gs:// on a spot
+# slice: after a preemption, create + setup + the same run resume where the job stopped.
+# DRY_RUN=1 prints the gcloud commands instead of running them.
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "tpu/pod.sh: $*" >&2; exit 2; }
 
 REMOTE_DIR=mind_jax
