@@ -84,6 +84,26 @@ def test_turns_and_speakers():
   assert split_turns("x = 3: the root").count == 0
 
 
+@pytest.mark.parametrize("a, b, speakers", [
+    ("Student 1:", "Student 2:", ("student 1", "student 2")),  # numbered, as in Two Students
+    ("**Professor 1:**", "**Professor 2:**", ("professor 1", "professor 2")),
+    ("*Teacher:*", "*Student:*", ("teacher", "student")),
+    ("_Teacher_:", "_Student_:", ("teacher", "student")),
+    ("[Interviewer]:", "[Expert]:", ("interviewer", "expert")),
+    ("**Layman**:", "**Know-All**:", ("layman", "know-all")),
+])
+def test_label_layouts_generators_use(a, b, speakers):
+  turns = split_turns(f"{a} Why is 7 prime?\n{b} No smaller number divides it.\n{a} I see.\n")
+  assert turns.speakers == speakers and turns.count == 3
+
+
+def test_numbered_and_bracketed_content_is_not_a_speaker():
+  text = ("Step 1: add.\nCase 2: odd n.\nChapter 3: primes.\nTurn 1: begin.\nQ1: why?\n"
+          "In 2019: a result.\nSection 2.1: more.\n[1]: https://example.org\n*Note:* aside.\n"
+          "Student 123: too long a number.\n")
+  assert split_turns(text).count == 0
+
+
 def test_truncated_records_are_flagged_or_dropped(tmp_path):
   records = [record("cut", finish_reason="length"), record("done#1", DIALOGUE + "Alex: Thanks.\n")]
   _, kept, _ = filtered(tmp_path, records)

@@ -16,12 +16,13 @@ import numpy as np
 
 _WORD = re.compile(r"\w+")
 
-# A speaker label opens a line: optional list/quote/heading marks and bold, a name of up to
-# four words, an optional "(aside)", a colon, then whitespace.
+# A speaker label opens a line: optional list/quote/heading marks, bold or italics or
+# brackets, a name of up to four words, an optional "(aside)", a colon, then whitespace.
+_EMPHASIS = r"(?:\*{1,2}|_{1,2})?"
 _SPEAKER = re.compile(
-    r"^[ \t]*(?:[-*#>]+[ \t]*)?(?:\*\*|__)?"
+    r"^[ \t]*(?:[-*#>]+[ \t]*)?" + _EMPHASIS + r"\[?"
     r"(?P<name>[^\W\d_][\w.'’-]*(?:[ \t][\w.'’-]+){0,3}?)"
-    r"(?:\*\*|__)?[ \t]*(?:\([^)\n]{0,40}\))?[ \t]*(?:\*\*|__)?:(?:\*\*|__)?(?=\s|$)",
+    r"\]?" + _EMPHASIS + r"[ \t]*(?:\([^)\n]{0,40}\))?[ \t]*" + _EMPHASIS + ":" + _EMPHASIS + r"(?=\s|$)",
     re.MULTILINE)
 
 # Labels that open a line of content, not a speaker.
@@ -31,7 +32,9 @@ _NOT_SPEAKERS = frozenset("""
     conclusion title topic result results formula equation remark reminder key point points
     explanation recall recap tip warning exercise method approach final output input
     conversation dialogue discussion debate interview transcript scene setting characters
-    participants
+    participants chapter section lesson unit module day week round turn exchange line rule
+    property claim fact observation attempt trial test version level phase stage option
+    scenario figure table page item task activity
     """.split())
 
 _PREAMBLE = re.compile(
@@ -94,11 +97,14 @@ def speaker_of(line: str) -> str | None:
   if not match:
     return None
   label = match.group("name").split()
+  # A number may end a label ("Student 1", "Speaker 2"); "Step 1" and "Case 2" are stopped by
+  # their first word below.
+  named = label[:-1] if len(label) > 1 and label[-1].isdigit() and len(label[-1]) <= 2 else label
   # Names are capitalised ("Prof. Lee", "Student A"); "Here is the idea:" is prose.
-  if not all(word[0].isupper() for word in label):
+  if not all(word[0].isupper() for word in named) or any(ch.isdigit() for ch in "".join(named)):
     return None
-  name = " ".join(" ".join(label).lower().replace("’", "'").strip(".'-").split())
-  if not name or name.split()[0] in _NOT_SPEAKERS or any(ch.isdigit() for ch in name):
+  name = " ".join(" ".join(label).lower().replace("’", "'").strip(".'-_").split())
+  if not name or name.split()[0] in _NOT_SPEAKERS:
     return None
   return name
 
