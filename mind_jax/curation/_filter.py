@@ -16,12 +16,9 @@ rewrites the same bytes.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
-import itertools
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -33,9 +30,9 @@ import pyarrow.compute as pc
 from etils import epath
 
 from mind_jax._errors import MindJaxError
-from mind_jax._progress import progress_bar
 from mind_jax.curation._decontam import EvalIndex
 from mind_jax.curation._dedup import Signer, check_bloom_available, exact_key, near_duplicates
+from mind_jax.curation._parallel import FileMapper
 from mind_jax.curation._rules import REQUIRED_FIELDS, FilterConfig, cleaned, judge
 from mind_jax.curation._table import FileFacts, FileFactsBuilder
 
@@ -358,16 +355,16 @@ def run(cfg: FilterConfig) -> dict:
 
   scratch = tempfile.mkdtemp(prefix="mind-jax-filter-", dir=cfg.scratch) if cfg.dedup.near else None
   try:
-    with _pool(workers) as pool:
+    with FileMapper(workers) as mapper:
       signature_files = [os.path.join(scratch, f"signatures-{k:06d}.npy") if scratch else None
                          for k in range(len(files))]
-      tables = _map(pool, inspect_file, list(zip(files, signature_files)), "inspect",
-                    lambda path, signature_file: (path, cfg, tokenizer_spec, signature_file), workers)
+      tables = mapper.map(inspect_file, list(zip(files, signature_files)), "inspect",
+                          lambda path, signature_file: (path, cfg, tokenizer_spec, signature_file))
       decisions = decide(tables, cfg, scratch)
       for folder in ("kept", "rejected"):
         (epath.Path(cfg.out) / folder).mkdir(parents=True, exist_ok=True)
-      counts = _map(pool, write_file, list(enumerate(tables)), "write",
-                    lambda k, table: (decisions.verdicts(k, table), cfg), workers)
+      counts = mapper.map(write_file, list(enumerate(tables)), "write",
+                          lambda k, table: (decisions.verdicts(k, table), cfg))
   finally:
     if scratch:
       shutil.rmtree(scratch, ignore_errors=True)
@@ -376,44 +373,6 @@ def run(cfg: FilterConfig) -> dict:
                      time.perf_counter() - start)
   _finish(cfg, tables, summary)
   return summary
-
-
-def _pool(workers: int):
-  if workers <= 1:
-    return _Inline()
-  # spawn, not fork: the parent may hold JAX's threads.
-  return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-
-
-class _Inline:
-  def __enter__(self):
-    return None
-
-  def __exit__(self, *exc):
-    return False
-
-
-def _map(pool, fn, items, desc, arguments, workers):
-  """fn(*arguments(*item)) for each item, results in order. Arguments are built as work is
-  handed out, a few per worker ahead, so the parent never holds every file's payload at once."""
-  results = [None] * len(items)
-  with progress_bar(len(items), desc, unit="file") as bar:
-    if pool is None:
-      for i, item in enumerate(items):
-        results[i] = fn(*arguments(*item))
-        bar.update(1)
-      return results
-    pending, queue = {}, iter(enumerate(items))
-    ahead = 2 * workers
-    while True:
-      for i, item in itertools.islice(queue, max(ahead - len(pending), 0)):
-        pending[pool.submit(fn, *arguments(*item))] = i
-      if not pending:
-        return results
-      done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-      for future in done:
-        results[pending.pop(future)] = future.result()
-        bar.update(1)
 
 
 def _summary(cfg, files, tables, decisions, counts, tokenizer_spec, elapsed) -> dict:
