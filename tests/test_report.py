@@ -99,6 +99,25 @@ def test_similarity_orders_styles_by_closeness_to_the_source(tmp_path):
   assert report["styles"]["two_professors"]["turns"]["mean"] == 2
 
 
+def test_numbers_and_samples_do_not_depend_on_files_or_workers(tmp_path):
+  """Part files are read in parallel processes; the sample is the records of smallest hash of
+  (seed, id), so it is the same whichever files and workers the records came through."""
+  records = [record(f"d{i:02d}#0#{style}", DIALOGUE + f"Sam: case {i}.\n" * (i % 4 + 1), style)
+             for i in range(24) for style in ("debate", "interview")]
+
+  def report(name, files, workers, seed=0):
+    write_parts(tmp_path / name, records, files)
+    return run_report(config.load_config(ReportConfig, None, [
+        f"dir={tmp_path / name}", f"workers={workers}", "similarity_sample=5", "examples=3",
+        f"seed={seed}"]))
+
+  one, three = report("one", 1, 1), report("three", 3, 2)
+  assert one == {**three, "dir": one["dir"]}
+  assert one["styles"]["debate"]["similarity"]["scored"] == 5
+  assert [e["id"] for e in report("seeded", 1, 1, seed=7)["examples"]["debate"]] != \
+         [e["id"] for e in one["examples"]["debate"]]
+
+
 def test_bad_input(tmp_path, capsys):
   with pytest.raises(MindJaxError, match="directory does not exist"):
     run_report(ReportConfig(dir=str(tmp_path / "missing")))

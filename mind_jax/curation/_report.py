@@ -1,10 +1,12 @@
 """The dataset report: what the generator produced and what the filter kept, style by style.
 
 Reads a filter output (kept/ and rejected/) or a generation output (its part
-files, all counted as kept) in one streaming pass, holding only a few numbers
-per record and a fixed-size sample per style, so it scales to millions of
-records. Lengths, turns and similarity describe the kept conversations (what
-training sees). Similarity to the source is ROUGE-L F1 (rouge-score) and
+files, all counted as kept) in one streaming pass, part files in parallel
+processes, holding three 4-byte numbers per record and a fixed-size sample per
+style, so it scales to hundreds of millions of records. The sample is the
+records of smallest hash of (seed, id): the same whichever files and workers
+they came through. Lengths, turns and similarity describe the kept
+conversations (what training sees). Similarity to the source is ROUGE-L F1 (rouge-score) and
 sentence BLEU (sacrebleu) on a deterministic sample per style: both are
 quadratic or worse in text length, and a few hundred pairs pin the mean.
 """
@@ -14,11 +16,14 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import functools
+import hashlib
+import heapq
 import html
 import io
 import json
 import logging
-import random
+import os
 
 import numpy as np
 import pydantic
@@ -29,6 +34,7 @@ from mind_jax._errors import MindJaxError
 from mind_jax._progress import progress_bar
 from mind_jax.curation._filter import (SUMMARY, input_files, load_tokenizer_spec, read_input,
                                        resolve_tokenizer)
+from mind_jax.curation._parallel import FileMapper
 from mind_jax.curation._text import split_turns
 
 log = logging.getLogger("mind_jax.report")
@@ -49,18 +55,41 @@ class ReportConfig(config_lib.Section):
   examples: int = pydantic.Field(2, ge=0, description="example conversations per style")
   example_chars: int = pydantic.Field(1500, ge=100, description="characters shown per example")
   seed: int = pydantic.Field(0, description="seed of the similarity and example samples")
+  workers: int = pydantic.Field(0, ge=0, description="processes reading part files (0: one per "
+                                "CPU, at most one per file)")
 
 
 @dataclasses.dataclass
 class _Style:
+  """One style's numbers over some part files; `merge` adds another file's."""
+
+  name: str = ""
   records: int = 0
   kept: int = 0
   reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-  conversation_tokens: list = dataclasses.field(default_factory=list)
+  conversation_tokens: list = dataclasses.field(default_factory=list)  # int32 arrays
   source_tokens: list = dataclasses.field(default_factory=list)
   turns: list = dataclasses.field(default_factory=list)
-  sample: list = dataclasses.field(default_factory=list)  # reservoir of (conversation, source, id)
-  seen: int = 0
+  # The sample: the kept records of smallest (priority, id), priority a hash of the seed and
+  # the id, so it is the same whichever files, workers or order the records came in.
+  sample: list = dataclasses.field(default_factory=list)  # (priority, id, conversation, source)
+
+  def merge(self, other: _Style, size: int) -> None:
+    self.name = self.name or other.name
+    self.records += other.records
+    self.kept += other.kept
+    self.reasons.update(other.reasons)
+    for field in ("conversation_tokens", "source_tokens", "turns"):
+      getattr(self, field).extend(getattr(other, field))
+    self.sample = heapq.nsmallest(size, self.sample + other.sample)
+
+  def values(self, field: str) -> np.ndarray:
+    parts = getattr(self, field)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def _priority(seed: int, record_id: str) -> int:
+  return int.from_bytes(hashlib.blake2b(f"{seed}\0{record_id}".encode(), digest_size=8).digest(), "big")
 
 
 def _sources(directory: str) -> tuple[list[tuple[str, bool]], bool]:
@@ -86,33 +115,54 @@ def collect(cfg: ReportConfig) -> dict:
   """The report's numbers (see `render` for the pages)."""
   files, filtered = _sources(cfg.dir)
   tokenizer_spec = resolve_tokenizer(cfg.tokenizer, files[0][0])
-  tokenizer = load_tokenizer_spec(tokenizer_spec)
-  rng = random.Random(cfg.seed)
+  load_tokenizer_spec(tokenizer_spec)  # a bad tokenizer fails here, before any worker starts
+  workers = min(cfg.workers or os.cpu_count() or 1, len(files))
   styles: dict[str, _Style] = collections.defaultdict(_Style)
-  names: dict[str, str] = {}
-  with progress_bar(len(files), "report", unit="file") as bar:
-    for path, kept in files:
-      # A chunk's styles are written next to each other: counting each source once per file
-      # saves the tokenizer's time without a cache that grows with the dataset.
-      source_tokens: dict[tuple, int] = {}
-      batch = []
-      for _, record in read_input(path):
-        s = styles[record["style"]]
-        names.setdefault(record["style"], record.get("style_name") or record["style"])
-        s.records += 1
-        if not kept:
-          s.reasons.update(record.get("reject_reasons") or ["rejected"])
-          continue
-        s.kept += 1
-        batch.append(record)
-        if len(batch) >= MEASURE_BATCH:
-          _measure(batch, styles, tokenizer, source_tokens, rng, cfg)
-          batch = []
-      _measure(batch, styles, tokenizer, source_tokens, rng, cfg)
-      bar.update(1)
-  report = _numbers(cfg, styles, names, filtered, tokenizer_spec)
+  size = max(cfg.similarity_sample, cfg.examples)
+  with FileMapper(workers) as mapper:
+    per_file = mapper.map(file_numbers, files, "report",
+                          lambda path, kept: (path, kept, cfg, tokenizer_spec))
+  for numbers in per_file:
+    for key, style in numbers.items():
+      styles[key].merge(style, size)
+  report = _numbers(cfg, styles, filtered, tokenizer_spec)
   report["filter_rules"] = filter_rules(cfg.dir) if filtered else []
   return report
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer(spec: str):
+  return load_tokenizer_spec(spec)
+
+
+def file_numbers(path: str, kept: bool, cfg: ReportConfig, tokenizer_spec: str) -> dict[str, _Style]:
+  """One part file's numbers per style (run in a worker process)."""
+  tokenizer = _tokenizer(tokenizer_spec)
+  styles: dict[str, _Style] = collections.defaultdict(_Style)
+  columns: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
+  # A chunk's styles are written next to each other: counting each source once per file saves
+  # the tokenizer's time without a cache that grows with the dataset.
+  source_tokens: dict[tuple, int] = {}
+  size = max(cfg.similarity_sample, cfg.examples)
+  batch = []
+  for _, record in read_input(path):
+    s = styles[record["style"]]
+    s.name = s.name or record.get("style_name") or record["style"]
+    s.records += 1
+    if not kept:
+      s.reasons.update(record.get("reject_reasons") or ["rejected"])
+      continue
+    s.kept += 1
+    batch.append(record)
+    if len(batch) >= MEASURE_BATCH:
+      _measure(batch, styles, columns, tokenizer, source_tokens, cfg.seed, size)
+      batch = []
+  _measure(batch, styles, columns, tokenizer, source_tokens, cfg.seed, size)
+  for key, s in styles.items():
+    s.sample = heapq.nsmallest(size, s.sample)
+    for field, values in columns[key].items():
+      getattr(s, field).append(np.asarray(values, dtype=np.int32))
+  return dict(styles)
 
 
 def filter_rules(directory: str) -> list[str]:
@@ -141,7 +191,7 @@ def filter_rules(directory: str) -> list[str]:
   return rules
 
 
-def _measure(records, styles, tokenizer, source_tokens, rng, cfg) -> None:
+def _measure(records, styles, columns, tokenizer, source_tokens, seed, size) -> None:
   missing = [r for r in records if "conversation_tokens" not in r]
   counts = tokenizer.count_tokens([r["conversation"] for r in missing])
   for r, n in zip(missing, counts, strict=True):
@@ -154,22 +204,15 @@ def _measure(records, styles, tokenizer, source_tokens, rng, cfg) -> None:
   for key, n in zip(new_sources, tokenizer.count_tokens(list(new_sources.values())), strict=True):
     source_tokens[key] = n
   for r in records:
-    s = styles[r["style"]]
-    s.conversation_tokens.append(r["conversation_tokens"])
-    s.turns.append(r["turns"] if "turns" in r else split_turns(r["conversation"]).count)
+    s, column = styles[r["style"]], columns[r["style"]]
+    column["conversation_tokens"].append(r["conversation_tokens"])
+    column["turns"].append(r["turns"] if "turns" in r else split_turns(r["conversation"]).count)
     key = (r["doc_id"], r["chunk_index"])
     if key in source_tokens:
-      s.source_tokens.append(source_tokens[key])
-    # Reservoir sampling: every kept record has the same chance to be scored and shown.
-    s.seen += 1
-    size = max(cfg.similarity_sample, cfg.examples)
-    item = (r["conversation"], r.get("source") or "", r["id"])
-    if len(s.sample) < size:
-      s.sample.append(item)
-    else:
-      j = rng.randrange(s.seen)
-      if j < size:
-        s.sample[j] = item
+      column["source_tokens"].append(source_tokens[key])
+    s.sample.append((_priority(seed, r["id"]), r["id"], r["conversation"], r.get("source") or ""))
+    if len(s.sample) > 2 * size:  # pruned now and then: at most 2 x size texts are held
+      s.sample = heapq.nsmallest(size, s.sample)
 
 
 def _distribution(values) -> dict:
@@ -201,9 +244,10 @@ def _mean_similarity(scores: list[tuple[float, float]]) -> dict:
   return {"rouge_l": round(float(rouge), 4), "bleu": round(float(bleu), 2), "scored": len(scores)}
 
 
-def _numbers(cfg, styles, names, filtered, tokenizer_spec) -> dict:
+def _numbers(cfg, styles, filtered, tokenizer_spec) -> dict:
   order = sorted(styles)
-  samples = {k: [(c, s) for c, s, _ in styles[k].sample[:cfg.similarity_sample] if s] for k in order}
+  samples = {k: [(c, src) for _, _, c, src in styles[k].sample[:cfg.similarity_sample] if src]
+             for k in order}
   flat = similarity_scores([pair for k in order for pair in samples[k]])
   scores, at = {}, 0
   for k in order:  # each style's slice of the scores
@@ -214,23 +258,26 @@ def _numbers(cfg, styles, names, filtered, tokenizer_spec) -> dict:
     records = sum(p.records for p in parts)
     kept = sum(p.kept for p in parts)
     reasons = sum((p.reasons for p in parts), collections.Counter())
+
+    def distribution(field):
+      return _distribution(np.concatenate([p.values(field) for p in parts]))
     return {
         "records": records, "kept": kept, "rejected": records - kept,
         "kept_share": round(kept / records, 4) if records else None,
         "reasons": dict(sorted(reasons.items())),
-        "conversation_tokens": _distribution([v for p in parts for v in p.conversation_tokens]),
-        "source_tokens": _distribution([v for p in parts for v in p.source_tokens]),
-        "turns": _distribution([v for p in parts for v in p.turns]),
+        "conversation_tokens": distribution("conversation_tokens"),
+        "source_tokens": distribution("source_tokens"),
+        "turns": distribution("turns"),
         "similarity": _mean_similarity([x for k in keys for x in scores[k]]),
     }
   return {"dir": cfg.dir, "filtered": filtered, "tokenizer": tokenizer_spec,
-          "styles": {k: {"name": names[k], **entry([k])} for k in order},
+          "styles": {k: {"name": styles[k].name, **entry([k])} for k in order},
           ALL: entry(order),
           "examples": {k: [{"id": i, "conversation": c[:cfg.example_chars],
                             "truncated": len(c) > cfg.example_chars}
-                           for c, _, i in sorted(styles[k].sample, key=lambda x: x[2])[:cfg.examples]]
+                           for _, i, c, _ in sorted(styles[k].sample, key=lambda x: x[1])[:cfg.examples]]
                        for k in order},
-          "_lengths": {k: styles[k].conversation_tokens for k in order}}
+          "_lengths": {k: styles[k].values("conversation_tokens") for k in order}}
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -264,8 +311,8 @@ def _plots(report: dict) -> dict[str, bytes]:
 
   # Small multiples on common bins, so shapes compare across styles.
   lengths = report["_lengths"]
-  every = [v for s in styles for v in lengths.get(s, [])]
-  bins = np.histogram_bin_edges(every, bins=30) if every else 10
+  every = np.concatenate([lengths[s] for s in styles if s in lengths] or [np.zeros(0)])
+  bins = np.histogram_bin_edges(every, bins=30) if len(every) else 10
   cols = min(4, max(len(styles), 1))
   rows = -(-max(len(styles), 1) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.1 * rows), sharex=True, squeeze=False)
@@ -273,8 +320,8 @@ def _plots(report: dict) -> dict[str, bytes]:
     if i >= len(styles):
       ax.axis("off")
       continue
-    values = lengths.get(styles[i], [])
-    if values:
+    values = lengths.get(styles[i], np.zeros(0))
+    if len(values):
       ax.hist(values, bins=bins, color="#1c7ed6")
     else:
       ax.text(0.5, 0.5, "none kept", ha="center", va="center", transform=ax.transAxes, fontsize=8)
