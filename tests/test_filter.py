@@ -230,6 +230,18 @@ def test_the_decision_pass_holds_columns_not_objects(tmp_path):
   assert np.load(tmp_path / "s.npy").shape == (400, 128)
 
 
+def test_the_passes_run_in_memory_when_given_no_scratch_file(tmp_path):
+  from mind_jax.curation._filter import decide, inspect_file
+  base = _essay(1)
+  src = write_parts(tmp_path / "in", [record("a", base), record("d", _essay(2)),
+                                      record("c", base.replace(base.split()[40], "changed", 1))])
+  cfg = load_config(FilterConfig, None, [f"input={src}", "out=unused", "dedup.near=true"])
+  table = inspect_file(str(src / "part-00000-000000.jsonl"), cfg, "byte")
+  assert table.signatures.shape == (3, 128)
+  decisions = decide([table], cfg)
+  assert decisions.detail(2).startswith("near_duplicate of a (jaccard ~")
+
+
 def test_a_record_id_seen_twice_stops_the_run_before_writing(tmp_path):
   records = [record("a"), record("b"), record("a", _essay(1))]
   with pytest.raises(MindJaxError, match="^record id 'a' appears twice in the input$"):

@@ -259,9 +259,11 @@ def _signatures_in_order(tables, offsets, rows, num_perm, scratch) -> np.ndarray
   for k, table in enumerate(tables):
     where = position[int(offsets[k]):int(offsets[k + 1])]
     wanted = np.flatnonzero(where >= 0)
+    on_disk = isinstance(table.signatures, str)
     if len(wanted):
-      matrix[where[wanted]] = np.load(table.signatures, mmap_mode="r")[wanted]
-    if scratch is not None:  # gathered: the disk holds one copy of the signatures, not two
+      rows = np.load(table.signatures, mmap_mode="r") if on_disk else table.signatures
+      matrix[where[wanted]] = rows[wanted]
+    if on_disk:  # gathered: the disk holds one copy of the signatures, not two
       os.remove(table.signatures)
   return matrix
 

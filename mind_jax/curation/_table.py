@@ -42,7 +42,9 @@ class FileFacts:
   exact: np.ndarray              # S12 exact-duplicate key (empty where a rule rejected)
   rejected: dict[int, tuple[list[str], list[str]]]  # row -> (reasons, details)
   matches: dict[int, list[Match]]                   # row -> evaluation questions it contains
-  signatures: str | None = None  # .npy, one MinHash row per record (zeros where rejected)
+  # One MinHash row per record (zeros where rejected): a scratch .npy file, or the array itself
+  # when pass 1 was given no file.
+  signatures: str | np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.tokens)
@@ -85,13 +87,14 @@ class FileFactsBuilder:
   def build(self, signature_file: str | None) -> FileFacts:
     numbers = np.array(self.numbers, dtype=np.int64).reshape(-1, 4)
     signatures = None
-    if self.num_perm is not None and signature_file:
-      matrix = (np.stack(self.signatures) if self.signatures
-                else np.zeros((0, self.num_perm), dtype=np.uint32))
-      tmp = signature_file + ".tmp.npy"
-      np.save(tmp, matrix)
-      os.replace(tmp, signature_file)
-      signatures = signature_file
+    if self.num_perm is not None:
+      signatures = (np.stack(self.signatures) if self.signatures
+                    else np.zeros((0, self.num_perm), dtype=np.uint32))
+      if signature_file:
+        tmp = signature_file + ".tmp.npy"
+        np.save(tmp, signatures)
+        os.replace(tmp, signature_file)
+        signatures = signature_file
     return FileFacts(
         path=self.path, ids=pa.array(self.ids, type=pa.string()), styles=list(self.styles),
         style=np.array(self.style, dtype=np.uint16),
