@@ -16,7 +16,6 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
-from mind_jax import sharding
 from mind_jax._errors import MindJaxError
 
 
@@ -45,13 +44,13 @@ class MeshSection(Section):
   """Device mesh and sharding rules."""
 
   axes: dict[str, int] = pydantic.Field(
-      default_factory=lambda: dict(sharding.DEFAULT_MESH),
+      default_factory=lambda: dict(_sharding().DEFAULT_MESH),
       description="mesh axis sizes; one may be -1 to take the remaining devices")
   rules: Literal["generate", "train"] = pydantic.Field(
       "generate", description="logical-axis rule set")
 
   def build(self, devices=None):
-    return sharding.make_mesh(self.axes, devices)
+    return _sharding().make_mesh(self.axes, devices)
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -151,3 +150,9 @@ def argument_parser(prog: str, description: str, schema: type[Section],
   parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
   parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
   return parser
+
+
+def _sharding():
+  # Imported on use: configs of jobs that never build a mesh (filter, report) load without JAX.
+  from mind_jax import sharding
+  return sharding

@@ -8,10 +8,12 @@ outputs are meaningless but whose every code path is real.
 
 from __future__ import annotations
 
-from flax import nnx
+from typing import TYPE_CHECKING
 
-from mind_jax.nn import Llama, LlamaConfig
 from mind_jax.text import HFTokenizer
+
+if TYPE_CHECKING:
+  from mind_jax.nn import Llama, LlamaConfig
 
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                   "<|end_header_id|>", "<|eot_id|>"]
@@ -54,4 +56,7 @@ def byte_tokenizer() -> HFTokenizer:
 
 def random_model(config: LlamaConfig, seed: int = 0) -> Llama:
   """A randomly initialised model (normal(0, 0.02) weights, unit norms)."""
+  from flax import nnx  # on use: the byte tokenizer alone needs no JAX
+
+  from mind_jax.nn import Llama
   return Llama(config, rngs=nnx.Rngs(seed))

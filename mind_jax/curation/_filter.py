@@ -45,7 +45,7 @@ TOKEN_BATCH = 512
 
 
 def input_files(input_dir: str) -> list[str]:
-  from mind_jax.mind import part_files
+  from mind_jax.data import part_files
   if not input_dir:
     raise MindJaxError("no input directory given (INPUT_DIR or input=...)")
   if not epath.Path(input_dir).is_dir():

@@ -2,7 +2,7 @@
 
 from mind_jax.data._chunking import chunk_text
 from mind_jax.data._readers import (CHAMP_SOURCE, Document, ReadStats, expand, iter_records,
-                                    read_documents)
+                                    part_files, read_documents)
 
 __all__ = ["CHAMP_SOURCE", "Document", "ReadStats", "chunk_text", "expand", "iter_records",
-           "read_documents"]
+           "part_files", "read_documents"]

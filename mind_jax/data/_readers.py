@@ -171,6 +171,14 @@ def _label(path: str, source: str) -> str:
   return os.path.relpath(path, root or ".")
 
 
+def part_files(out_dir: str) -> list[str]:
+  """The record part files (part-*.jsonl, part-*.parquet) a job wrote into `out_dir`, sorted."""
+  root = _path(out_dir)
+  if not root.exists():
+    return []
+  return sorted(str(p) for pattern in ("part-*.jsonl", "part-*.parquet") for p in root.glob(pattern))
+
+
 def iter_records(path: str, label: str | None = None) -> Iterator[tuple[str, object, str | None]]:
   """(where, record, problem) for each record of one JSONL or Parquet file, streaming.
 

@@ -17,15 +17,9 @@ import time
 from etils import epath
 
 from mind_jax._errors import MindJaxError
+from mind_jax.data import part_files
 
 FORMATS = ("jsonl", "parquet")
-
-
-def part_files(out_dir: str) -> list[str]:
-  root = epath.Path(out_dir)
-  if not root.exists():
-    return []
-  return sorted(str(p) for pattern in ("part-*.jsonl", "part-*.parquet") for p in root.glob(pattern))
 
 
 def read_records(path: str) -> list[dict]:
