@@ -7,6 +7,8 @@ tokenizer: one token per UTF-8 byte, which makes "exactly 50 tokens" exact.
 import json
 import pickle
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -443,6 +445,17 @@ def test_command_line(tmp_path, capsys):
   with pytest.raises(SystemExit):
     filter_main(["--help"])
   assert "dedup.threshold" in capsys.readouterr().out
+
+
+def test_the_filter_and_report_start_without_jax():
+  """Their worker processes import only what reading and counting need (JAX would cost each
+  worker ~0.15 GB and a second); `import mind_jax` loads its model names on first use."""
+  code = ("import sys, mind_jax, mind_jax.filter, mind_jax.report\n"
+          "from mind_jax.curation import _filter, _report\n"
+          "_filter.load_tokenizer_spec('byte')\n"
+          "assert 'jax' not in sys.modules and 'flax' not in sys.modules, 'JAX imported'\n"
+          "assert mind_jax.preset('tiny').hidden_size == 64 and 'jax' in sys.modules\n")
+  subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
 
 
 def test_repository_filter_configs_validate():
