@@ -14,17 +14,13 @@ above the parent process's size before it started.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
-import shutil
 import sys
-import tempfile
 import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from filter_throughput import save_results, synthetic_input  # noqa: E402
+from filter_throughput import machine, save_results, synthetic_input  # noqa: E402
 
 
 def held_per_record(src, tokenizer, near, scratch) -> float:
@@ -66,22 +62,16 @@ def main():
   parser.add_argument("--workers", type=int, default=2)
   parser.add_argument("--out", help="directory for the results JSON")
   args = parser.parse_args()
-  work = tempfile.mkdtemp(prefix="filter-memory-")
-  try:
-    src, tok, records, _ = synthetic_input(args.records, work)
+  with synthetic_input(args.records, "filter-memory-") as (work, src, tok, records, _):
     mean_id = sum(len(r["id"]) for r in records) / len(records)
     del records
-    results = {"records": args.records, "mean_id_chars": round(mean_id, 1),
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
+    results = {"records": args.records, "mean_id_chars": round(mean_id, 1), "machine": machine()}
     for near in (False, True):
       key = "with_signatures" if near else "without_signatures"
       results[f"held_bytes_per_record_{key}"] = round(held_per_record(src, tok, near, work), 1)
     # Last: ru_maxrss is the process's peak so far, and the tracing above stays below this.
     results["bloom_run"] = peak_of_run(src, tok, os.path.join(work, "out"), True, args.workers)
-    print(json.dumps(results, indent=1))
     save_results(results, args.out, "filter_memory")
-  finally:
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

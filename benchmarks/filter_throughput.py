@@ -22,6 +22,7 @@ planted near duplicates each MinHash pass removed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -99,21 +100,32 @@ def train_tokenizer(records, out_dir):
 
 
 def save_results(results: dict, out_dir: str | None, name: str) -> None:
-  """OUT_DIR/NAME.json, where the docs' figures are read from (nothing without --out)."""
+  """Prints the results and writes OUT_DIR/NAME.json, where the docs' figures are read from."""
+  print(json.dumps(results, indent=1))
   if out_dir:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
       json.dump(results, f, indent=1)
 
 
-def synthetic_input(n: int, work: str):
-  """n synthetic records as part files in WORK/gen and a tokenizer trained on them in
-  WORK/tokenizer: (input dir, tokenizer dir, records, planted near duplicates)."""
-  records, near = synthetic_records(n)
-  src, tok = os.path.join(work, "gen"), os.path.join(work, "tokenizer")
-  write_input(records, src)
-  train_tokenizer(records, tok)
-  return src, tok, records, near
+def machine() -> str:
+  return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+@contextlib.contextmanager
+def synthetic_input(n: int, prefix: str):
+  """n synthetic records as part files in a temporary WORK/gen and a tokenizer trained on them
+  in WORK/tokenizer: yields (WORK, input dir, tokenizer dir, records, planted near duplicates)
+  and removes WORK afterwards."""
+  work = tempfile.mkdtemp(prefix=prefix)
+  try:
+    records, near = synthetic_records(n)
+    src, tok = os.path.join(work, "gen"), os.path.join(work, "tokenizer")
+    write_input(records, src)
+    train_tokenizer(records, tok)
+    yield work, src, tok, records, near
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def write_input(records, directory):
@@ -183,10 +195,8 @@ def main():
                       "datatrove_minhash", help="comma-separated runs (also: mind_jax_bloom)")
   parser.add_argument("--name", default="filter_throughput", help="results file name")
   args = parser.parse_args()
-  work = tempfile.mkdtemp(prefix="filter-bench-")
-  try:
-    t = time.perf_counter()
-    src, tok, records, near = synthetic_input(args.records, work)
+  t = time.perf_counter()
+  with synthetic_input(args.records, "filter-bench-") as (work, src, tok, records, near):
     from mind_jax.text import load_tokenizer
     tokens = load_tokenizer(tok).count_tokens([r["conversation"] for r in records[:2000]])
     print(f"{args.records} records in {time.perf_counter() - t:.0f} s; conversation tokens: "
@@ -195,7 +205,7 @@ def main():
     results = {"records": args.records, "workers": args.workers,
                "mean_conversation_tokens": round(float(np.mean(tokens)), 1),
                "planted_near_duplicates": len(near),
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
+               "machine": machine()}
     runs = {"mind_jax_rules": lambda: time_ours(src, f"{work}/o1", tok, args.workers, False),
             "mind_jax_minhash": lambda: time_ours(src, f"{work}/o2", tok, args.workers, True),
             "mind_jax_bloom": lambda: time_ours(src, f"{work}/o3", tok, args.workers, True, "bloom"),
@@ -218,8 +228,6 @@ def main():
       results[f"{ours}_vs_{theirs}"] = round(ratio, 2)
       print(f"{ours} / {theirs}: {ratio:.2f}x")
     save_results(results, args.out, args.name)
-  finally:
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def _kept_ids(out_dir):

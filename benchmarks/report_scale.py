@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import shutil
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from filter_throughput import save_results, synthetic_input  # noqa: E402
+from filter_throughput import machine, save_results, synthetic_input  # noqa: E402
 
 
 def peak_rss_gb(who=resource.RUSAGE_SELF) -> float:
@@ -84,22 +81,16 @@ def main():
   parser.add_argument("--workers", type=int, nargs="+", default=[1, os.cpu_count() or 1])
   parser.add_argument("--out", help="directory for report_scale.json")
   args = parser.parse_args()
-  work = tempfile.mkdtemp(prefix="report-bench-")
-  try:
-    src, tok, records, _ = synthetic_input(args.records, work)
+  with synthetic_input(args.records, "report-bench-") as (work, src, tok, records, _):
     size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
     del records
     import gc
     gc.collect()
     runs = [timed_report(src, tok, os.path.join(work, f"report-{w}"), w) for w in args.workers]
-    result = {"records": args.records, "input_bytes": size, "runs": runs,
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+    result = {"records": args.records, "input_bytes": size, "runs": runs, "machine": machine()}
     if len(runs) > 1:
       result["speedup"] = round(runs[0]["seconds"] / runs[-1]["seconds"], 2)
-    print(json.dumps(result, indent=1))
     save_results(result, args.out, "report_scale")
-  finally:
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
