@@ -138,6 +138,12 @@ def describe(schema: type[Section], prefix: str = "") -> list[str]:
   return lines
 
 
+def flag_overrides(args: argparse.Namespace, keys: dict[str, str]) -> list[str]:
+  """key=value overrides for the shorthand flags that were given ({flag dest: config key})."""
+  return [f"{key}={getattr(args, flag)}" for flag, key in keys.items()
+          if getattr(args, flag) is not None]
+
+
 def argument_parser(prog: str, description: str, schema: type[Section],
                     default_config: str | None = None) -> argparse.ArgumentParser:
   """argparse with --config FILE and free key=value overrides; --help lists every key."""

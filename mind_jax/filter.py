@@ -50,10 +50,9 @@ def main(argv=None) -> int:
   setup_logging(args.verbose)
   # The free words are INPUT_DIR (the one without '=') and key=value overrides.
   overrides = [w if "=" in w else f"input={w}" for w in args.overrides]
-  for flag, key in [("out", "out"), ("workers", "workers"), ("tokenizer", "tokenizer"),
-                    ("min_tokens", "min_tokens"), ("select", "select.mode")]:
-    if getattr(args, flag) is not None:
-      overrides.append(f"{key}={getattr(args, flag)}")
+  overrides += config_lib.flag_overrides(args, {
+      "out": "out", "workers": "workers", "tokenizer": "tokenizer", "min_tokens": "min_tokens",
+      "select": "select.mode"})
   if args.drop_truncated:
     overrides.append("truncated=drop")
   if args.strict:

@@ -36,11 +36,9 @@ def main(argv=None) -> int:
   parser.add_argument("--dry-run", action="store_true", help="print the plan only")
   args = parser.parse_args(argv)
   setup_logging(args.verbose)
-  overrides = list(args.overrides)
-  for flag, key in [("num_shards", "num_shards"), ("shard_index", "shard_index"),
-                    ("limit", "input.limit"), ("on_bad_record", "input.on_bad_record")]:
-    if getattr(args, flag) is not None:
-      overrides.append(f"{key}={getattr(args, flag)}")
+  overrides = list(args.overrides) + config_lib.flag_overrides(args, {
+      "num_shards": "num_shards", "shard_index": "shard_index", "limit": "input.limit",
+      "on_bad_record": "input.on_bad_record"})
   if args.dry_run:
     overrides.append("dry_run=true")
   return run_cli(lambda: run(config_lib.load_config(GenerateConfig, args.config, overrides)))

@@ -29,9 +29,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   setup_logging(args.verbose)
   overrides = [w if "=" in w else f"dir={w}" for w in args.overrides]
-  for flag in ("out", "tokenizer"):
-    if getattr(args, flag) is not None:
-      overrides.append(f"{flag}={getattr(args, flag)}")
+  overrides += config_lib.flag_overrides(args, {"out": "out", "tokenizer": "tokenizer"})
   return run_cli(lambda: run_report(config_lib.load_config(ReportConfig, args.config, overrides)))
 
 
