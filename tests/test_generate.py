@@ -284,3 +284,11 @@ def test_output_on_gcs_and_resume(fake_gcs):
   assert (fake_gcs / "bucket" / "mind" / "manifest-00000.json").exists()
   again = run(cfg)  # resume reads the gs:// parts back and finds nothing to do
   assert again["already_done"] == len(written) and again["units_written"] == 0
+
+
+def test_a_corrupt_part_in_the_output_stops_the_resume_naming_it(tmp_path):
+  from mind_jax.mind import done_ids
+  (tmp_path / "part-00000-000000.jsonl").write_text('{"id": "a"}\n{"id": \n')
+  with pytest.raises(MindJaxError, match=r"part-00000-000000.jsonl: unreadable part file "
+                     r"\(.*part-00000-000000.jsonl:2: malformed JSON.*\); move it aside"):
+    done_ids(str(tmp_path))

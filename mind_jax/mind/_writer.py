@@ -17,18 +17,19 @@ import time
 from etils import epath
 
 from mind_jax._errors import MindJaxError
-from mind_jax.data import part_files
+from mind_jax.data import iter_records, part_files
 
 FORMATS = ("jsonl", "parquet")
 
 
 def read_records(path: str) -> list[dict]:
-  if path.endswith(".parquet"):
-    import pyarrow.parquet as pq
-    with epath.Path(path).open("rb") as f:
-      return pq.read_table(f).to_pylist()
-  with epath.Path(path).open("r") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """Every record of one part file; a record that cannot be read stops with its file:line."""
+  records = []
+  for where, record, problem in iter_records(path):
+    if problem:
+      raise MindJaxError(f"{where}: {problem}")
+    records.append(record)
+  return records
 
 
 def done_ids(out_dir: str) -> set[str]:
@@ -37,7 +38,7 @@ def done_ids(out_dir: str) -> set[str]:
   for path in part_files(out_dir):
     try:
       ids.update(record["id"] for record in read_records(path))
-    except (ValueError, KeyError, OSError) as e:
+    except (MindJaxError, KeyError, TypeError) as e:
       raise MindJaxError(f"{path}: unreadable part file ({e}); move it aside to redo its "
                          "records") from None
   return ids
