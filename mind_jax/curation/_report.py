@@ -115,7 +115,7 @@ def collect(cfg: ReportConfig) -> dict:
   """The report's numbers (see `render` for the pages)."""
   files, filtered = _sources(cfg.dir)
   tokenizer_spec = resolve_tokenizer(cfg.tokenizer, files[0][0])
-  load_tokenizer_spec(tokenizer_spec)  # a bad tokenizer fails here, before any worker starts
+  _tokenizer(tokenizer_spec)  # a bad tokenizer fails here, before any worker starts
   workers = min(cfg.workers or os.cpu_count() or 1, len(files))
   styles: dict[str, _Style] = collections.defaultdict(_Style)
   size = max(cfg.similarity_sample, cfg.examples)
