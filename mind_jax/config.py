@@ -38,6 +38,9 @@ class ModelSection(Section):
   scan_layers: bool = pydantic.Field(False, description="stack layers and scan over them")
   remat: Literal["none", "full", "dots", "dots_no_batch"] = pydantic.Field(
       "none", description="rematerialisation policy (training)")
+  allow_unused_tensors: bool = pydantic.Field(
+      False, description="load even if the checkpoint holds tensors the model does not use "
+      "(e.g. config.json lists fewer layers than the weights); off: such a load is refused")
 
 
 class MeshSection(Section):
@@ -115,10 +118,12 @@ def load_config(schema: type[Section], path: str | None = None,
   except pydantic.ValidationError as e:
     error = e.errors()[0]
     key = ".".join(str(p) for p in error["loc"])
-    source = "command line" if any(key.startswith(k) for k in from_command_line) else (path or "defaults")
-    message = error["msg"]
+    source = "command line" if any(_related(key, k) for k in from_command_line) else (path or "config")
+    message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix for our validators
     if error["type"] == "extra_forbidden":
       message = "unknown key"
+    if not key:  # a check over several keys (a model validator): the message names them
+      raise MindJaxError(message) from None
     given = error.get("input")
     suffix = f" (got {given!r})" if error["type"] != "extra_forbidden" and not isinstance(given, dict) else ""
     raise MindJaxError(f"{source}: {key}: {message}{suffix}") from None
@@ -138,17 +143,48 @@ def describe(schema: type[Section], prefix: str = "") -> list[str]:
   return lines
 
 
-def flag_overrides(args: argparse.Namespace, keys: dict[str, str]) -> list[str]:
-  """key=value overrides for the shorthand flags that were given ({flag dest: config key})."""
-  return [f"{key}={getattr(args, flag)}" for flag, key in keys.items()
-          if getattr(args, flag) is not None]
+def _related(a: str, b: str) -> bool:
+  """Whether two dotted keys name the same setting or one holds the other."""
+  return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def flag_overrides(args: argparse.Namespace, keys: dict[str, str]) -> list[tuple[str, str]]:
+  """(flag, key=value) for the shorthand flags that were given ({flag dest: config key})."""
+  return [("--" + flag.replace("_", "-"), f"{key}={getattr(args, flag)}")
+          for flag, key in keys.items() if getattr(args, flag) is not None]
+
+
+def combine_overrides(explicit: list[str], flagged: list[tuple[str, str]]) -> list[str]:
+  """The command line's key=value words plus the settings its flags stand for.
+
+  A flag and a key=value that set one key to different values are refused, naming both,
+  rather than one silently winning; the same value given both ways is accepted.
+  """
+  given = {}
+  for text in explicit:
+    keys, value = _parse_override(text)
+    given[".".join(keys)] = (text, value)
+  for flag, text in flagged:
+    keys, value = _parse_override(text)
+    key = ".".join(keys)
+    for other, (other_text, other_value) in given.items():
+      if _related(key, other) and (other != key or other_value != value):
+        raise MindJaxError(f"command line: {flag} sets {key}, and so does {other_text}; give one")
+  return list(explicit) + [text for _, text in flagged]
+
+
+class _JobParser(argparse.ArgumentParser):
+  """Flags and key=value words in any order (`a=b --dry-run c=d`)."""
+
+  def parse_args(self, args=None, namespace=None):
+    return self.parse_intermixed_args(args, namespace)
 
 
 def argument_parser(prog: str, description: str, schema: type[Section],
                     default_config: str | None = None) -> argparse.ArgumentParser:
   """argparse with --config FILE and free key=value overrides; --help lists every key."""
   epilog = "configuration keys (override with key=value):\n" + "\n".join(describe(schema))
-  parser = argparse.ArgumentParser(
+  parser = _JobParser(
       prog=prog, description=textwrap.dedent(description),
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
   parser.add_argument("--config", default=default_config,

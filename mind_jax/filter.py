@@ -45,25 +45,33 @@ def main(argv=None) -> int:
                       help="evaluation set (.jsonl/.parquet) to decontaminate against; repeatable")
   parser.add_argument("--select", choices=["all", "longest"], help="same as select.mode=...")
   parser.add_argument("--styles", help="comma-separated styles to keep")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="same as overwrite=true: replace an earlier filter output in OUT_DIR "
+                      "made from other input or settings")
   parser.usage = "python -m mind_jax.filter INPUT_DIR --out OUT_DIR [options] [key=value ...]"
   args = parser.parse_args(argv)
   setup_logging(args.verbose)
   # The free words are INPUT_DIR (the one without '=') and key=value overrides.
-  overrides = [w if "=" in w else f"input={w}" for w in args.overrides]
-  overrides += config_lib.flag_overrides(args, {
+  explicit = [w if "=" in w else f"input={w}" for w in args.overrides]
+  flagged = config_lib.flag_overrides(args, {
       "out": "out", "workers": "workers", "tokenizer": "tokenizer", "min_tokens": "min_tokens",
       "select": "select.mode"})
   if args.drop_truncated:
-    overrides.append("truncated=drop")
+    flagged.append(("--drop-truncated", "truncated=drop"))
   if args.strict:
-    overrides += ["turns.enabled=true", "repetition.enabled=true", "copy_source.enabled=true"]
+    flagged += [("--strict", f"{key}.enabled=true") for key in ("turns", "repetition", "copy_source")]
   if args.near_dup:
-    overrides.append("dedup.near=true")
+    flagged.append(("--near-dup", "dedup.near=true"))
   if args.decontaminate:
-    overrides.append("decontaminate.files=[" + ",".join(f'"{f}"' for f in args.decontaminate) + "]")
+    flagged.append(("--decontaminate", "decontaminate.files=["
+                    + ",".join(f'"{f}"' for f in args.decontaminate) + "]"))
   if args.styles:
-    overrides.append("select.styles=[" + ",".join(s.strip() for s in args.styles.split(",")) + "]")
-  return run_cli(lambda: run_filter(config_lib.load_config(FilterConfig, args.config, overrides)))
+    flagged.append(("--styles", "select.styles=["
+                    + ",".join(s.strip() for s in args.styles.split(",")) + "]"))
+  if args.overwrite:
+    flagged.append(("--overwrite", "overwrite=true"))
+  return run_cli(lambda: run_filter(config_lib.load_config(
+      FilterConfig, args.config, config_lib.combine_overrides(explicit, flagged))))
 
 
 if __name__ == "__main__":

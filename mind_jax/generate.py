@@ -34,14 +34,20 @@ def main(argv=None) -> int:
   parser.add_argument("--on-bad-record", choices=["error", "skip"],
                       help="same as input.on_bad_record=...")
   parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="same as output.overwrite=true: replace the records an earlier run "
+                      "with other settings wrote to output.dir")
   args = parser.parse_args(argv)
   setup_logging(args.verbose)
-  overrides = list(args.overrides) + config_lib.flag_overrides(args, {
+  flagged = config_lib.flag_overrides(args, {
       "num_shards": "num_shards", "shard_index": "shard_index", "limit": "input.limit",
       "on_bad_record": "input.on_bad_record"})
   if args.dry_run:
-    overrides.append("dry_run=true")
-  return run_cli(lambda: run(config_lib.load_config(GenerateConfig, args.config, overrides)))
+    flagged.append(("--dry-run", "dry_run=true"))
+  if args.overwrite:
+    flagged.append(("--overwrite", "output.overwrite=true"))
+  return run_cli(lambda: run(config_lib.load_config(
+      GenerateConfig, args.config, config_lib.combine_overrides(args.overrides, flagged))))
 
 
 if __name__ == "__main__":

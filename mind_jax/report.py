@@ -28,9 +28,10 @@ def main(argv=None) -> int:
   parser.add_argument("--tokenizer", help="generator's tokenizer directory")
   args = parser.parse_args(argv)
   setup_logging(args.verbose)
-  overrides = [w if "=" in w else f"dir={w}" for w in args.overrides]
-  overrides += config_lib.flag_overrides(args, {"out": "out", "tokenizer": "tokenizer"})
-  return run_cli(lambda: run_report(config_lib.load_config(ReportConfig, args.config, overrides)))
+  explicit = [w if "=" in w else f"dir={w}" for w in args.overrides]
+  flagged = config_lib.flag_overrides(args, {"out": "out", "tokenizer": "tokenizer"})
+  return run_cli(lambda: run_report(config_lib.load_config(
+      ReportConfig, args.config, config_lib.combine_overrides(explicit, flagged))))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def build_requests(args, tokenizer) -> list[Request]:
 def run(args) -> int:
   mesh = sharding.make_mesh(sharding.parse_axes(args.mesh)) if args.mesh else None
   model, tokenizer = load_pretrained(args.model, dtype=args.dtype, mesh=mesh, rules="generate",
-                                     progress=not args.json)
+                                     progress=not args.json,
+                                     allow_unused=args.allow_unused_tensors)
   requests = build_requests(args, tokenizer)
   slots = args.slots or min(len(requests), 8)
   if mesh is not None:
@@ -118,6 +119,10 @@ def main(argv=None) -> int:
   parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
                       help="compute and weight dtype (default: bfloat16)")
   parser.add_argument("--mesh", help="device mesh, e.g. data=2,tensor=4 (default: one device)")
+  parser.add_argument("--allow-unused-tensors", action="store_true",
+                      help="load an HF checkpoint even if the model its config.json describes "
+                      "leaves some tensors unused (default: refuse, as config.json may not "
+                      "match the weights)")
   parser.add_argument("--json", action="store_true", help="one JSON object per prompt")
   parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
   args = parser.parse_args(argv)

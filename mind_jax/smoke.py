@@ -60,7 +60,7 @@ def run(cfg: SmokeConfig) -> dict:
   model, tokenizer = load_pretrained(workdir, dtype=model_cfg.dtype,
                                      param_dtype=model_cfg.param_dtype, mesh=mesh,
                                      rules=cfg.mesh.rules, scan_layers=cfg.model.scan_layers,
-                                     progress=False)
+                                     allow_unused=cfg.model.allow_unused_tensors, progress=False)
   prompt = tokenizer.encode(cfg.prompt, add_bos=True)
   engine = Engine(model, tokenizer, EngineConfig(slots=mesh.shape["data"], max_len=256,
                                                  seed=cfg.seed), mesh=mesh)

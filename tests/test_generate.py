@@ -210,8 +210,10 @@ def test_missing_text_field_and_non_utf8(tmp_path):
 
 def test_empty_file_long_document_and_unreadable_path(tmp_path):
   empty = write(tmp_path / "empty.jsonl", b"")
-  summary = run(make_config(tmp_path / "out", f"input.source={empty}"))
-  assert summary["documents_read"] == 0 and summary["units"] == 0
+  # An input with no documents is a mistake (a wrong glob, an empty export): said, not exit 0.
+  with pytest.raises(MindJaxError, match=r"empty.jsonl: no documents to generate from"):
+    run(make_config(tmp_path / "out", f"input.source={empty}"))
+  assert not (tmp_path / "out").exists()
   tok = byte_tokenizer()
   long_text = " ".join(f"Step {i}: multiply both sides by {i}." for i in range(400))
   chunks = chunk_text(long_text, lambda s: len(tok.encode(s)), 200, 20)

@@ -15,7 +15,8 @@ from jax.sharding import Mesh
 
 from mind_jax import sharding as sharding_lib
 from mind_jax._errors import MindJaxError
-from mind_jax.ckpts._safetensors import SafetensorsReader, host_empty, parse_size, write_shards
+from mind_jax.ckpts._safetensors import (INDEX_NAME, SafetensorsReader, host_empty, parse_size,
+                                         write_shards)
 from mind_jax.nn import Llama, LlamaConfig
 from mind_jax.nn._config import read_hf_config
 from mind_jax._progress import progress_bar
@@ -49,12 +50,18 @@ def abstract_model(config: LlamaConfig, mesh: Mesh | None, rules) -> tuple:
 
 
 def load_hf_model(model_dir: str, config: LlamaConfig | None = None, mesh: Mesh | None = None,
-                  rules="generate", progress: bool = True) -> Llama:
-  """Builds a Llama from an HF directory, each device reading only its own slice."""
+                  rules="generate", progress: bool = True, allow_unused: bool = False) -> Llama:
+  """Builds a Llama from an HF directory, each device reading only its own slice.
+
+  A checkpoint tensor the model does not use is an error unless `allow_unused`:
+  it means config.json describes a different model than the weights (fewer
+  layers, say), and the load would quietly run that other model.
+  """
   config = config or read_hf_config(model_dir)
   graphdef, flat, shardings = abstract_model(config, mesh, rules)
   with SafetensorsReader(model_dir) as reader:
     _check_tensors(reader, flat, config)
+    _check_unused(reader, flat, config, allow_unused)
     total = sum(v.size * v.dtype.itemsize for _, v in flat)
     loaded = []
     with progress_bar(total, "import", unit="B", enabled=progress) as bar:
@@ -64,11 +71,33 @@ def load_hf_model(model_dir: str, config: LlamaConfig | None = None, mesh: Mesh 
         array = jax.make_array_from_callback(variable.shape, shardings[path], read)
         loaded.append((path, variable.replace(array)))
         bar.update(variable.size * variable.dtype.itemsize)
-  unused = sorted(set(reader.tensors) - {n for p, _ in flat for n in hf_names(p, config)})
-  if unused:
-    log.info("%s: ignored %d tensor(s) the model does not use: %s", model_dir, len(unused),
-             ", ".join(unused[:5]) + (" ..." if len(unused) > 5 else ""))
   return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+
+
+def _some(names: list[str], count: int = 5) -> str:
+  return ", ".join(names[:count]) + (" ..." if len(names) > count else "")
+
+
+def _check_unused(reader: SafetensorsReader, flat, config: LlamaConfig, allow_unused: bool) -> None:
+  used = {n for p, _ in flat for n in hf_names(p, config)}
+  unused = sorted(set(reader.tensors) - used, key=_layer_order)
+  # What transformers itself drops without a word: the RoPE tables old Llama-2 conversions
+  # stored as buffers (recomputed from config.json), and a head that tied embeddings replace.
+  expected = [n for n in unused if n.endswith(".rotary_emb.inv_freq")
+              or (n == "lm_head.weight" and config.tie_word_embeddings)]
+  if expected:
+    log.info("%s: ignored %d tensor(s) transformers ignores too: %s", reader.model_dir,
+             len(expected), _some(expected))
+  unused = [n for n in unused if n not in expected]
+  if not unused:
+    return
+  if not allow_unused:
+    raise MindJaxError(
+        f"{reader.model_dir}: config.json describes a model that does not use {len(unused)} of "
+        f"the checkpoint's tensors ({_some(unused)}), so it does not match the weights; "
+        "pass allow_unused=True (--allow-unused-tensors) to load it anyway")
+  log.warning("%s: ignoring %d tensor(s) the model does not use (allow_unused): %s",
+              reader.model_dir, len(unused), _some(unused))
 
 
 def _check_tensors(reader: SafetensorsReader, flat, config: LlamaConfig) -> None:
@@ -124,13 +153,19 @@ def _layer_order(name: str):
 
 
 def save_pretrained(model: Llama, out_dir: str, tokenizer=None, max_shard_size: str | int = "5GB",
-                  dtype: str | None = None, progress: bool = True) -> str:
+                    dtype: str | None = None, progress: bool = True, overwrite: bool = False) -> str:
   """Writes an HF directory that transformers loads with AutoModelForCausalLM / AutoTokenizer.
 
   Writes config.json, generation_config.json, safetensors shards (+ index)
   and the tokenizer files. One tensor is gathered to the host at a time. On a multi-host slice every
   process must call this (gathers are collective); only process 0 writes.
+
+  `out_dir` must be new or empty unless `overwrite`, which replaces a checkpoint
+  written there before: of the files already there, only weight files under the
+  names this function writes (model.safetensors, model-NNNNN-of-NNNNN.safetensors,
+  the index) that the new write did not produce are removed.
   """
+  check_out_dir(out_dir, overwrite)
   config = model.config
   out_dtype = np.dtype(jnp.dtype(dtype or config.param_dtype))
   params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
@@ -157,7 +192,8 @@ def save_pretrained(model: Llama, out_dir: str, tokenizer=None, max_shard_size: 
   with progress_bar(total, "export", unit="B", enabled=progress and primary) as bar:
     if primary:
       files = write_shards(out_dir, entries, fetch, parse_size(max_shard_size), bar.update)
-      _remove_stale_shards(out_dir, files)
+      if overwrite:
+        _remove_stale_shards(out_dir, files)
     else:
       for name in names:
         fetch(name)
@@ -173,15 +209,41 @@ def save_pretrained(model: Llama, out_dir: str, tokenizer=None, max_shard_size: 
   return out_dir
 
 
-def _remove_stale_shards(out_dir, keep):
-  keep = set(keep)
+def check_out_dir(out_dir: str, overwrite: bool) -> None:
+  """Refuses an out_dir that is a file, or holds anything, unless `overwrite`; before any write.
+
+  Process 0's view decides on every process: one process raising while the
+  others enter a collective gather would leave them waiting forever.
+  """
+  busy = None
+  if jax.process_index() == 0:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+      busy = "is a file, not a directory"
+    elif not overwrite and os.path.isdir(out_dir) and os.listdir(out_dir):
+      busy = ("is not empty; write into a new or empty directory, or pass overwrite=True "
+              "to replace a checkpoint written there before")
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    code = int(multihost_utils.broadcast_one_to_all(np.int32(0 if busy is None else 1)))
+    busy = busy or (None if code == 0 else "refused by process 0 (not empty, or a file)")
+  if busy:
+    raise MindJaxError(f"{out_dir}: {busy}")
+
+
+_OUR_WEIGHT_FILE = re.compile(r"model\.safetensors|model-\d{5,}-of-\d{5,}\.safetensors|"
+                              r"model\.safetensors\.index\.json")
+
+
+def _remove_stale_shards(out_dir, written):
+  """Removes weight files of an earlier save here that this one did not rewrite.
+
+  Matched by the exact names save_pretrained writes, so a user's own
+  `model-notes.safetensors` beside the checkpoint is never touched.
+  """
+  keep = set(written) | ({INDEX_NAME} if len(written) > 1 else set())
   for file in os.listdir(out_dir):
-    if file.endswith(".safetensors") and file.startswith("model") and file not in keep:
+    if _OUR_WEIGHT_FILE.fullmatch(file) and file not in keep:
       os.remove(os.path.join(out_dir, file))
-  if len(keep) == 1:
-    index = os.path.join(out_dir, "model.safetensors.index.json")
-    if os.path.exists(index):
-      os.remove(index)
 
 
 def _write_json(path, obj):

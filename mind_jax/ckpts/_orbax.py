@@ -13,7 +13,8 @@ import jax
 from flax import nnx
 
 from mind_jax._errors import MindJaxError
-from mind_jax.ckpts._hf import abstract_model, _write_json
+from mind_jax.ckpts._hf import abstract_model, check_out_dir, _write_json
+from mind_jax.ckpts._safetensors import checkpoint_file
 from mind_jax.nn import Llama, LlamaConfig
 
 MARKER = "mind_jax.json"
@@ -53,13 +54,20 @@ def _lookup(tree: dict, path: tuple):
   return tree
 
 
-def save_orbax_model(model: Llama, out_dir: str, tokenizer=None) -> str:
+def save_orbax_model(model: Llama, out_dir: str, tokenizer=None, overwrite: bool = False) -> str:
+  """Writes config.json, the marker, `params/` and the tokenizer files to `out_dir`.
+
+  `out_dir` must be new or empty unless `overwrite`, which replaces a
+  checkpoint written there before (its `params/` is deleted and rewritten).
+  """
   import orbax.checkpoint as ocp
   out_dir = os.path.abspath(out_dir)
+  check_out_dir(out_dir, overwrite)
   os.makedirs(out_dir, exist_ok=True)
   params = {path: var[...] for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(out_dir, "params"), _nested(params), force=True)
+    # force deletes an existing params/ first: only what overwrite asked for.
+    checkpointer.save(os.path.join(out_dir, "params"), _nested(params), force=overwrite)
     checkpointer.wait_until_finished()
   if jax.process_index() == 0:
     _write_json(os.path.join(out_dir, "config.json"), model.config.to_hf_dict())
@@ -81,7 +89,7 @@ def load_orbax_model(path: str, config: LlamaConfig, mesh=None, rules="generate"
         f"scan_layers={config.scan_layers}; load it with the saved layout")
   graphdef, flat, shardings = abstract_model(config, mesh, rules)
   target = _nested({p: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[p]) for p, v in flat})
-  params_dir = os.path.join(os.path.abspath(path), "params")
+  params_dir = os.path.abspath(checkpoint_file(path, "params"))
   if not os.path.isdir(params_dir):
     raise MindJaxError(f"{params_dir}: missing (not a complete mind_jax Orbax checkpoint)")
   with ocp.StandardCheckpointer() as checkpointer:

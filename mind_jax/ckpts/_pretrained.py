@@ -34,13 +34,15 @@ def stored_dtype(path: str) -> str:
 
 def load_pretrained(path: str, dtype: str = "float32", *, param_dtype: str | None = None,
                     mesh=None, rules="generate", scan_layers: bool | None = None,
-                    remat: str = "none", progress: bool = True) -> tuple[Llama, Tokenizer | None]:
+                    remat: str = "none", progress: bool = True,
+                    allow_unused: bool = False) -> tuple[Llama, Tokenizer | None]:
   """Loads a model and its tokenizer from an HF directory or a mind_jax Orbax checkpoint.
 
   `dtype` is the compute dtype and, unless `param_dtype` says otherwise, the
   storage dtype. With a `mesh`, parameters are placed by the sharding `rules`
   ("generate" or "train") as they are read. Never downloads: `path` is a
-  local directory.
+  local directory. Tensors of an HF checkpoint that the model config.json
+  describes does not use are an error unless `allow_unused` (then a warning).
   """
   path = os.fspath(path)
   _require_dir(path)
@@ -54,7 +56,7 @@ def load_pretrained(path: str, dtype: str = "float32", *, param_dtype: str | Non
   if orbax:
     model = load_orbax_model(path, config, mesh, rules)
   else:
-    model = load_hf_model(path, config, mesh, rules, progress=progress)
+    model = load_hf_model(path, config, mesh, rules, progress=progress, allow_unused=allow_unused)
   tokenizer = load_tokenizer(path) if has_tokenizer_files(path) else None
   if tokenizer is None:
     log.warning("%s: no tokenizer files; returning the model without a tokenizer", path)

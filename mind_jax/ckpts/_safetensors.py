@@ -18,6 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from mind_jax._errors import MindJaxError
+from mind_jax._outdir import is_within
 
 _DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -86,6 +87,75 @@ def _read_header(path: str) -> dict[str, TensorInfo]:
   return infos
 
 
+def _hub_blobs(real_dir: str) -> str | None:
+  """The `blobs/` folder a Hugging Face hub cache snapshot may link into, or None.
+
+  The hub cache stores each file once under `models--ORG--NAME/blobs/<hash>` and
+  presents every revision as `models--ORG--NAME/snapshots/<rev>/` of symlinks
+  into it, so a snapshot's weights always resolve outside the snapshot itself.
+  Only that repository's own `blobs/` is accepted, never a sibling repository's.
+  """
+  snapshots, _ = os.path.split(real_dir)
+  repo, name = os.path.split(snapshots)
+  if name != "snapshots" or not os.path.basename(repo).startswith("models--"):
+    return None
+  return os.path.join(repo, "blobs")
+
+
+def checkpoint_file(model_dir: str, name: str, listed_in: str | None = None) -> str:
+  """The path of file `name` of a checkpoint, refused unless it lies inside `model_dir`.
+
+  Every file name a checkpoint supplies goes through here: a downloaded index
+  naming `../../.ssh/id_rsa`, `/dev/zero` or a symlink out of the directory must
+  not make us open it. `listed_in` is the file that supplied the name (the
+  index), None for a name we chose ourselves (`model.safetensors`).
+  """
+  what = f"{listed_in}: weight_map names {name!r}" if listed_in else os.path.join(model_dir, name)
+  refuse = f"lies outside the model directory {model_dir}; refusing to read it"
+  if not isinstance(name, str) or not name:
+    raise MindJaxError(f"{listed_in}: invalid index (weight_map value {name!r} is not a file name)")
+  root = os.path.abspath(model_dir)
+  path = os.path.normpath(os.path.join(root, name))
+  if os.path.isabs(name) or not is_within(path, root):
+    raise MindJaxError(f"{what}, which {refuse}")
+  if ".." in name.split(os.sep):
+    # Harmless where it ends up inside, but no writer of indexes produces one: a sign of tampering.
+    raise MindJaxError(f"{what}, a path through '..'; a file of the model directory {model_dir} "
+                       "needs none, so refusing to read it")
+  real_root, real = os.path.realpath(root), os.path.realpath(path)
+  if not is_within(real, real_root):
+    blobs = _hub_blobs(real_root)
+    if blobs is None or not is_within(real, blobs):
+      link = f"{what}, a link to {real}," if listed_in else f"{what} is a link to {real},"
+      raise MindJaxError(f"{link} which {refuse}")
+  return os.path.join(model_dir, name)
+
+
+# Weights saved by torch.save: reading them means unpickling, which runs whatever code the
+# file names, so they are pointed at a one-time conversion instead of being read.
+_PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _no_safetensors_error(model_dir: str) -> MindJaxError:
+  try:
+    listing = sorted(os.listdir(model_dir))
+  except OSError:
+    listing = []
+  pickles = [f for f in listing if f in _PICKLE_NAMES or f.endswith(".pth")]
+  if not pickles:
+    return MindJaxError(f"{model_dir}: no {SINGLE_NAME} or {INDEX_NAME} found")
+  found = f"no {SINGLE_NAME} or {INDEX_NAME}, only PyTorch pickle weights ({', '.join(pickles[:3])})"
+  if any(f in _PICKLE_NAMES for f in pickles):
+    how = ("convert once with transformers: python -c \"from transformers import "
+           f"AutoModelForCausalLM as M; M.from_pretrained('{model_dir}')"
+           f".save_pretrained('{model_dir.rstrip(os.sep)}-safetensors')\"")
+  else:  # Meta's original consolidated.NN.pth layout, which from_pretrained does not read
+    how = ("convert once with transformers' models/llama/convert_llama_weights_to_hf.py, "
+           "which writes safetensors")
+  return MindJaxError(f"{model_dir}: {found}, which mind_jax does not read because unpickling "
+                      f"can run code; {how}")
+
+
 class SafetensorsReader:
   """All tensors of an HF model directory (one file, or shards with an index)."""
 
@@ -97,18 +167,19 @@ class SafetensorsReader:
       try:
         with open(index) as f:
           weight_map = json.load(f)["weight_map"]
-      except (json.JSONDecodeError, KeyError) as e:
+        names = set(weight_map.values())
+      except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
         raise MindJaxError(f"{index}: invalid index ({e})") from None
-      files = sorted(set(weight_map.values()))
-    elif os.path.exists(single):
-      files = [SINGLE_NAME]
+      paths = [checkpoint_file(model_dir, name, index) for name in sorted(names, key=str)]
+    elif os.path.lexists(single):
+      paths = [checkpoint_file(model_dir, SINGLE_NAME)]
     else:
-      raise MindJaxError(f"{model_dir}: no {SINGLE_NAME} or {INDEX_NAME} found")
+      raise _no_safetensors_error(model_dir)
     self.tensors: dict[str, TensorInfo] = {}
-    for file in files:
-      path = os.path.join(model_dir, file)
+    for path in paths:
       if not os.path.exists(path):
-        raise MindJaxError(f"{path}: listed in {INDEX_NAME} but missing")
+        raise MindJaxError(f"{path}: listed in {INDEX_NAME} but missing" if os.path.exists(index)
+                           else f"{path}: a broken link")
       self.tensors.update(_read_header(path))
     self._files: dict[str, object] = {}
 

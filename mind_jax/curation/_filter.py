@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from etils import epath
 
 from mind_jax._errors import MindJaxError
+from mind_jax._outdir import write_json_atomic
 from mind_jax.curation._decontam import EvalIndex
 from mind_jax.curation._dedup import Signer, check_bloom_available, exact_key, near_duplicates
 from mind_jax.curation._parallel import FileMapper
@@ -80,12 +81,13 @@ def _schema_problem(record) -> str | None:
   return None
 
 
-def resolve_tokenizer(tokenizer: str | None, first_file: str) -> str:
+def resolve_tokenizer(tokenizer: str | None, files: list[str]) -> str:
   """The generator's tokenizer: `tokenizer` if given, else the model directory named in the
-  records, else the byte tokenizer for the smoke-test model's output."""
+  first record of `files`, else the byte tokenizer for the smoke-test model's output."""
   if tokenizer:
     return tokenizer
-  where, record = next(read_input(first_file), (first_file, {}))
+  first = (found for path in files for found in read_input(path))
+  where, record = next(first, (files[0] if files else "input", {}))
   model = record.get("model") or ""
   if model.startswith("smoke-test:"):
     return BYTE_TOKENIZER
@@ -203,7 +205,11 @@ def decide(tables: list[FileFacts], cfg: FilterConfig, scratch: str | None = Non
     ordered = ids.take(pa.array(order))
     same = pc.equal(ordered.slice(1), ordered.slice(0, total - 1)).to_numpy(zero_copy_only=False)
     if same.any():
-      raise MindJaxError(f"record id {ordered[int(np.argmax(same))].as_py()!r} appears twice in the input")
+      first = int(np.argmax(same))
+      rows = sorted((int(order[first]), int(order[first + 1])))
+      places = [_where_row(tables, offsets, row) for row in rows]
+      raise MindJaxError(f"{places[1]}: record id {ordered[first].as_py()!r} appears again "
+                         f"(first at {places[0]})")
   alive = np.ones(total, dtype=bool)
   for k, t in enumerate(tables):
     alive[np.fromiter(t.rejected, dtype=np.int64, count=len(t.rejected)) + int(offsets[k])] = False
@@ -246,6 +252,15 @@ def decide(tables: list[FileFacts], cfg: FilterConfig, scratch: str | None = Non
   return decisions
 
 
+def _where_row(tables, offsets, row: int) -> str:
+  """`file:line` of a global row (read again: only an error needs it)."""
+  k = int(np.searchsorted(offsets, row, side="right")) - 1
+  for index, (where, _) in enumerate(read_input(tables[k].path)):
+    if index == row - int(offsets[k]):
+      return where
+  return tables[k].path
+
+
 def _signatures_in_order(tables, offsets, rows, num_perm, scratch) -> np.ndarray:
   """The signatures of `rows` (global rows, in id order) gathered from the per-file scratch
   files into one matrix: a memory map in `scratch`, so it needs disk, not memory."""
@@ -271,13 +286,12 @@ def _signatures_in_order(tables, offsets, rows, num_perm, scratch) -> np.ndarray
 def write_file(table: FileFacts, cfg: FilterConfig) -> dict:
   """Pass 3 over one file: its kept and rejected parts; returns the file's counts."""
   path = table.path
-  name = epath.Path(path).name
-  fmt = cfg.format if cfg.format != "same" else ("parquet" if name.endswith(".parquet") else "jsonl")
-  stem = name.rsplit(".", 1)[0]
+  output = _output_name(path, cfg)
+  fmt = output.rsplit(".", 1)[1]
   out = epath.Path(cfg.out)
   ids = table.ids.to_pylist()
-  with _AtomicPart(out / "kept" / f"{stem}.{fmt}", fmt) as kept, \
-       _AtomicPart(out / "rejected" / f"{stem}.{fmt}", fmt) as rejected:
+  with _AtomicPart(out / "kept" / output, fmt) as kept, \
+       _AtomicPart(out / "rejected" / output, fmt) as rejected:
     for row, (where, record) in enumerate(read_input(path)):
       if row >= len(ids) or record["id"] != ids[row]:
         raise MindJaxError(f"{where}: the file changed while it was being filtered")
@@ -292,7 +306,7 @@ def write_file(table: FileFacts, cfg: FilterConfig) -> dict:
         kept.add({**record, "conversation": c.text,
                   "removed_preamble": record.get("removed_preamble", "") + c.preamble,
                   "removed_trailer": c.trailer + record.get("removed_trailer", ""), **computed})
-  return {"file": name, "output": f"{stem}.{fmt}", "input": kept.count + rejected.count,
+  return {"file": epath.Path(path).name, "output": output, "input": kept.count + rejected.count,
           "kept": kept.count, "rejected": rejected.count}
 
 
@@ -336,15 +350,79 @@ def _write_atomic(path: epath.Path, records: list[dict], fmt: str) -> None:
       part.add(record)
 
 
+def output_names(files: list[str], cfg: FilterConfig) -> dict[str, str]:
+  """{input part file: its output name in kept/ and rejected/}; two inputs that would share an
+  output name are refused."""
+  names = {path: _output_name(path, cfg) for path in files}
+  seen = {}
+  for path, name in names.items():
+    if name in seen:
+      raise MindJaxError(f"{path}: would be written as {name}, like {seen[name]}; set format= "
+                         "or rename one of them")
+    seen[name] = path
+  return names
+
+
+def _output_name(path: str, cfg: FilterConfig) -> str:
+  name = epath.Path(path).name
+  fmt = cfg.format if cfg.format != "same" else ("parquet" if name.endswith(".parquet") else "jsonl")
+  return f"{name.rsplit('.', 1)[0]}.{fmt}"
+
+
+def run_settings(cfg: FilterConfig, tokenizer_spec: str) -> dict:
+  """The settings that determine the output (recorded in out/run.json; see _outdir.claim).
+
+  The input is not among them: refiltering a generation output that has grown (or moved) into
+  the same directory is the usual rerun, and the filter rewrites all of its output each time,
+  so nothing mixes."""
+  rules = cfg.model_dump(exclude={"input", "out", "tokenizer", "workers", "scratch", "overwrite"})
+  tokenizer = tokenizer_spec if "://" in tokenizer_spec or tokenizer_spec == BYTE_TOKENIZER \
+      else os.path.basename(os.path.abspath(tokenizer_spec))
+  return {"tokenizer": tokenizer, **rules}
+
+
+def claim_output(cfg: FilterConfig, outputs: list[str], settings: dict,
+                 dry_run: bool = False) -> set[str]:
+  """Makes cfg.out this run's; returns the files an earlier run of the filter wrote there (the
+  only ones it may replace or remove). Files it did not write are never touched: one in the
+  way of an output is refused. `dry_run` checks without writing or deleting."""
+  from mind_jax._outdir import claim, owned_files
+  out = epath.Path(cfg.out)
+  owned = owned_files(cfg.out, "filter", outputs, "out")
+
+  def remove_owned(earlier):
+    log.warning("overwrite: deleting the %d file(s) the earlier filter run wrote in %s",
+                len(owned), cfg.out)
+    for name in sorted(owned):
+      (out / name).unlink(missing_ok=True)
+    owned.clear()
+
+  # Until this run ends, the record owns what either run may have written: a run cut off
+  # midway leaves nothing unaccounted for.
+  record = claim(cfg.out, "filter", settings, overwrite=cfg.overwrite, key="out",
+                 remove_owned=remove_owned, dry_run=dry_run)
+  if not dry_run:
+    _write_record(cfg, record, sorted(owned | set(outputs)))
+  return owned
+
+
+def _write_record(cfg: FilterConfig, record: dict, files: list[str]) -> None:
+  from mind_jax._outdir import RUN_RECORD, write_json_atomic
+  write_json_atomic(epath.Path(cfg.out) / RUN_RECORD, {**record, "files": files})
+
+
 def run(cfg: FilterConfig) -> dict:
   """Filters `cfg.input` into `cfg.out`; returns the summary it writes."""
+  from mind_jax._outdir import check_output_dir
   start = time.perf_counter()
   files = input_files(cfg.input)
   if not cfg.out:
     raise MindJaxError("no output directory given (--out DIR or out=...)")
-  if str(epath.Path(cfg.out).resolve()) == str(epath.Path(cfg.input).resolve()):
-    raise MindJaxError(f"{cfg.out}: output directory must differ from the input")
-  tokenizer_spec = resolve_tokenizer(cfg.tokenizer, files[0])
+  check_output_dir(cfg.out, "out", inputs=[cfg.input])
+  names = output_names(files, cfg)
+  outputs = [f"{folder}/{name}" for name in names.values() for folder in ("kept", "rejected")]
+  outputs += [SUMMARY, CONTAMINATION]
+  tokenizer_spec = resolve_tokenizer(cfg.tokenizer, files)
   workers = min(cfg.workers or os.cpu_count() or 1, len(files))
   log.info("filter: %d part files from %s, tokenizer %s, %d worker(s)", len(files), cfg.input,
            tokenizer_spec, workers)
@@ -355,6 +433,8 @@ def run(cfg: FilterConfig) -> dict:
     log.info("decontamination: %d questions from %d files, %d-grams", len(index),
              len(cfg.decontaminate.files), cfg.decontaminate.ngram)
 
+  settings = run_settings(cfg, tokenizer_spec)
+  claim_output(cfg, outputs, settings, dry_run=True)  # a conflict fails before any pass
   scratch = tempfile.mkdtemp(prefix="mind-jax-filter-", dir=cfg.scratch) if cfg.dedup.near else None
   try:
     with FileMapper(workers) as mapper:
@@ -363,6 +443,10 @@ def run(cfg: FilterConfig) -> dict:
       tables = mapper.map(inspect_file, list(zip(files, signature_files)), "inspect",
                           lambda path, signature_file: (path, cfg, tokenizer_spec, signature_file))
       decisions = decide(tables, cfg, scratch)
+      if not int(decisions.offsets[-1]):
+        raise MindJaxError(f"{cfg.input}: its {len(files)} part file(s) hold no records")
+      # Nothing is written to cfg.out before the input has passed every check.
+      earlier = claim_output(cfg, outputs, settings)
       for folder in ("kept", "rejected"):
         (epath.Path(cfg.out) / folder).mkdir(parents=True, exist_ok=True)
       counts = mapper.map(write_file, list(enumerate(tables)), "write",
@@ -373,7 +457,7 @@ def run(cfg: FilterConfig) -> dict:
 
   summary = _summary(cfg, files, tables, decisions, counts, tokenizer_spec,
                      time.perf_counter() - start)
-  _finish(cfg, tables, summary)
+  _finish(cfg, tables, summary, earlier, outputs)
   return summary
 
 
@@ -429,22 +513,20 @@ def _summary(cfg, files, tables, decisions, counts, tokenizer_spec, elapsed) -> 
   }
 
 
-def _finish(cfg, tables, summary) -> None:
+def _finish(cfg, tables, summary, earlier: set[str], outputs: list[str]) -> None:
+  from mind_jax._outdir import read_run_record
   out = epath.Path(cfg.out)
-  written = {c["output"] for c in summary["files"]}
-  for folder in ("kept", "rejected"):  # parts of an earlier run over other input or format
-    for stale in (out / folder).glob("*"):
-      if stale.name not in written:
-        stale.unlink()
   contaminated = sorted((table.ids[row].as_py(), table.styles[table.style[row]], found)
                         for table in tables for row, found in table.matches.items())
   matches = [{"id": record_id, "style": style, "question": m.question, "ngram": m.ngram}
              for record_id, style, found in contaminated for m in found]
   _write_atomic(out / CONTAMINATION, matches, "jsonl")
   stable = {k: v for k, v in summary.items() if k not in ("elapsed_seconds", "records_per_second")}
-  tmp = out / (SUMMARY + ".tmp")
-  tmp.write_text(json.dumps(stable, indent=1, ensure_ascii=False) + "\n")
-  tmp.replace(out / SUMMARY)
+  write_json_atomic(out / SUMMARY, stable)
+  # Parts an earlier run of this filter wrote for input files that are gone now: ours to remove.
+  for stale in sorted(earlier - set(outputs)):
+    (out / stale).unlink(missing_ok=True)
+  _write_record(cfg, read_run_record(cfg.out), sorted(outputs))
   log.info("kept %d of %d records (%d rejected: %s) in %.1f s, %.0f records/s",
            summary["kept"], summary["input_records"], summary["rejected"],
            ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "none",

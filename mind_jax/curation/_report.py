@@ -40,6 +40,9 @@ from mind_jax.curation._text import split_turns
 log = logging.getLogger("mind_jax.report")
 
 ALL = "all"
+PLOTS = ("kept_rejected.png", "lengths.png", "similarity.png")
+# Every file the report writes: the only ones a rerun replaces.
+REPORT_FILES = ("report.html", "report.md", "report.json") + PLOTS
 MEASURE_BATCH = 1024  # records tokenised together; bounds the memory a part file can take
 
 
@@ -114,7 +117,7 @@ def _has_parts(path) -> bool:
 def collect(cfg: ReportConfig) -> dict:
   """The report's numbers (see `render` for the pages)."""
   files, filtered = _sources(cfg.dir)
-  tokenizer_spec = resolve_tokenizer(cfg.tokenizer, files[0][0])
+  tokenizer_spec = resolve_tokenizer(cfg.tokenizer, [path for path, _ in files])
   _tokenizer(tokenizer_spec)  # a bad tokenizer fails here, before any worker starts
   workers = min(cfg.workers or os.cpu_count() or 1, len(files))
   styles: dict[str, _Style] = collections.defaultdict(_Style)
@@ -122,7 +125,8 @@ def collect(cfg: ReportConfig) -> dict:
   with FileMapper(workers) as mapper:
     per_file = mapper.map(file_numbers, files, "report",
                           lambda path, kept: (path, kept, cfg, tokenizer_spec))
-  for numbers in per_file:
+  _check_unique_ids([path for path, _ in files], [ids for _, ids in per_file])
+  for numbers, _ in per_file:
     for key, style in numbers.items():
       styles[key].merge(style, size)
   report = _numbers(cfg, styles, filtered, tokenizer_spec)
@@ -135,8 +139,34 @@ def _tokenizer(spec: str):
   return load_tokenizer_spec(spec)
 
 
-def file_numbers(path: str, kept: bool, cfg: ReportConfig, tokenizer_spec: str) -> dict[str, _Style]:
-  """One part file's numbers per style (run in a worker process)."""
+def _id_hash(record_id) -> int:
+  return int.from_bytes(hashlib.blake2b(str(record_id).encode(), digest_size=8).digest(), "big")
+
+
+def _check_unique_ids(paths: list[str], hashes: list[np.ndarray]) -> None:
+  """A record id seen twice (parts copied in twice, two runs mixed) would be counted twice:
+  refused, naming both places. Ids travel as 8-byte hashes; a repeated hash is confirmed on
+  the ids themselves before anything is said."""
+  every = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+  values, counts = np.unique(every, return_counts=True)
+  repeated = set(values[counts > 1].tolist())
+  if not repeated:
+    return
+  seen = {}
+  for path, file_hashes in zip(paths, hashes):
+    if not repeated.intersection(file_hashes.tolist()):
+      continue
+    for where, record in read_input(path):
+      if _id_hash(record["id"]) in repeated:
+        if record["id"] in seen:
+          raise MindJaxError(f"{where}: record id {record['id']!r} appears again (first at "
+                             f"{seen[record['id']]})")
+        seen[record["id"]] = where
+
+
+def file_numbers(path: str, kept: bool, cfg: ReportConfig,
+                 tokenizer_spec: str) -> tuple[dict[str, _Style], np.ndarray]:
+  """One part file's numbers per style and its records' id hashes (run in a worker process)."""
   tokenizer = _tokenizer(tokenizer_spec)
   styles: dict[str, _Style] = collections.defaultdict(_Style)
   columns: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -144,8 +174,9 @@ def file_numbers(path: str, kept: bool, cfg: ReportConfig, tokenizer_spec: str) 
   # the tokenizer's time without a cache that grows with the dataset.
   source_tokens: dict[tuple, int] = {}
   size = max(cfg.similarity_sample, cfg.examples)
-  batch = []
+  batch, ids = [], []
   for _, record in read_input(path):
+    ids.append(_id_hash(record["id"]))
     s = styles[record["style"]]
     s.name = s.name or record.get("style_name") or record["style"]
     s.records += 1
@@ -162,7 +193,7 @@ def file_numbers(path: str, kept: bool, cfg: ReportConfig, tokenizer_spec: str) 
     s.sample = heapq.nsmallest(size, s.sample)
     for field, values in columns[key].items():
       getattr(s, field).append(np.asarray(values, dtype=np.int32))
-  return dict(styles)
+  return dict(styles), np.asarray(ids, dtype=np.uint64)
 
 
 def filter_rules(directory: str) -> list[str]:
@@ -371,6 +402,7 @@ def render(report: dict, out_dir: str) -> dict[str, str]:
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   pngs = _plots(report)
+  assert set(pngs) == set(PLOTS), "REPORT_FILES must list every plot"
   for name, data in pngs.items():
     (out / name).write_bytes(data)
   public = {k: v for k, v in report.items() if not k.startswith("_")}
@@ -427,9 +459,14 @@ def run(cfg: ReportConfig) -> dict:
   """Collects and renders the report; returns its numbers."""
   if not cfg.dir:
     raise MindJaxError("no directory given (DIR or dir=...)")
-  report = collect(cfg)
+  from mind_jax._outdir import RUN_RECORD, check_output_dir, owned_files, write_json_atomic
   out = cfg.out or str(epath.Path(cfg.dir) / "report")
+  check_output_dir(out, "out")
+  owned_files(out, "report", REPORT_FILES, "out")  # refuses files the report did not write
+  report = collect(cfg)
   paths = render(report, out)
+  write_json_atomic(epath.Path(out) / RUN_RECORD,
+                    {"job": "report", "settings": {"dir": cfg.dir}, "files": list(REPORT_FILES)})
   summary_path = epath.Path(cfg.dir) / SUMMARY
   log.info("report on %d records (%d kept) of %d styles%s", report[ALL]["records"],
            report[ALL]["kept"], len(report["styles"]),

@@ -98,6 +98,9 @@ class FilterConfig(config_lib.Section):
   dedup: DedupRule = pydantic.Field(default_factory=DedupRule)
   decontaminate: DecontaminateRule = pydantic.Field(default_factory=DecontaminateRule)
   select: SelectRule = pydantic.Field(default_factory=SelectRule)
+  overwrite: bool = pydantic.Field(
+      False, description="when out holds a filter output of other input or settings, delete the "
+      "files it wrote and write afresh; off: refuse")
 
 
 @dataclasses.dataclass(slots=True)

@@ -17,6 +17,7 @@ import gzip
 import json
 import lzma
 import os
+import zlib
 from collections.abc import Iterator
 
 from mind_jax._errors import MindJaxError
@@ -197,7 +198,7 @@ def _jsonl_records(path, label):
     while True:
       try:
         raw = f.readline()
-      except (OSError, EOFError, lzma.LZMAError) as e:
+      except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:  # truncated or damaged
         raise MindJaxError(f"{path}: unreadable after line {line_number} ({e})") from None
       if not raw:
         return

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -76,6 +78,9 @@ class OutputSection(config_lib.Section):
   records_per_part: int = pydantic.Field(500, ge=1)
   flush_seconds: float = pydantic.Field(300.0, gt=0, description="write a part at least this often")
   log_seconds: float = pydantic.Field(300.0, gt=0, description="progress log line interval")
+  overwrite: bool = pydantic.Field(
+      False, description="when dir holds a run with other settings (model, seed, sampling, "
+      "prompts, chunking, input), delete the files that run wrote and start afresh; off: refuse")
 
 
 class GenerateConfig(config_lib.Section):
@@ -157,7 +162,8 @@ def load_model(cfg: GenerateConfig):
   if cfg.model.path:
     model, tokenizer = load_pretrained(cfg.model.path, dtype=cfg.model.dtype,
                                        param_dtype=cfg.model.param_dtype, mesh=mesh,
-                                       rules="generate")
+                                       rules="generate",
+                                       allow_unused=cfg.model.allow_unused_tensors)
     if tokenizer is None:
       raise MindJaxError(f"{cfg.model.path}: the generator needs its tokenizer files")
     return model, tokenizer, cfg.model.path, mesh
@@ -170,7 +176,7 @@ def load_model(cfg: GenerateConfig):
               "tokenizer. Its conversations are noise; set model.path to an instruct "
               "checkpoint for real data.", name)
   model = shard_model(random_model(model_cfg, seed=0), mesh, "generate")
-  return model, load_tokenizer_for(cfg), f"smoke-test:{name}-random-seed0", mesh
+  return model, load_tokenizer_for(cfg), _smoke_name(cfg), mesh
 
 
 def plan_units(cfg: GenerateConfig, tokenizer, styles: list[Style], stats: ReadStats,
@@ -197,15 +203,103 @@ def plan_units(cfg: GenerateConfig, tokenizer, styles: list[Style], stats: ReadS
                    style=style, chunk=chunk, prompt_ids=ids)
 
 
+def check_model_path(cfg: GenerateConfig) -> None:
+  """A model.path that cannot be the generator fails here, before any corpus is read."""
+  path = cfg.model.path
+  if not path:
+    return
+  from mind_jax.ckpts import is_orbax_dir
+  from mind_jax.text._tokenizer import has_tokenizer_files
+  if not os.path.isdir(path):
+    raise MindJaxError(f"model.path={path}: model directory does not exist (mind_jax never "
+                       "downloads; fetch the checkpoint first, e.g. with `huggingface-cli download`)")
+  if not os.path.exists(os.path.join(path, "config.json")) and not is_orbax_dir(path):
+    raise MindJaxError(f"model.path={path}: no config.json (not a Hugging Face model directory "
+                       "or mind_jax Orbax checkpoint)")
+  if not has_tokenizer_files(path):
+    raise MindJaxError(f"model.path={path}: no tokenizer files (tokenizer.json or "
+                       "tokenizer.model); the generator needs its tokenizer")
+
+
+def run_settings(cfg: GenerateConfig, styles: list[Style], model_name: str | None) -> dict:
+  """The settings that determine the records, recorded in output.dir/run.json: a rerun with
+  other values would mix two datasets in one directory. Engine slots, mesh and part sizes
+  are not among them (a record does not depend on its slot or batch-mates), nor the input
+  source and limit (more documents extend a dataset; their ids differ)."""
+  from mind_jax._outdir import dir_fingerprint
+  # A checkpoint is known by its content, so one copied or moved elsewhere is the same model.
+  model = (f"{os.path.basename(os.path.abspath(cfg.model.path))}, content "
+           f"{dir_fingerprint(cfg.model.path)}"
+           if cfg.model.path and model_name is None else model_name or _smoke_name(cfg))
+  return {
+      "model": model, "dtype": cfg.model.dtype,
+      "param_dtype": cfg.model.param_dtype or cfg.model.dtype,
+      # Which corpus is read is free (a corpus may arrive in pieces: ids keep them apart); how
+      # its records become documents and ids is not.
+      "input": {"text_field": cfg.input.text_field, "id_field": cfg.input.id_field},
+      "chunking": cfg.chunking.model_dump(),
+      "prompt": {"order": cfg.prompt.order, "format": cfg.prompt.format,
+                 # Per style, so adding a style to a run is a resume, not a conflict.
+                 "styles": {s.key: hashlib.sha256(f"{s.name}\0{s.instruction}".encode())
+                            .hexdigest()[:16] for s in styles}},
+      "sampling": cfg.sampling.model_dump(), "seed": cfg.seed,
+  }
+
+
+def _owned_parts(out_dir: str) -> list:
+  """The files of `out_dir` named as this job names its output: part files (and their
+  temporary names) and shard manifests."""
+  from etils import epath
+  root = epath.Path(out_dir)
+  if not root.is_dir():
+    return []
+  return [p for p in root.iterdir() if OWNED_NAME.fullmatch(p.name)]
+
+
+OWNED_NAME = re.compile(r"part-\d{5}-\d{6}\.(jsonl|parquet)(\.tmp)?|manifest-\d{5}\.json(\.tmp)?")
+
+
+def claim_output(cfg: GenerateConfig, settings: dict, dry_run: bool) -> None:
+  """Refuses an output.dir written with other settings (see mind_jax._outdir.claim)."""
+  from mind_jax._outdir import claim
+
+  def remove_owned(record):
+    paths = _owned_parts(cfg.output.dir)
+    log.warning("output.overwrite: deleting %d file(s) of the earlier run in %s", len(paths),
+                cfg.output.dir)
+    for path in paths:
+      path.unlink()
+
+  claim(cfg.output.dir, "generate", settings, overwrite=cfg.output.overwrite, key="output.dir",
+        remove_owned=remove_owned, dry_run=dry_run,
+        foreign=[p.name for p in _owned_parts(cfg.output.dir) if p.name.startswith("part-")])
+
+
+def _smoke_name(cfg: GenerateConfig) -> str:
+  return f"smoke-test:{cfg.model.preset or 'tiny'}-random-seed0"
+
+
 def run(cfg: GenerateConfig, loaded=None) -> dict:
   """Runs (or resumes) the job; returns the summary it prints.
 
   `loaded` is an optional (model, tokenizer, model name, mesh) already in memory
   (a notebook, a benchmark); by default `cfg.model` is loaded.
   """
+  from mind_jax._outdir import check_output_dir
   start = time.perf_counter()
   styles = check_style_keys(load_styles(cfg.prompt.styles_file), cfg.prompt.styles)
+  # Every path is checked before the corpus is read and long before the model loads.
+  check_model_path(cfg) if not loaded else None
+  check_output_dir(cfg.output.dir, "output.dir", inputs=[cfg.input.source])
+  settings = run_settings(cfg, styles, loaded[2] if loaded else None)
+  claim_output(cfg, settings, dry_run=True)
   host, hosts = init_hosts(cfg)
+  if not loaded:  # the engine would say so too, but only after the model has loaded
+    import jax
+    data = cfg.mesh.build(jax.local_devices()).shape.get("data", 1)
+    if cfg.engine.slots % data:
+      raise MindJaxError(f"engine.slots={cfg.engine.slots} must be a multiple of the mesh's data "
+                         f"axis ({data} here; set mesh.axes.data or engine.slots)")
   shard = host_shard(cfg, host, hosts)
   tokenizer = loaded[1] if loaded else load_tokenizer_for(cfg)
   max_new = cfg.sampling.max_new_tokens or cfg.sampling.context_limit
@@ -213,7 +307,10 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
                             top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k)
 
   # Pass 1: the plan (counts and token estimate), and what earlier runs already wrote.
-  done = done_ids(cfg.output.dir)
+  # What an earlier run wrote counts as done, unless an overwrite is about to delete it.
+  from mind_jax._outdir import replaces
+  overwriting = cfg.output.overwrite and replaces(cfg.output.dir, "generate", settings)
+  done = set() if overwriting else done_ids(cfg.output.dir)
   plan_stats = ReadStats()
   planned = prompt_tokens = already = 0
   for unit in plan_units(cfg, tokenizer, styles, plan_stats, shard):
@@ -230,6 +327,13 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
       "styles": [s.key for s in styles], "units": planned, "prompt_tokens": prompt_tokens,
       "already_done": already, "output_dir": cfg.output.dir,
   }
+  if not plan_stats["documents"]:
+    raise MindJaxError(f"input.source={cfg.input.source}: no documents to generate from "
+                       f"({plan_stats['empty_documents']} empty, {plan_stats['bad_records']} "
+                       "bad records skipped)")
+  if not planned:
+    log.warning("this shard has no units: all %d documents belong to other shards",
+                plan_stats["documents"])
   if cfg.dry_run:
     summary["estimated_output_tokens"] = (planned - already) * min(sampling.max_new_tokens,
                                                                    PAPER_MEAN_OUTPUT_TOKENS)
@@ -237,6 +341,8 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
     return summary
 
   model, tokenizer, model_name, mesh = loaded or load_model(cfg)
+  # Written once the model has loaded: a load that fails leaves output.dir as it was.
+  claim_output(cfg, settings, dry_run=False)
   summary["model"] = model_name
   engine = Engine(model, tokenizer, EngineConfig(
       slots=cfg.engine.slots, max_len=cfg.sampling.context_limit,

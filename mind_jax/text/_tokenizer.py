@@ -10,6 +10,13 @@ from collections.abc import Sequence
 
 from mind_jax._errors import MindJaxError
 
+# Without torch, importing transformers prints "PyTorch was not found..." once per process,
+# so once per data-loader or filter worker: noise about models we never ask it for. This is
+# transformers' own switch for such advisory lines. It is read when transformers is imported,
+# so it is set at this module's import (ahead of the tokenizer loads that import transformers),
+# and in os.environ so that spawned workers inherit it. setdefault leaves a user's choice alone.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]

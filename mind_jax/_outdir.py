@@ -1,0 +1,234 @@
+"""Output directories: checked before any work starts, owned by the job that wrote them.
+
+Every job validates its output directory up front (a model load takes minutes at 8B and hours
+of a TPU slice at 70B, so a typo in `output.dir` must not surface after it), and records the
+settings that determine its output in `run.json`. A rerun into the same directory compares its
+settings with that record and refuses, naming the keys that differ, rather than mixing two
+datasets; `overwrite=true` starts afresh, deleting only the files the record says the job wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+
+from mind_jax._errors import MindJaxError
+
+RUN_RECORD = "run.json"
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
+def _local_root(path: str) -> str | None:
+  """The real local path a source names (a glob's fixed prefix), or None if it names no local
+  file or directory (gs://, `champ`, `tfds:...`)."""
+  if not path or _is_remote(path):
+    return None
+  wildcard = [path.index(ch) for ch in "*?[" if ch in path]
+  if wildcard:
+    path = path[:min(wildcard)].rpartition("/")[0] or "."
+  return os.path.realpath(path) if os.path.exists(path) else None
+
+
+def is_within(path: str, directory: str) -> bool:
+  """Whether `path` is `directory` or lies below it (both already normalised)."""
+  return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def check_output_dir(path: str, key: str, inputs: Iterable[str] = ()) -> None:
+  """Fails with one line unless `path` can be this job's output directory.
+
+  It must not be a file, must be creatable and writable (its nearest existing ancestor decides
+  when it does not exist yet), and must neither lie inside one of `inputs` nor contain one:
+  a job that reads what it writes would feed its own output back in on the next run. Object
+  store paths (gs://) are checked for not being a file only: writability there is the bucket's
+  policy, known at the first write.
+  """
+  if not path:
+    raise MindJaxError(f"{key}: no output directory given")
+  if _is_remote(path):
+    from etils import epath
+    if epath.Path(path).is_file():
+      raise MindJaxError(f"{key}={path}: is a file, not a directory")
+    return
+  real = os.path.realpath(path)
+  if os.path.exists(real) and not os.path.isdir(real):
+    raise MindJaxError(f"{key}={path}: is a file, not a directory")
+  existing = real
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise MindJaxError(f"{key}={path}: cannot be created ({existing} is a file)")
+  try:  # a real attempt: permission bits say nothing to root, or of read-only mounts
+    os.rmdir(tempfile.mkdtemp(prefix=".mind_jax-write-check-", dir=existing))
+  except OSError as e:
+    what = "is not writable" if existing == real else f"cannot be created in {existing}"
+    raise MindJaxError(f"{key}={path}: {what} ({e.strerror})") from None
+  for source in inputs:
+    root = _local_root(source)
+    if root is None:
+      continue
+    if is_within(root, real):
+      raise MindJaxError(f"{key}={path}: contains the input {source}; write elsewhere")
+    if is_within(real, root) and os.path.isdir(root):  # a file input has nothing inside it
+      raise MindJaxError(f"{key}={path}: lies inside the input {source}; write elsewhere")
+
+
+def flatten(settings: Mapping, prefix: str = "") -> dict[str, object]:
+  """{"a": {"b": 1}} -> {"a.b": 1}: settings compared key by key."""
+  flat = {}
+  for name, value in settings.items():
+    if isinstance(value, Mapping) and value:
+      flat.update(flatten(value, f"{prefix}{name}."))
+    else:
+      flat[f"{prefix}{name}"] = value
+  return flat
+
+
+def differences(recorded: Mapping, current: Mapping) -> list[str]:
+  """`key (old -> new)` for each key both records hold with different values.
+
+  A key only one side holds (a style added to a run, say) is no conflict: records of the
+  styles both hold are still made the same way.
+  """
+  old, new = flatten(recorded), flatten(current)
+  return [f"{key} ({old[key]!r} -> {new[key]!r})" for key in sorted(old.keys() & new.keys())
+          if old[key] != new[key]]
+
+
+def file_fingerprint(path: str, sample_bytes: int = 1 << 20) -> str:
+  """A cheap content fingerprint of a large file: its size and its first and last MiB.
+
+  Two checkpoints of one architecture have the same sizes but different weights everywhere,
+  so a MiB from each end tells them apart without reading gigabytes.
+  """
+  digest = hashlib.sha256()
+  size = os.path.getsize(path)
+  digest.update(str(size).encode())
+  with open(path, "rb") as f:
+    digest.update(f.read(sample_bytes))
+    if size > 2 * sample_bytes:
+      f.seek(size - sample_bytes)
+      digest.update(f.read(sample_bytes))
+  return digest.hexdigest()[:16]
+
+
+def dir_fingerprint(path: str) -> str:
+  """A fingerprint of a model directory's files (weights, config, tokenizer), by content:
+  the same checkpoint copied elsewhere has the same one. Hidden files (download caches) and
+  documentation are left out."""
+  digest = hashlib.sha256()
+  for dirpath, dirs, names in os.walk(path, followlinks=True):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for name in sorted(names):
+      if name.startswith(".") or name.lower().endswith(".md") or name.upper().startswith("LICENSE"):
+        continue
+      full = os.path.join(dirpath, name)
+      digest.update(os.path.relpath(full, path).encode() + b"\0")
+      digest.update(file_fingerprint(full).encode())
+  return digest.hexdigest()[:16]
+
+
+def read_run_record(out_dir: str) -> dict | None:
+  """The run record of `out_dir`, or None if it has none."""
+  from etils import epath
+  path = epath.Path(out_dir) / RUN_RECORD
+  if not path.exists():
+    return None
+  try:
+    record = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise MindJaxError(f"{path}: unreadable run record ({e}); move it aside only if you know "
+                       "which files of the directory its run wrote") from None
+  if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+    raise MindJaxError(f"{path}: not a mind_jax run record")
+  return record
+
+
+def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: str,
+          remove_owned, foreign: Iterable[str] = (), dry_run: bool = False) -> dict:
+  """Makes `out_dir` this run's, or refuses with one line; returns the record written.
+
+  - A directory holding another job's record, or files of the kinds this job writes but no
+    record vouching for them (`foreign`: written by an older version or another tool), is
+    refused: nothing in it is ours to replace or delete.
+  - A record of this job with other settings is refused, naming the keys that differ, unless
+    `overwrite`: then `remove_owned(record)` deletes the files the earlier run wrote (and only
+    those) before the new record is written.
+  - A record with the same settings is a resume: the record is kept, widened by any new keys.
+  `dry_run` checks without writing or deleting anything.
+  """
+  from etils import epath
+  flat = flatten(settings)
+  record = read_run_record(out_dir)
+  where = f"{key}={out_dir}"
+  if record is None:
+    foreign = sorted(foreign)
+    if foreign:
+      raise MindJaxError(
+          f"{where}: holds {len(foreign)} file(s) like this job's output ({foreign[0]}, ...) but "
+          f"no {RUN_RECORD} that says mind_jax.{job} wrote them; move them away or write elsewhere")
+    previous = {}
+  elif record.get("job") != job:
+    raise MindJaxError(f"{where}: holds the output of mind_jax.{record.get('job')}; "
+                       f"write elsewhere")
+  else:
+    changed = differences(record["settings"], flat)
+    previous = record["settings"]
+    if changed and not overwrite:
+      raise MindJaxError(
+          f"{where}: written with other settings: {', '.join(changed)}; write to another "
+          "directory, or add --overwrite to replace what that run wrote there")
+    if changed:
+      if not dry_run:
+        remove_owned(record)
+      previous = {}
+  new_record = {"job": job, "settings": {**previous, **flat}}
+  if not dry_run:
+    root = epath.Path(out_dir)
+    try:
+      root.mkdir(parents=True, exist_ok=True)
+      write_json_atomic(root / RUN_RECORD, new_record)
+    except OSError as e:
+      raise MindJaxError(f"{where}: cannot write {RUN_RECORD} ({e.strerror or e})") from None
+  return new_record
+
+
+def replaces(out_dir: str, job: str, settings: Mapping) -> bool:
+  """Whether `claim(..., overwrite=True)` would delete an earlier run's files."""
+  record = read_run_record(out_dir)
+  return bool(record and record.get("job") == job
+              and differences(record["settings"], flatten(settings)))
+
+
+def owned_files(out_dir: str, job: str, outputs: Iterable[str], key: str) -> set[str]:
+  """The files an earlier run of `job` recorded writing in `out_dir`; refuses, with one line,
+  a directory another job owns or an output name taken by a file nobody recorded (a user's, or
+  an older version's): such files are never replaced."""
+  from etils import epath
+  record = read_run_record(out_dir)
+  if record is not None and record.get("job") != job:
+    raise MindJaxError(f"{key}={out_dir}: holds the output of mind_jax.{record.get('job')}; "
+                       "write elsewhere")
+  owned = set(record.get("files", [])) if record else set()
+  root = epath.Path(out_dir)
+  foreign = sorted(name for name in outputs if name not in owned and (root / name).exists())
+  if foreign:
+    more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+    raise MindJaxError(f"{key}={out_dir}: {foreign[0]}{more} exists and was not written by "
+                       f"mind_jax.{job}; move it away or write elsewhere")
+  return owned
+
+
+def write_json_atomic(path, obj) -> None:
+  """Writes JSON under a temporary name, then renames: readers see the old file or the new."""
+  from etils import epath
+  path = epath.Path(path)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+  tmp.replace(path)
