@@ -18,6 +18,7 @@ def run_cli(job) -> int:
   try:
     result = job()
   except MindJaxError as e:
-    print(f"error: {e}", file=sys.stderr)
+    # One line, always: a message that quotes another library's may carry its line breaks.
+    print("error: " + " ".join(part.strip() for part in str(e).splitlines()), file=sys.stderr)
     return 2
   return result if isinstance(result, int) else 0

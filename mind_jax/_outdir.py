@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 
 from mind_jax._errors import MindJaxError
+from mind_jax._paths import is_within
 
 RUN_RECORD = "run.json"
 
@@ -33,11 +34,6 @@ def _local_root(path: str) -> str | None:
   if wildcard:
     path = path[:min(wildcard)].rpartition("/")[0] or "."
   return os.path.realpath(path) if os.path.exists(path) else None
-
-
-def is_within(path: str, directory: str) -> bool:
-  """Whether `path` is `directory` or lies below it (both already normalised)."""
-  return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def check_output_dir(path: str, key: str, inputs: Iterable[str] = ()) -> None:

@@ -104,10 +104,24 @@ def _symlinked_weights(w: Path) -> Path:
   return w / "ckpt"
 
 
+def _linked_out(w: Path, name: str) -> Path:
+  """The checkpoint with `name` (config.json, tokenizer.json) a link to a file outside it."""
+  shutil.move(w / "ckpt" / name, w / name)
+  os.symlink(w / name, w / "ckpt" / name)
+  return w / "ckpt"
+
+
 def _edit_config(w: Path, **changes) -> Path:
   path = w / "ckpt" / "config.json"
   path.write_text(json.dumps(json.loads(path.read_text()) | changes))
   return w / "ckpt"
+
+
+def _append(path: Path, text: str) -> Path:
+  """`path` with `text` added as a last line; returns its directory."""
+  with open(path, "a") as f:
+    f.write(text + "\n")
+  return path.parent
 
 
 def _with_user_file(directory: Path) -> Path:
@@ -206,6 +220,20 @@ CASES = [
         "generate", [*GEN, f"input.source={_corpus(w, [NO_TEXT])}",
                      f"output.dir={w / 'out'}"]),
         r"^corpus.jsonl:1: missing text field 'text'"),
+    Case("generate: a damaged part file in output.dir", lambda w: (
+        "generate", [*GEN, f"output.dir={_append(w / 'gen' / 'part-00000-000000.jsonl', '{oops')}"]),
+        r"^\S+/gen/part-00000-000000.jsonl:\d+: malformed JSON .*; a damaged part file of the "
+        r"output: move it aside"),
+    Case("generate: a damaged run.json", lambda w: (
+        "generate", [*GEN, f"output.dir={_append(w / 'gen' / 'run.json', '}')}"]),
+        r"^\S+/gen/run.json: unreadable run record"),
+    Case("generate: invalid YAML in a styles file", lambda w: (
+        "generate", [*GEN, f"prompt.styles_file={_write(w / 's.yaml', 'styles: [1')}",
+                     f"output.dir={w / 'out'}"]),
+        r"^\S+/s.yaml: line \d+ invalid YAML \(expected"),
+    Case("generate: an unknown style", lambda w: (
+        "generate", [f"output.dir={w / 'out'}", "prompt.styles=[debates]"]),
+        r"^prompt.styles: unknown style\(s\) debates; available: two_students"),
     # --- the command line
     Case("generate: a flag and a key=value for one setting", lambda w: (
         "generate", [f"output.dir={w / 'out'}", "--limit", "2", "input.limit=3"]),
@@ -317,6 +345,15 @@ CASES = [
     Case("convert: weights symlinked from outside", lambda w: (
         "convert", [str(_symlinked_weights(w)), str(w / "dst")]),
         r"\S+/ckpt/model.safetensors is a link to \S+/outside.safetensors, which lies outside"),
+    Case("convert: config.json symlinked from outside", lambda w: (
+        "convert", [str(_linked_out(w, "config.json")), str(w / "dst")]),
+        r"\S+/ckpt/config.json is a link to \S+/config.json, which lies outside"),
+    Case("generate: tokenizer.json symlinked from outside", lambda w: (
+        "generate", [*GEN, f"model.path={_linked_out(w, 'tokenizer.json')}", f"output.dir={w / 'out'}"]),
+        r"\S+/ckpt/tokenizer.json is a link to \S+/tokenizer.json, which lies outside"),
+    Case("filter: tokenizer= a directory whose tokenizer.json links outside", lambda w: (
+        "filter", [str(w / "gen"), "--out", str(w / "out"), f"tokenizer={_linked_out(w, 'tokenizer.json')}"]),
+        r"\S+/ckpt/tokenizer.json is a link to \S+/tokenizer.json, which lies outside"),
     Case("convert: config.json with fewer layers than the weights", lambda w: (
         "convert", [str(_edit_config(w, num_hidden_layers=1)), str(w / "dst")]),
         r"\S+/ckpt: config.json describes a model that does not use \d+ of the checkpoint's "

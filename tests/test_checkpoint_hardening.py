@@ -73,9 +73,10 @@ def escaping_checkpoint(base, tmp_path, how):
   if how == "single-symlink":
     os.symlink(outside, os.path.join(model_dir, SINGLE))
     return model_dir, f"{model_dir}/{SINGLE} is a link to {outside}, which {refuse}"
-  if how == "symlink":
-    os.symlink(outside, os.path.join(model_dir, "model-00001-of-00001.safetensors"))
-    name = "model-00001-of-00001.safetensors"
+  if how == "symlink":  # in a subfolder: a top-level link is refused before the index is read
+    os.makedirs(os.path.join(model_dir, "shards"))
+    os.symlink(outside, os.path.join(model_dir, "shards", "model-00001-of-00001.safetensors"))
+    name = "shards/model-00001-of-00001.safetensors"
   elif how == "dotdot-inside":  # lands inside, on a real copy; still refused
     os.makedirs(os.path.join(model_dir, "sub"))
     shutil.copy(outside, os.path.join(model_dir, "inside.safetensors"))

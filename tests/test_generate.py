@@ -291,6 +291,6 @@ def test_output_on_gcs_and_resume(fake_gcs):
 def test_a_corrupt_part_in_the_output_stops_the_resume_naming_it(tmp_path):
   from mind_jax.mind import done_ids
   (tmp_path / "part-00000-000000.jsonl").write_text('{"id": "a"}\n{"id": \n')
-  with pytest.raises(MindJaxError, match=r"part-00000-000000.jsonl: unreadable part file "
-                     r"\(.*part-00000-000000.jsonl:2: malformed JSON.*\); move it aside"):
+  with pytest.raises(MindJaxError, match=r"^\S+/part-00000-000000.jsonl:2: malformed JSON .*; a "
+                     r"damaged part file of the output: move it aside"):
     done_ids(str(tmp_path))

@@ -14,7 +14,7 @@ from flax import nnx
 
 from mind_jax._errors import MindJaxError
 from mind_jax.ckpts._hf import abstract_model, check_out_dir, _write_json
-from mind_jax.ckpts._safetensors import checkpoint_file
+from mind_jax._paths import checkpoint_file
 from mind_jax.nn import Llama, LlamaConfig
 
 MARKER = "mind_jax.json"

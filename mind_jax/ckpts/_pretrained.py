@@ -6,6 +6,7 @@ import logging
 import os
 
 from mind_jax._errors import MindJaxError
+from mind_jax._paths import check_confined
 from mind_jax.ckpts._hf import load_hf_model
 from mind_jax.ckpts._safetensors import SafetensorsReader
 from mind_jax.ckpts._orbax import is_orbax_dir, load_orbax_model, read_marker
@@ -18,9 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def _require_dir(path: str) -> None:
+  """A model directory that exists and links to nothing outside it (before any file is read)."""
   if not os.path.isdir(path):
     raise MindJaxError(f"{path}: model directory does not exist (mind_jax never downloads; "
                        "fetch the checkpoint first, e.g. with `huggingface-cli download`)")
+  check_confined(path)
 
 
 def stored_dtype(path: str) -> str:

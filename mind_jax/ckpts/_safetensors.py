@@ -18,7 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from mind_jax._errors import MindJaxError
-from mind_jax._outdir import is_within
+from mind_jax._paths import checkpoint_file
 
 _DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -85,50 +85,6 @@ def _read_header(path: str) -> dict[str, TensorInfo]:
     begin, _ = entry["data_offsets"]
     infos[name] = TensorInfo(path, name, _DTYPES[entry["dtype"]], tuple(entry["shape"]), base + begin)
   return infos
-
-
-def _hub_blobs(real_dir: str) -> str | None:
-  """The `blobs/` folder a Hugging Face hub cache snapshot may link into, or None.
-
-  The hub cache stores each file once under `models--ORG--NAME/blobs/<hash>` and
-  presents every revision as `models--ORG--NAME/snapshots/<rev>/` of symlinks
-  into it, so a snapshot's weights always resolve outside the snapshot itself.
-  Only that repository's own `blobs/` is accepted, never a sibling repository's.
-  """
-  snapshots, _ = os.path.split(real_dir)
-  repo, name = os.path.split(snapshots)
-  if name != "snapshots" or not os.path.basename(repo).startswith("models--"):
-    return None
-  return os.path.join(repo, "blobs")
-
-
-def checkpoint_file(model_dir: str, name: str, listed_in: str | None = None) -> str:
-  """The path of file `name` of a checkpoint, refused unless it lies inside `model_dir`.
-
-  Every file name a checkpoint supplies goes through here: a downloaded index
-  naming `../../.ssh/id_rsa`, `/dev/zero` or a symlink out of the directory must
-  not make us open it. `listed_in` is the file that supplied the name (the
-  index), None for a name we chose ourselves (`model.safetensors`).
-  """
-  what = f"{listed_in}: weight_map names {name!r}" if listed_in else os.path.join(model_dir, name)
-  refuse = f"lies outside the model directory {model_dir}; refusing to read it"
-  if not isinstance(name, str) or not name:
-    raise MindJaxError(f"{listed_in}: invalid index (weight_map value {name!r} is not a file name)")
-  root = os.path.abspath(model_dir)
-  path = os.path.normpath(os.path.join(root, name))
-  if os.path.isabs(name) or not is_within(path, root):
-    raise MindJaxError(f"{what}, which {refuse}")
-  if ".." in name.split(os.sep):
-    # Harmless where it ends up inside, but no writer of indexes produces one: a sign of tampering.
-    raise MindJaxError(f"{what}, a path through '..'; a file of the model directory {model_dir} "
-                       "needs none, so refusing to read it")
-  real_root, real = os.path.realpath(root), os.path.realpath(path)
-  if not is_within(real, real_root):
-    blobs = _hub_blobs(real_root)
-    if blobs is None or not is_within(real, blobs):
-      link = f"{what}, a link to {real}," if listed_in else f"{what} is a link to {real},"
-      raise MindJaxError(f"{link} which {refuse}")
-  return os.path.join(model_dir, name)
 
 
 # Weights saved by torch.save: reading them means unpickling, which runs whatever code the

@@ -213,6 +213,8 @@ def check_model_path(cfg: GenerateConfig) -> None:
   if not os.path.isdir(path):
     raise MindJaxError(f"model.path={path}: model directory does not exist (mind_jax never "
                        "downloads; fetch the checkpoint first, e.g. with `huggingface-cli download`)")
+  from mind_jax._paths import check_confined
+  check_confined(path)
   if not os.path.exists(os.path.join(path, "config.json")) and not is_orbax_dir(path):
     raise MindJaxError(f"model.path={path}: no config.json (not a Hugging Face model directory "
                        "or mind_jax Orbax checkpoint)")

@@ -37,7 +37,9 @@ def load_styles(path: str | None = None) -> dict[str, Style]:
   except OSError as e:
     raise MindJaxError(f"{source}: cannot read styles ({e.strerror or e})") from None
   except yaml.YAMLError as e:
-    raise MindJaxError(f"{source}: invalid YAML ({e})") from None
+    mark = getattr(e, "problem_mark", None)
+    where = f" line {mark.line + 1}" if mark else ""
+    raise MindJaxError(f"{source}:{where} invalid YAML ({getattr(e, 'problem', None) or e})") from None
   if not isinstance(data, dict) or not isinstance(data.get("styles"), dict):
     raise MindJaxError(f"{source}: expected a mapping with a 'styles' section")
   clause = data.get("faithfulness", "")
@@ -78,5 +80,6 @@ def check_style_keys(styles: dict[str, Style], wanted: list[str] | None) -> list
     return list(styles.values())
   unknown = [k for k in wanted if k not in styles]
   if unknown:
-    raise MindJaxError(f"unknown style(s) {', '.join(unknown)}; available: {', '.join(styles)}")
+    raise MindJaxError(f"prompt.styles: unknown style(s) {', '.join(unknown)}; available: "
+                       f"{', '.join(styles)}")
   return [styles[k] for k in wanted]

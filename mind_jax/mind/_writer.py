@@ -38,8 +38,11 @@ def done_ids(out_dir: str) -> set[str]:
   for path in part_files(out_dir):
     try:
       ids.update(record["id"] for record in read_records(path))
-    except (MindJaxError, KeyError, TypeError) as e:
-      raise MindJaxError(f"{path}: unreadable part file ({e}); move it aside to redo its "
+    except MindJaxError as e:  # names the file and line already
+      raise MindJaxError(f"{e}; a damaged part file of the output: move it aside to redo its "
+                         "records") from None
+    except (KeyError, TypeError):
+      raise MindJaxError(f"{path}: a record without an id; move the file aside to redo its "
                          "records") from None
   return ids
 

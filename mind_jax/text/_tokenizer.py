@@ -158,6 +158,8 @@ def load_tokenizer(path: str) -> Tokenizer:
     return SentencePieceTokenizer(path)
   if not os.path.isdir(path):
     raise MindJaxError(f"{path}: tokenizer path does not exist")
+  from mind_jax._paths import check_confined
+  check_confined(path)
   if os.path.exists(os.path.join(path, "tokenizer.json")) or os.path.exists(
       os.path.join(path, "tokenizer_config.json")):
     return HFTokenizer.from_dir(path)
