@@ -39,7 +39,7 @@ def main():
   from mind_jax.data import ReadStats
   from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
   from mind_jax.mind import GenerateConfig, load_styles, plan_units, run
-  from mind_jax.mind._pipeline import load_model
+  from mind_jax.ckpts import load_model
   from mind_jax.testing import byte_tokenizer
 
   ckpt = tempfile.mkdtemp(prefix="pipe_bench_")
@@ -51,7 +51,8 @@ def main():
                f"sampling.max_new_tokens={args.max_new_tokens}", "sampling.context_limit=2048",
                "engine.slots=16", "engine.steps_per_call=16", f"output.dir={out_dir}"]
   cfg = config.load_config(GenerateConfig, None, overrides)
-  model, tokenizer, _, mesh = load_model(cfg)
+  mesh = cfg.mesh.build()
+  model, tokenizer, _ = load_model(cfg.model, mesh, cfg.mesh.rules)
   styles = list(load_styles().values())
   units = list(plan_units(cfg, tokenizer, styles, ReadStats()))
   sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.9)

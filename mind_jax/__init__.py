@@ -2,8 +2,8 @@
 
 Public surface:
   models       Llama, LlamaConfig, RopeConfig, preset, PRESETS, KVCache
-  checkpoints  load_pretrained, save_pretrained, save_orbax_model
-  text         Tokenizer, load_tokenizer
+  checkpoints  load_pretrained, load_model, save_pretrained, save_orbax_model
+  text         Tokenizer, load_tokenizer, byte_tokenizer
   generation   Engine, EngineConfig, Request, Result, SamplingParams
   sharding     make_mesh, shard_model, TRAIN_RULES, GENERATE_RULES
   errors       MindJaxError
@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 # Names load on first use, so the curation tools and their worker processes start without
 # JAX (a worker that only reads JSON would otherwise pay ~0.15 GB and a second for it).
 _EXPORTS = {
-    "load_pretrained": "mind_jax.ckpts", "save_orbax_model": "mind_jax.ckpts",
+    "load_model": "mind_jax.ckpts", "load_pretrained": "mind_jax.ckpts",
+    "save_orbax_model": "mind_jax.ckpts",
     "save_pretrained": "mind_jax.ckpts",
     "PRESETS": "mind_jax.nn", "KVCache": "mind_jax.nn", "Llama": "mind_jax.nn",
     "LlamaConfig": "mind_jax.nn", "RopeConfig": "mind_jax.nn", "preset": "mind_jax.nn",
@@ -33,17 +34,19 @@ _EXPORTS = {
     "make_mesh": "mind_jax.sharding", "shard_model": "mind_jax.sharding",
     "Engine": "mind_jax.engine", "EngineConfig": "mind_jax.engine", "Request": "mind_jax.engine",
     "Result": "mind_jax.engine", "SamplingParams": "mind_jax.engine",
-    "Tokenizer": "mind_jax.text", "load_tokenizer": "mind_jax.text",
+    "Tokenizer": "mind_jax.text", "byte_tokenizer": "mind_jax.text",
+    "load_tokenizer": "mind_jax.text",
 }
 
 __all__ = sorted([*_EXPORTS, "MindJaxError"])
 
 if TYPE_CHECKING:
-  from mind_jax.ckpts import load_pretrained, save_orbax_model, save_pretrained  # noqa: F401
+  from mind_jax.ckpts import (load_model, load_pretrained, save_orbax_model,  # noqa: F401
+                              save_pretrained)
   from mind_jax.engine import Engine, EngineConfig, Request, Result, SamplingParams  # noqa: F401
   from mind_jax.nn import PRESETS, KVCache, Llama, LlamaConfig, RopeConfig, preset  # noqa: F401
   from mind_jax.sharding import GENERATE_RULES, TRAIN_RULES, make_mesh, shard_model  # noqa: F401
-  from mind_jax.text import Tokenizer, load_tokenizer  # noqa: F401
+  from mind_jax.text import Tokenizer, byte_tokenizer, load_tokenizer  # noqa: F401
 
 
 def __getattr__(name: str):

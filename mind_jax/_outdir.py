@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping
 
+from mind_jax._atomic import write_json
 from mind_jax._errors import MindJaxError
 from mind_jax._paths import is_within
 
@@ -147,7 +148,8 @@ def read_run_record(out_dir: str) -> dict | None:
 
 
 def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: str,
-          remove_owned, foreign: Iterable[str] = (), dry_run: bool = False) -> dict:
+          remove_owned, foreign: Iterable[str] = (), dry_run: bool = False,
+          notes: Mapping | None = None) -> dict:
   """Makes `out_dir` this run's, or refuses with one line; returns the record written.
 
   - A directory holding another job's record, or files of the kinds this job writes but no
@@ -157,7 +159,8 @@ def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: st
     `overwrite`: then `remove_owned(record)` deletes the files the earlier run wrote (and only
     those) before the new record is written.
   - A record with the same settings is a resume: the record is kept, widened by any new keys.
-  `dry_run` checks without writing or deleting anything.
+  `dry_run` checks without writing or deleting anything. `notes` are recorded for the jobs
+  that read this output (the generator's tokenizer, say) but not compared.
   """
   from etils import epath
   flat = flatten(settings)
@@ -184,12 +187,12 @@ def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: st
       if not dry_run:
         remove_owned(record)
       previous = {}
-  new_record = {"job": job, "settings": {**previous, **flat}}
+  new_record = {"job": job, "settings": {**previous, **flat}, "notes": dict(notes or {})}
   if not dry_run:
     root = epath.Path(out_dir)
     try:
       root.mkdir(parents=True, exist_ok=True)
-      write_json_atomic(root / RUN_RECORD, new_record)
+      write_json(root / RUN_RECORD, new_record)
     except OSError as e:
       raise MindJaxError(f"{where}: cannot write {RUN_RECORD} ({e.strerror or e})") from None
   return new_record
@@ -219,12 +222,3 @@ def owned_files(out_dir: str, job: str, outputs: Iterable[str], key: str) -> set
     raise MindJaxError(f"{key}={out_dir}: {foreign[0]}{more} exists and was not written by "
                        f"mind_jax.{job}; move it away or write elsewhere")
   return owned
-
-
-def write_json_atomic(path, obj) -> None:
-  """Writes JSON under a temporary name, then renames: readers see the old file or the new."""
-  from etils import epath
-  path = epath.Path(path)
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
-  tmp.replace(path)

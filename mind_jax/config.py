@@ -35,7 +35,9 @@ class ModelSection(Section):
       "float32", description="compute dtype")
   param_dtype: Literal["float32", "bfloat16", "float16"] | None = pydantic.Field(
       None, description="storage dtype of the weights (default: dtype)")
-  scan_layers: bool = pydantic.Field(False, description="stack layers and scan over them")
+  scan_layers: bool | None = pydantic.Field(
+      None, description="stack layers and scan over them (default: as an Orbax checkpoint "
+      "stores them; off for HF checkpoints and presets)")
   remat: Literal["none", "full", "dots", "dots_no_batch"] = pydantic.Field(
       "none", description="rematerialisation policy (training)")
   allow_unused_tensors: bool = pydantic.Field(
@@ -52,8 +54,45 @@ class MeshSection(Section):
   rules: Literal["generate", "train"] = pydantic.Field(
       "generate", description="logical-axis rule set")
 
-  def build(self, devices=None):
+  def build(self, devices=None, use_first: bool = False):
+    """The mesh over `devices` (default: all). With `use_first`, a mesh with no -1 axis takes
+    the first devices it names (the one-device default of convert and sample) instead of
+    having to name them all."""
+    import jax
+    import math
+    devices = list(jax.devices() if devices is None else devices)
+    if use_first and -1 not in self.axes.values():
+      devices = devices[:math.prod(self.axes.values())]
     return _sharding().make_mesh(self.axes, devices)
+
+
+class RuntimeSection(Section):
+  """How the job's device programs are compiled."""
+
+  compile_cache: str | None = pydantic.Field(
+      "~/.cache/mind_jax/jax", description="directory of JAX's persistent compilation cache: a "
+      "rerun of the same job loads its programs instead of compiling them (minutes for a 70B "
+      "model on a slice); null or '' turns it off; JAX_COMPILATION_CACHE_DIR, if set, wins")
+
+  def apply(self) -> None:
+    """Turns the cache on for this process, before anything compiles."""
+    if not self.compile_cache or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+      return  # off, or the user's own setting, which JAX reads itself
+    import logging
+
+    import jax
+    path = os.path.expanduser(self.compile_cache)
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError as e:
+      logging.getLogger("mind_jax").warning("runtime.compile_cache=%s: cannot be created (%s); "
+                                            "compiling without a cache", path, e.strerror)
+      return
+    jax.config.update("jax_compilation_cache_dir", path)
+    # Every program, however quick to compile: a run is many small ones on a CPU, a few large
+    # ones on a slice, and the point is that a rerun compiles none.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -152,6 +191,12 @@ def flag_overrides(args: argparse.Namespace, keys: dict[str, str]) -> list[tuple
   """(flag, key=value) for the shorthand flags that were given ({flag dest: config key})."""
   return [("--" + flag.replace("_", "-"), f"{key}={getattr(args, flag)}")
           for flag, key in keys.items() if getattr(args, flag) is not None]
+
+
+def switch_overrides(args: argparse.Namespace, switches: dict[str, str]) -> list[tuple[str, str]]:
+  """(flag, key=value) for the on/off flags that were given ({flag dest: the key=value it means})."""
+  return [("--" + dest.replace("_", "-"), text) for dest, text in switches.items()
+          if getattr(args, dest)]
 
 
 def combine_overrides(explicit: list[str], flagged: list[tuple[str, str]]) -> list[str]:

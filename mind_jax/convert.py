@@ -7,6 +7,7 @@ mesh each host reads only the slices its devices hold.
 
   python -m mind_jax.convert /ckpt/Llama-3.1-8B-Instruct /ckpt/llama3.1-8b-orbax
   python -m mind_jax.convert /ckpt/llama3.1-8b-orbax ./exported --dtype bfloat16
+  python -m mind_jax.convert /ckpt/Llama-3.1-70B-Instruct /ckpt/70b-orbax mesh.axes.fsdp=-1
 
 dst must be a new or empty directory apart from src; --overwrite replaces a
 checkpoint written there before, leaving files that are not the checkpoint's.
@@ -14,51 +15,74 @@ checkpoint written there before, leaving files that are not the checkpoint's.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import time
+from typing import Literal
 
-from mind_jax import sharding
+import pydantic
+
+from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError, run_cli
 from mind_jax._outdir import check_output_dir
 from mind_jax._progress import setup_logging
-from mind_jax.ckpts import (is_orbax_dir, load_pretrained, save_orbax_model, save_pretrained,
-                             stored_dtype)
-from mind_jax.ckpts._pretrained import _require_dir
 
 log = logging.getLogger("mind_jax.convert")
 
 
-def convert(src: str, dst: str, *, to: str | None = None, dtype: str | None = None,
-            max_shard_size: str = "5GB", scan_layers: bool | None = None,
-            mesh_axes: dict[str, int] | None = None, rules: str = "train",
-            progress: bool = True, overwrite: bool = False, allow_unused: bool = False) -> str:
-  """Converts `src` to `dst`; returns the format written ("orbax" or "hf").
+class ConvertConfig(config_lib.Section):
+  src: str | None = pydantic.Field(None, description="HF model directory or mind_jax Orbax "
+                                   "checkpoint (SRC)")
+  dst: str | None = pydantic.Field(None, description="output directory, new or empty (DST)")
+  to: Literal["orbax", "hf"] | None = pydantic.Field(
+      None, description="output format (default: the other one than src's)")
+  dtype: Literal["float32", "bfloat16", "float16"] | None = pydantic.Field(
+      None, description="cast parameters to this dtype (default: keep the source's)")
+  scan_layers: bool | None = pydantic.Field(
+      None, description="store layers stacked for scan (default: as the source)")
+  allow_unused_tensors: bool = pydantic.Field(
+      False, description="load an HF checkpoint even if the model its config.json describes "
+      "leaves some tensors unused (default: refuse, as config.json may not match the weights)")
+  max_shard_size: str = pydantic.Field("5GB", description="largest safetensors shard (HF output)")
+  overwrite: bool = pydantic.Field(
+      False, description="write into a non-empty dst, replacing a checkpoint written there "
+      "before (other files there are left alone)")
+  progress: bool = pydantic.Field(True, description="progress bar")
+  mesh: config_lib.MeshSection = pydantic.Field(
+      default_factory=lambda: config_lib.MeshSection(axes={"data": 1}, rules="train"),
+      description="devices the tensors are read onto (default: one; mesh.axes.fsdp=-1 shards "
+      "them over all, each host reading only its slices)")
+
+
+def run(cfg: ConvertConfig) -> str:
+  """Converts `cfg.src` to `cfg.dst`; returns the format written ("orbax" or "hf").
 
   `dst` must be new or empty unless `overwrite`; it may never be `src`, lie
   inside it or contain it.
   """
-  _require_dir(src)
-  target = to or ("hf" if is_orbax_dir(src) else "orbax")
-  if target not in ("orbax", "hf"):
-    raise MindJaxError(f"--to must be 'orbax' or 'hf', got {target!r}")
-  check_dst(src, dst, overwrite)
-  mesh = sharding.make_mesh(mesh_axes) if mesh_axes else None
+  from mind_jax.ckpts import (is_orbax_dir, load_model, save_orbax_model, save_pretrained,
+                              stored_dtype)
+  from mind_jax.ckpts._pretrained import require_model_dir
+  if not cfg.src or not cfg.dst:
+    raise MindJaxError("give SRC and DST (or src=... dst=...)")
+  require_model_dir(cfg.src)
+  target = cfg.to or ("hf" if is_orbax_dir(cfg.src) else "orbax")
+  check_dst(cfg.src, cfg.dst, cfg.overwrite)
+  mesh = cfg.mesh.build(use_first=True)
   start = time.perf_counter()
   # By default the checkpoint's own storage dtype is kept: bf16 stays bf16.
-  dtype = dtype or stored_dtype(src)
-  model, tokenizer = load_pretrained(src, dtype=dtype, mesh=mesh, rules=rules,
-                                     scan_layers=scan_layers, progress=progress,
-                                     allow_unused=allow_unused)
-  log.info("loaded %s in %.1fs", src, time.perf_counter() - start)
+  model_section = config_lib.ModelSection(
+      path=cfg.src, dtype=cfg.dtype or stored_dtype(cfg.src), scan_layers=cfg.scan_layers,
+      allow_unused_tensors=cfg.allow_unused_tensors)
+  model, tokenizer, _ = load_model(model_section, mesh, cfg.mesh.rules, progress=cfg.progress)
+  log.info("loaded %s in %.1fs", cfg.src, time.perf_counter() - start)
   if target == "orbax":
-    save_orbax_model(model, dst, tokenizer, overwrite=overwrite)
+    save_orbax_model(model, cfg.dst, tokenizer, overwrite=cfg.overwrite)
   else:
-    save_pretrained(model, dst, tokenizer, max_shard_size=max_shard_size, progress=progress,
-                    overwrite=overwrite)
-  log.info("wrote %s checkpoint to %s (%.1fs in all)", target, dst, time.perf_counter() - start)
+    save_pretrained(model, cfg.dst, tokenizer, max_shard_size=cfg.max_shard_size,
+                    progress=cfg.progress, overwrite=cfg.overwrite)
+  log.info("wrote %s checkpoint to %s (%.1fs in all)", target, cfg.dst, time.perf_counter() - start)
   return target
 
 
@@ -77,38 +101,36 @@ def check_dst(src: str, dst: str, overwrite: bool) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m mind_jax.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("src", help="HF model directory or mind_jax Orbax checkpoint")
-  parser.add_argument("dst", help="output directory")
-  parser.add_argument("--to", choices=["orbax", "hf"],
-                      help="output format (default: the other one than src's)")
+  parser = config_lib.argument_parser("python -m mind_jax.convert", __doc__, ConvertConfig)
+  parser.usage = "python -m mind_jax.convert SRC DST [options] [key=value ...]"
+  parser.add_argument("--to", choices=["orbax", "hf"], help="same as to=...")
   parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                      help="cast parameters to this dtype (default: keep the source's)")
-  parser.add_argument("--max-shard-size", default="5GB",
-                      help="largest safetensors shard when writing HF (default: 5GB)")
-  parser.add_argument("--scan-layers", action="store_true", default=None,
-                      help="store layers stacked for scan (Orbax output)")
-  parser.add_argument("--mesh", help="device mesh, e.g. data=1,fsdp=-1,tensor=4 "
-                      "(default: one device)")
-  parser.add_argument("--rules", default="train", choices=["train", "generate"],
-                      help="sharding rules used with --mesh (default: train)")
-  parser.add_argument("--overwrite", action="store_true",
-                      help="write into a non-empty dst, replacing a checkpoint written there "
-                      "before (other files there are left alone)")
+                      help="same as dtype=... (default: keep the source's)")
+  parser.add_argument("--max-shard-size", help="same as max_shard_size=... (default: 5GB)")
+  parser.add_argument("--scan-layers", action="store_true", help="same as scan_layers=true")
+  parser.add_argument("--overwrite", action="store_true", help="same as overwrite=true")
   parser.add_argument("--allow-unused-tensors", action="store_true",
-                      help="load an HF checkpoint even if the model its config.json describes "
-                      "leaves some tensors unused (default: refuse, as config.json may not "
-                      "match the weights)")
-  parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-  parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+                      help="same as allow_unused_tensors=true")
+  parser.add_argument("-q", "--quiet", action="store_true", help="same as progress=false")
   args = parser.parse_args(argv)
   setup_logging(args.verbose)
-  return run_cli(lambda: convert(
-      args.src, args.dst, to=args.to, dtype=args.dtype, max_shard_size=args.max_shard_size,
-      scan_layers=args.scan_layers, mesh_axes=sharding.parse_axes(args.mesh), rules=args.rules,
-      progress=not args.quiet, overwrite=args.overwrite,
-      allow_unused=args.allow_unused_tensors))
+  paths = [w for w in args.overrides if "=" not in w]
+  explicit = [w for w in args.overrides if "=" in w]
+  explicit += [f"{key}={path}" for key, path in zip(("src", "dst"), paths)]
+  flagged = config_lib.flag_overrides(args, {"to": "to", "dtype": "dtype",
+                                             "max_shard_size": "max_shard_size"})
+  flagged += config_lib.switch_overrides(args, {
+      "scan_layers": "scan_layers=true", "overwrite": "overwrite=true",
+      "allow_unused_tensors": "allow_unused_tensors=true", "quiet": "progress=false"})
+
+  def job():
+    if len(paths) > 2:
+      raise MindJaxError(f"command line: give SRC and DST only, got {len(paths)} paths: "
+                         f"{' '.join(paths)}")
+    return run(config_lib.load_config(ConvertConfig, args.config,
+                                      config_lib.combine_overrides(explicit, flagged)))
+
+  return run_cli(job)
 
 
 if __name__ == "__main__":

@@ -56,20 +56,17 @@ def main(argv=None) -> int:
   flagged = config_lib.flag_overrides(args, {
       "out": "out", "workers": "workers", "tokenizer": "tokenizer", "min_tokens": "min_tokens",
       "select": "select.mode"})
-  if args.drop_truncated:
-    flagged.append(("--drop-truncated", "truncated=drop"))
+  flagged += config_lib.switch_overrides(args, {"drop_truncated": "truncated=drop",
+                                               "near_dup": "dedup.near=true",
+                                               "overwrite": "overwrite=true"})
   if args.strict:
     flagged += [("--strict", f"{key}.enabled=true") for key in ("turns", "repetition", "copy_source")]
-  if args.near_dup:
-    flagged.append(("--near-dup", "dedup.near=true"))
   if args.decontaminate:
     flagged.append(("--decontaminate", "decontaminate.files=["
                     + ",".join(f'"{f}"' for f in args.decontaminate) + "]"))
   if args.styles:
     flagged.append(("--styles", "select.styles=["
                     + ",".join(s.strip() for s in args.styles.split(",")) + "]"))
-  if args.overwrite:
-    flagged.append(("--overwrite", "overwrite=true"))
   return run_cli(lambda: run_filter(config_lib.load_config(
       FilterConfig, args.config, config_lib.combine_overrides(explicit, flagged))))
 

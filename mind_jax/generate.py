@@ -42,10 +42,8 @@ def main(argv=None) -> int:
   flagged = config_lib.flag_overrides(args, {
       "num_shards": "num_shards", "shard_index": "shard_index", "limit": "input.limit",
       "on_bad_record": "input.on_bad_record"})
-  if args.dry_run:
-    flagged.append(("--dry-run", "dry_run=true"))
-  if args.overwrite:
-    flagged.append(("--overwrite", "output.overwrite=true"))
+  flagged += config_lib.switch_overrides(args, {"dry_run": "dry_run=true",
+                                               "overwrite": "output.overwrite=true"})
   return run_cli(lambda: run(config_lib.load_config(
       GenerateConfig, args.config, config_lib.combine_overrides(args.overrides, flagged))))
 

@@ -96,22 +96,6 @@ def make_mesh(axes: MeshAxes | None = None, devices: Sequence[jax.Device] | None
   return Mesh(grid, tuple(axes))
 
 
-def parse_axes(text: str | None) -> dict[str, int] | None:
-  """'data=1,fsdp=-1,tensor=4' (a command-line mesh) -> {'data': 1, 'fsdp': -1, 'tensor': 4}."""
-  if not text:
-    return None
-  axes = {}
-  for part in text.split(","):
-    name, sep, size = part.partition("=")
-    try:
-      axes[name.strip()] = int(size)
-    except ValueError:
-      sep = ""
-    if not sep or not name.strip():
-      raise MindJaxError(f"--mesh: {part!r} is not axis=size")
-  return axes
-
-
 def logical_to_spec(names: Sequence[str | None], rules: Rules, mesh: Mesh) -> PartitionSpec:
   """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once."""
   used: set[str] = set()
@@ -174,6 +158,36 @@ def check_model_fits_mesh(config, mesh: Mesh, rules: str | Rules = "generate") -
           f"choose a {'x'.join(axes)} size that divides {count}")
 
 
+def one_device_mesh() -> Mesh:
+  """The mesh of the first device: where a model lives when no mesh is given."""
+  return make_mesh({"data": 1}, jax.devices()[:1])
+
+
+def abstract_state(build, mesh: Mesh | None = None, rules: str | Rules = "generate"):
+  """(graphdef, flat abstract state, {path: NamedSharding}) of what `build()` would make.
+
+  `build` returns any NNX module (a model, a model with its optimizer): it is traced with
+  `nnx.eval_shape`, so nothing is allocated; every variable's sharding follows its logical
+  axes under `rules` on `mesh` (default: one device). A module with a Llama `config` is
+  checked against the mesh first, naming the config field that does not divide.
+  """
+  abstract = nnx.eval_shape(build)
+  graphdef, state = nnx.split(abstract)
+  mesh = mesh or one_device_mesh()
+  config = getattr(abstract, "config", None)
+  if config is not None:
+    check_model_fits_mesh(config, mesh, rules)
+  shardings = state_shardings(state, mesh, rules, config)
+  return graphdef, list(nnx.to_flat_state(state)), shardings
+
+
+def lookup(tree, path, key=lambda k: k):
+  """`tree[path[0]][path[1]]...`, each key passed through `key` (str for Orbax's trees)."""
+  for part in path:
+    tree = tree[key(part)]
+  return tree
+
+
 def shard_model(model: nnx.Module, mesh: Mesh, rules: str | Rules = "generate") -> nnx.Module:
   """Places an existing model's parameters on `mesh` according to `rules`."""
   config = getattr(model, "config", None)
@@ -181,15 +195,9 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: str | Rules = "generate") 
     check_model_fits_mesh(config, mesh, rules)
   state = nnx.state(model)
   for path, sharding in state_shardings(state, mesh, rules, config).items():
-    variable = _lookup(state, path)
+    variable = lookup(state, path)
     variable[...] = jax.device_put(variable[...], sharding)
   return model
-
-
-def _lookup(state, path):
-  for key in path:
-    state = state[key]
-  return state
 
 
 def data_sharding(mesh: Mesh, rules: str | Rules, names: Sequence[str | None]) -> NamedSharding:

@@ -24,10 +24,8 @@ import pydantic
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError, run_cli
 from mind_jax._progress import setup_logging
-from mind_jax.ckpts import load_pretrained, save_pretrained
+from mind_jax.ckpts import load_model, save_pretrained
 from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
-from mind_jax.nn import preset
-from mind_jax.testing import byte_tokenizer, random_model
 
 log = logging.getLogger("mind_jax.smoke")
 
@@ -36,6 +34,7 @@ class SmokeConfig(config_lib.Section):
   model: config_lib.ModelSection = pydantic.Field(
       default_factory=lambda: config_lib.ModelSection(preset="tiny"))
   mesh: config_lib.MeshSection = pydantic.Field(default_factory=config_lib.MeshSection)
+  runtime: config_lib.RuntimeSection = pydantic.Field(default_factory=config_lib.RuntimeSection)
   seed: int = pydantic.Field(0, description="seed of the random weights")
   prompt: str = pydantic.Field("The sum of the first n odd numbers is",
                                description="text to continue")
@@ -46,21 +45,22 @@ class SmokeConfig(config_lib.Section):
 
 def run(cfg: SmokeConfig) -> dict:
   """Runs the smoke check; returns what it printed as data (for tests)."""
-  model_cfg = preset(cfg.model.preset or "tiny", dtype=cfg.model.dtype,
-                     param_dtype=cfg.model.param_dtype or cfg.model.dtype,
-                     scan_layers=cfg.model.scan_layers)
+  if cfg.model.path:
+    raise MindJaxError(f"model.path={cfg.model.path}: the smoke check builds its own random "
+                       "checkpoint from model.preset; to run a checkpoint, use python -m "
+                       "mind_jax.sample --model DIR")
+  cfg.runtime.apply()
   mesh = cfg.mesh.build()
   log.info("devices: %d x %s; mesh %s", jax.device_count(), jax.devices()[0].platform,
            dict(mesh.shape))
   workdir = cfg.workdir or tempfile.mkdtemp(prefix="mind_jax_smoke_")
-  tokenizer = byte_tokenizer()
+  model, tokenizer, _ = load_model(cfg.model, seed=cfg.seed)
   log.info("building a SMOKE-TEST model: %s preset, random weights (seed %d), %.2fM parameters",
-           cfg.model.preset or "tiny", cfg.seed, model_cfg.num_params() / 1e6)
-  save_pretrained(random_model(model_cfg, cfg.seed), workdir, tokenizer, progress=False)
-  model, tokenizer = load_pretrained(workdir, dtype=model_cfg.dtype,
-                                     param_dtype=model_cfg.param_dtype, mesh=mesh,
-                                     rules=cfg.mesh.rules, scan_layers=cfg.model.scan_layers,
-                                     allow_unused=cfg.model.allow_unused_tensors, progress=False)
+           cfg.model.preset or "tiny", cfg.seed, model.config.num_params() / 1e6)
+  save_pretrained(model, workdir, tokenizer, progress=False)
+  # Reloaded through the same loader as every job, with every model key of the config.
+  model, tokenizer, _ = load_model(cfg.model.model_copy(update={"path": workdir}), mesh,
+                                   cfg.mesh.rules, progress=False)
   prompt = tokenizer.encode(cfg.prompt, add_bos=True)
   engine = Engine(model, tokenizer, EngineConfig(slots=mesh.shape["data"], max_len=256,
                                                  seed=cfg.seed), mesh=mesh)

@@ -6,10 +6,13 @@ tests run on a real (if small) mesh.
 
 import json
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The jobs keep JAX's compilation cache in ~/.cache by default; tests keep theirs to themselves.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mind_jax_test_xla_"))
 
 import pytest  # noqa: E402
 
@@ -113,8 +116,13 @@ def record(rid, conversation=DIALOGUE, style="two_students", doc_id=None, chunk_
           "temperature": 1.0, "top_p": 0.9, "top_k": 0, "max_new_tokens": 512, "seed": 0}
 
 
-def write_parts(directory, records, files=1):
+def write_parts(directory, records, files=1, tokenizer="byte"):
+  """Part files as generate writes them, with the run record that names the generator's
+  tokenizer (`tokenizer=None`: none, as from another tool)."""
   directory.mkdir(parents=True, exist_ok=True)
+  if tokenizer:
+    (directory / "run.json").write_text(json.dumps(
+        {"job": "generate", "settings": {}, "notes": {"tokenizer": tokenizer}}))
   for k in range(files):
     with open(directory / f"part-00000-{k:06d}.jsonl", "w") as f:
       for r in records[k::files]:

@@ -363,29 +363,39 @@ def test_parquet_in_and_out(tmp_path):
   src = tmp_path / "gen"
   src.mkdir()
   pq.write_table(pa.Table.from_pylist(_mixed_records()), src / "part-00000-000000.parquet")
-  cfg = load_config(FilterConfig, None, [f"input={src}", f"out={tmp_path / 'out'}"])
+  cfg = load_config(FilterConfig, None, [f"input={src}", f"out={tmp_path / 'out'}", "tokenizer=byte"])
   summary = run_filter(cfg)
   kept = pq.read_table(tmp_path / "out" / "kept" / "part-00000-000000.parquet").to_pylist()
   assert len(kept) == summary["kept"] > 0
   # Another format is another output: refused, or with overwrite the Parquet parts it wrote go.
-  cfg = load_config(FilterConfig, None, [f"input={src}", f"out={tmp_path / 'out'}", "format=jsonl"])
+  cfg = load_config(FilterConfig, None, [f"input={src}", f"out={tmp_path / 'out'}", "format=jsonl",
+                                         "tokenizer=byte"])
   with pytest.raises(MindJaxError, match=r"written with other settings: format \('same' -> 'jsonl'\)"):
     run_filter(cfg)
   run_filter(cfg.model_copy(update={"overwrite": True}))
   assert sorted(p.name for p in (tmp_path / "out" / "kept").iterdir()) == ["part-00000-000000.jsonl"]
 
 
-def test_tokenizer_comes_from_the_records_model_directory(tmp_path):
+def test_tokenizer_comes_from_the_run_record_else_the_records_model_directory(tmp_path):
   from mind_jax.testing import byte_tokenizer
   model_dir = tmp_path / "model"
   byte_tokenizer().save(str(model_dir))
   r = record("r", "a" * 60)
+  # The generator's run.json names its tokenizer: that wins over the records.
+  src = write_parts(tmp_path / "noted", [r], tokenizer=str(model_dir))
+  cfg = load_config(FilterConfig, None, [f"input={src}", f"out={tmp_path / 'noted-out'}", "workers=1"])
+  assert run_filter(cfg)["tokenizer"] == str(model_dir)
+  # Without a run record (another tool's output), the records' model directory.
   r["model"] = str(model_dir)
-  summary, kept, _ = filtered(tmp_path, [r])
-  assert summary["tokenizer"] == str(model_dir) and set(kept) == {"r"}
+  src = write_parts(tmp_path / "bare", [r], tokenizer=None)
+  cfg = load_config(FilterConfig, None, [f"input={src}", f"out={tmp_path / 'bare-out'}", "workers=1"])
+  assert run_filter(cfg)["tokenizer"] == str(model_dir)
   r["model"] = "meta-llama/Llama-3.1-70B-Instruct"
-  with pytest.raises(MindJaxError, match="pass tokenizer=DIR"):
-    filtered(tmp_path, [r], name="hub")
+  src = write_parts(tmp_path / "hub", [r], tokenizer=None)
+  cfg = load_config(FilterConfig, None, [f"input={src}", f"out={tmp_path / 'hub-out'}", "workers=1"])
+  with pytest.raises(MindJaxError, match="no run.json names the generator's tokenizer; pass "
+                     "tokenizer=DIR"):
+    run_filter(cfg)
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -457,7 +467,7 @@ def test_the_filter_and_report_start_without_jax():
   worker ~0.15 GB and a second); `import mind_jax` loads its model names on first use."""
   code = ("import sys, mind_jax, mind_jax.filter, mind_jax.report\n"
           "from mind_jax.curation import _filter, _report\n"
-          "_filter.load_tokenizer_spec('byte')\n"
+          "_filter.load_tokenizer('byte')\n"
           "assert 'jax' not in sys.modules and 'flax' not in sys.modules, 'JAX imported'\n"
           "assert mind_jax.preset('tiny').hidden_size == 64 and 'jax' in sys.modules\n")
   subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

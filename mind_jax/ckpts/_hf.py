@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -14,6 +13,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mind_jax import sharding as sharding_lib
+from mind_jax._atomic import write_json
 from mind_jax._errors import MindJaxError
 from mind_jax.ckpts._safetensors import (INDEX_NAME, SafetensorsReader, host_empty, parse_size,
                                          write_shards)
@@ -38,17 +38,6 @@ def hf_names(path: tuple, config: LlamaConfig) -> list[str]:
   return [".".join(parts)]
 
 
-def abstract_model(config: LlamaConfig, mesh: Mesh | None, rules) -> tuple:
-  """Graph, flat abstract parameters and their shardings, with no weights allocated."""
-  abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  if mesh is None:
-    mesh = sharding_lib.make_mesh({"data": 1}, jax.devices()[:1])
-  sharding_lib.check_model_fits_mesh(config, mesh, rules)
-  shardings = sharding_lib.state_shardings(state, mesh, rules, config)
-  return graphdef, list(nnx.to_flat_state(state)), shardings
-
-
 def load_hf_model(model_dir: str, config: LlamaConfig | None = None, mesh: Mesh | None = None,
                   rules="generate", progress: bool = True, allow_unused: bool = False) -> Llama:
   """Builds a Llama from an HF directory, each device reading only its own slice.
@@ -58,7 +47,8 @@ def load_hf_model(model_dir: str, config: LlamaConfig | None = None, mesh: Mesh 
   layers, say), and the load would quietly run that other model.
   """
   config = config or read_hf_config(model_dir)
-  graphdef, flat, shardings = abstract_model(config, mesh, rules)
+  graphdef, flat, shardings = sharding_lib.abstract_state(
+      lambda: Llama(config, rngs=nnx.Rngs(0)), mesh, rules)
   with SafetensorsReader(model_dir) as reader:
     _check_tensors(reader, flat, config)
     _check_unused(reader, flat, config, allow_unused)
@@ -200,8 +190,8 @@ def save_pretrained(model: Llama, out_dir: str, tokenizer=None, max_shard_size: 
   if not primary:
     return out_dir
   hf_config = config.to_hf_dict() | {"dtype": str(out_dtype), "torch_dtype": str(out_dtype)}
-  _write_json(os.path.join(out_dir, "config.json"), hf_config)
-  _write_json(os.path.join(out_dir, "generation_config.json"), {
+  write_json(os.path.join(out_dir, "config.json"), hf_config)
+  write_json(os.path.join(out_dir, "generation_config.json"), {
       "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id_json,
       "pad_token_id": config.pad_token_id, "do_sample": True, "temperature": 1.0, "top_p": 0.9})
   if tokenizer is not None:
@@ -244,9 +234,3 @@ def _remove_stale_shards(out_dir, written):
   for file in os.listdir(out_dir):
     if _OUR_WEIGHT_FILE.fullmatch(file) and file not in keep:
       os.remove(os.path.join(out_dir, file))
-
-
-def _write_json(path, obj):
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(path + ".tmp", path)

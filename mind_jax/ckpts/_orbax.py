@@ -12,8 +12,10 @@ import os
 import jax
 from flax import nnx
 
+from mind_jax._atomic import write_json
 from mind_jax._errors import MindJaxError
-from mind_jax.ckpts._hf import abstract_model, check_out_dir, _write_json
+from mind_jax import sharding as sharding_lib
+from mind_jax.ckpts._hf import check_out_dir
 from mind_jax._paths import checkpoint_file
 from mind_jax.nn import Llama, LlamaConfig
 
@@ -48,12 +50,6 @@ def _nested(flat: dict[tuple, object]) -> dict:
   return tree
 
 
-def _lookup(tree: dict, path: tuple):
-  for key in path:
-    tree = tree[str(key)]
-  return tree
-
-
 def save_orbax_model(model: Llama, out_dir: str, tokenizer=None, overwrite: bool = False) -> str:
   """Writes config.json, the marker, `params/` and the tokenizer files to `out_dir`.
 
@@ -70,8 +66,8 @@ def save_orbax_model(model: Llama, out_dir: str, tokenizer=None, overwrite: bool
     checkpointer.save(os.path.join(out_dir, "params"), _nested(params), force=overwrite)
     checkpointer.wait_until_finished()
   if jax.process_index() == 0:
-    _write_json(os.path.join(out_dir, "config.json"), model.config.to_hf_dict())
-    _write_json(os.path.join(out_dir, MARKER), {
+    write_json(os.path.join(out_dir, "config.json"), model.config.to_hf_dict())
+    write_json(os.path.join(out_dir, MARKER), {
         "format": FORMAT, "scan_layers": model.config.scan_layers,
         "param_dtype": model.config.param_dtype})
     if tokenizer is not None:
@@ -87,7 +83,8 @@ def load_orbax_model(path: str, config: LlamaConfig, mesh=None, rules="generate"
     raise MindJaxError(
         f"{path}: saved with scan_layers={meta.get('scan_layers')}, asked for "
         f"scan_layers={config.scan_layers}; load it with the saved layout")
-  graphdef, flat, shardings = abstract_model(config, mesh, rules)
+  graphdef, flat, shardings = sharding_lib.abstract_state(
+      lambda: Llama(config, rngs=nnx.Rngs(0)), mesh, rules)
   target = _nested({p: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[p]) for p, v in flat})
   params_dir = os.path.abspath(checkpoint_file(path, "params"))
   if not os.path.isdir(params_dir):
@@ -97,5 +94,5 @@ def load_orbax_model(path: str, config: LlamaConfig, mesh=None, rules="generate"
       restored = checkpointer.restore(params_dir, target)
     except (ValueError, KeyError) as e:
       raise MindJaxError(f"{params_dir}: does not match config.json ({str(e).splitlines()[0]})") from None
-  loaded = [(p, v.replace(_lookup(restored, p))) for p, v in flat]
+  loaded = [(p, v.replace(sharding_lib.lookup(restored, p, str))) for p, v in flat]
   return nnx.merge(graphdef, nnx.from_flat_state(loaded))

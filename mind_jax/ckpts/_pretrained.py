@@ -1,4 +1,5 @@
-"""`load_pretrained` / `save_pretrained`: the one entry point for model directories."""
+"""`load_pretrained`: the one entry point for model directories; `load_model`: the one for a
+config's `model` section (a checkpoint, or a preset with random weights)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mind_jax.text._tokenizer import has_tokenizer_files
 log = logging.getLogger(__name__)
 
 
-def _require_dir(path: str) -> None:
+def require_model_dir(path: str) -> None:
   """A model directory that exists and links to nothing outside it (before any file is read)."""
   if not os.path.isdir(path):
     raise MindJaxError(f"{path}: model directory does not exist (mind_jax never downloads; "
@@ -28,7 +29,7 @@ def _require_dir(path: str) -> None:
 
 def stored_dtype(path: str) -> str:
   """The dtype a checkpoint stores its weights in (read from headers, not data)."""
-  _require_dir(path)
+  require_model_dir(path)
   if is_orbax_dir(path):
     return read_marker(path).get("param_dtype", "float32")
   with SafetensorsReader(path) as reader:
@@ -48,7 +49,7 @@ def load_pretrained(path: str, dtype: str = "float32", *, param_dtype: str | Non
   describes does not use are an error unless `allow_unused` (then a warning).
   """
   path = os.fspath(path)
-  _require_dir(path)
+  require_model_dir(path)
   orbax = is_orbax_dir(path)
   if scan_layers is None:
     scan_layers = bool(read_marker(path).get("scan_layers")) if orbax else False
@@ -65,3 +66,39 @@ def load_pretrained(path: str, dtype: str = "float32", *, param_dtype: str | Non
     log.warning("%s: no tokenizer files; returning the model without a tokenizer", path)
   return model, tokenizer
 
+
+# How records and run records name a preset's random-weight model.
+RANDOM_MODEL_PREFIX = "smoke-test:"
+
+
+def load_model(section, mesh=None, rules="generate", *, progress: bool = True,
+               seed: int = 0) -> tuple[Llama, Tokenizer | None, str]:
+  """(model, tokenizer, name) for a config's `model` section (`mind_jax.config.ModelSection`).
+
+  With `path`, the checkpoint there (`preset` is then unused); without, the `preset`
+  architecture with random weights (`seed`) and the byte-level tokenizer: the smoke-test
+  generator, named `smoke-test:PRESET-random-seedN`. Every other key takes effect on both:
+  dtype, param_dtype, scan_layers, remat and allow_unused_tensors (checkpoints only: a random
+  model has no unused tensors). With a mesh, parameters are placed by `rules`.
+  """
+  if section.path:
+    model, tokenizer = load_pretrained(
+        section.path, dtype=section.dtype, param_dtype=section.param_dtype, mesh=mesh,
+        rules=rules, scan_layers=section.scan_layers, remat=section.remat,
+        allow_unused=section.allow_unused_tensors, progress=progress)
+    return model, tokenizer, section.path
+  from flax import nnx
+
+  from mind_jax import sharding
+  from mind_jax.nn import preset
+  from mind_jax.text import byte_tokenizer
+  name = section.preset or "tiny"
+  config = preset(name, dtype=section.dtype, param_dtype=section.param_dtype or section.dtype,
+                  scan_layers=bool(section.scan_layers), remat=section.remat)
+  log.warning("SMOKE-TEST MODEL: %s preset with random weights (seed %d) and a byte-level "
+              "tokenizer. Its outputs are noise; set model.path to a checkpoint for real ones.",
+              name, seed)
+  model = Llama(config, rngs=nnx.Rngs(seed))
+  if mesh is not None:
+    model = sharding.shard_model(model, mesh, rules)
+  return model, byte_tokenizer(), f"{RANDOM_MODEL_PREFIX}{name}-random-seed{seed}"

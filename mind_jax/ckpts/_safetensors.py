@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import ml_dtypes
 import numpy as np
 
+from mind_jax._atomic import atomic_open, write_json
 from mind_jax._errors import MindJaxError
 from mind_jax._paths import checkpoint_file
 
@@ -207,7 +208,7 @@ def write_shards(out_dir: str, entries: Sequence[tuple[str, np.dtype, tuple[int,
 
   `entries` fixes names, dtypes and shapes up front so each shard's header is
   written before its data; `fetch(name)` produces the tensor when its turn comes.
-  Each file is written under a temporary name and renamed when complete.
+  Each file appears atomically (mind_jax._atomic).
   """
   shards = plan_shards(entries, max_shard_bytes)
   if len(shards) == 1:
@@ -226,8 +227,7 @@ def write_shards(out_dir: str, entries: Sequence[tuple[str, np.dtype, tuple[int,
     total += offset
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
-    path = os.path.join(out_dir, file)
-    with open(path + ".tmp", "wb") as f:
+    with atomic_open(os.path.join(out_dir, file), "wb") as f:
       f.write(struct.pack("<Q", len(blob)))
       f.write(blob)
       for name, dtype, shape in shard:
@@ -237,11 +237,9 @@ def write_shards(out_dir: str, entries: Sequence[tuple[str, np.dtype, tuple[int,
         f.write(memoryview(array.reshape(-1).view(np.uint8)))
         if on_tensor:
           on_tensor(array.nbytes)
-    os.replace(path + ".tmp", path)
   if len(shards) > 1:
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    with open(os.path.join(out_dir, INDEX_NAME), "w") as f:
-      json.dump(index, f, indent=2)
+    write_json(os.path.join(out_dir, INDEX_NAME),
+               {"metadata": {"total_size": total}, "weight_map": weight_map})
   return names
 
 

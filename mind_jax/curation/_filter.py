@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -30,18 +29,18 @@ import pyarrow.compute as pc
 from etils import epath
 
 from mind_jax._errors import MindJaxError
-from mind_jax._outdir import write_json_atomic
+from mind_jax._atomic import RecordFile, write_json, write_records
 from mind_jax.curation._decontam import EvalIndex
 from mind_jax.curation._dedup import Signer, check_bloom_available, exact_key, near_duplicates
 from mind_jax.curation._parallel import FileMapper
 from mind_jax.curation._rules import REQUIRED_FIELDS, FilterConfig, cleaned, judge
 from mind_jax.curation._table import FileFacts, FileFactsBuilder
+from mind_jax.text import BYTE_TOKENIZER, load_tokenizer
 
 log = logging.getLogger("mind_jax.filter")
 
 SUMMARY = "filter-summary.json"
 CONTAMINATION = "contamination.jsonl"
-BYTE_TOKENIZER = "byte"
 TOKEN_BATCH = 512
 
 
@@ -81,30 +80,28 @@ def _schema_problem(record) -> str | None:
   return None
 
 
-def resolve_tokenizer(tokenizer: str | None, files: list[str]) -> str:
-  """The generator's tokenizer: `tokenizer` if given, else the model directory named in the
-  first record of `files`, else the byte tokenizer for the smoke-test model's output."""
+def resolve_tokenizer(tokenizer: str | None, files: list[str], directory: str) -> str:
+  """The generator's tokenizer, for `load_tokenizer`: `tokenizer` if given, else the one the
+  run record of `directory` notes (generate and filter write it; for a filter output's kept/
+  or rejected/, the record beside them), else the model directory named in the first record
+  of `files`."""
+  from mind_jax._outdir import read_run_record
   if tokenizer:
     return tokenizer
+  path = epath.Path(directory)
+  for place in [path] + ([path.parent] if path.name in ("kept", "rejected") else []):
+    noted = ((read_run_record(str(place)) or {}).get("notes") or {}).get("tokenizer")
+    if noted:
+      return noted
   first = (found for path in files for found in read_input(path))
   where, record = next(first, (files[0] if files else "input", {}))
   model = record.get("model") or ""
-  if model.startswith("smoke-test:"):
-    return BYTE_TOKENIZER
   from mind_jax.text._tokenizer import has_tokenizer_files
   if model and epath.Path(model).is_dir() and has_tokenizer_files(model):
     return model
   raise MindJaxError(f"{where}: records name model {model!r}, which is not a local directory "
-                     "with tokenizer files; pass tokenizer=DIR (the generator's tokenizer)")
-
-
-def load_tokenizer_spec(spec: str):
-  """The tokenizer `resolve_tokenizer` named."""
-  if spec == BYTE_TOKENIZER:
-    from mind_jax.testing import byte_tokenizer
-    return byte_tokenizer()
-  from mind_jax.text import load_tokenizer
-  return load_tokenizer(spec)
+                     "with tokenizer files, and no run.json names the generator's tokenizer; "
+                     "pass tokenizer=DIR (or tokenizer=byte for the random smoke-test model)")
 
 
 _WORKER_STATE: dict = {}
@@ -114,7 +111,7 @@ def _tools(cfg: FilterConfig, tokenizer_spec: str):
   """Tokenizer, evaluation index and MinHash signer, built once per process."""
   key = (cfg.model_dump_json(), tokenizer_spec)
   if _WORKER_STATE.get("key") != key:
-    tokenizer = load_tokenizer_spec(tokenizer_spec)
+    tokenizer = load_tokenizer(tokenizer_spec)
     index = (EvalIndex(cfg.decontaminate.files, cfg.decontaminate.ngram, cfg.decontaminate.min_words)
              if cfg.decontaminate.files else None)
     signer = Signer(cfg.dedup.num_perm, cfg.dedup.shingle) if cfg.dedup.near else None
@@ -290,8 +287,8 @@ def write_file(table: FileFacts, cfg: FilterConfig) -> dict:
   fmt = output.rsplit(".", 1)[1]
   out = epath.Path(cfg.out)
   ids = table.ids.to_pylist()
-  with _AtomicPart(out / "kept" / output, fmt) as kept, \
-       _AtomicPart(out / "rejected" / output, fmt) as rejected:
+  with RecordFile(out / "kept" / output, fmt) as kept, \
+       RecordFile(out / "rejected" / output, fmt) as rejected:
     for row, (where, record) in enumerate(read_input(path)):
       if row >= len(ids) or record["id"] != ids[row]:
         raise MindJaxError(f"{where}: the file changed while it was being filtered")
@@ -308,46 +305,6 @@ def write_file(table: FileFacts, cfg: FilterConfig) -> dict:
                   "removed_trailer": c.trailer + record.get("removed_trailer", ""), **computed})
   return {"file": epath.Path(path).name, "output": output, "input": kept.count + rejected.count,
           "kept": kept.count, "rejected": rejected.count}
-
-
-class _AtomicPart:
-  """A part file that appears complete or not at all (temporary name, then rename). JSONL is
-  written as records arrive; Parquet is written at the end, one table, so its schema is
-  inferred from every record."""
-
-  def __init__(self, path: epath.Path, fmt: str):
-    self.path, self.fmt, self.count = path, fmt, 0
-    self.tmp = path.parent / (path.name + ".tmp")
-    self.buffer: list[dict] = []
-
-  def __enter__(self):
-    self.file = self.tmp.open("w" if self.fmt == "jsonl" else "wb")
-    return self
-
-  def add(self, record: dict) -> None:
-    self.count += 1
-    if self.fmt == "jsonl":
-      self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
-    else:
-      self.buffer.append(record)
-
-  def __exit__(self, exc_type, *exc):
-    if exc_type is None and self.fmt == "parquet":
-      import pyarrow as pa
-      import pyarrow.parquet as pq
-      pq.write_table(pa.Table.from_pylist(self.buffer), self.file)
-    self.file.close()
-    if exc_type is None:
-      self.tmp.replace(self.path)
-    else:
-      self.tmp.unlink(missing_ok=True)
-    return False
-
-
-def _write_atomic(path: epath.Path, records: list[dict], fmt: str) -> None:
-  with _AtomicPart(path, fmt) as part:
-    for record in records:
-      part.add(record)
 
 
 def output_names(files: list[str], cfg: FilterConfig) -> dict[str, str]:
@@ -377,11 +334,11 @@ def run_settings(cfg: FilterConfig, tokenizer_spec: str) -> dict:
   so nothing mixes."""
   rules = cfg.model_dump(exclude={"input", "out", "tokenizer", "workers", "scratch", "overwrite"})
   tokenizer = tokenizer_spec if "://" in tokenizer_spec or tokenizer_spec == BYTE_TOKENIZER \
-      else os.path.basename(os.path.abspath(tokenizer_spec))
+      else os.path.basename(os.path.abspath(tokenizer_spec))  # by name: a moved one is the same
   return {"tokenizer": tokenizer, **rules}
 
 
-def claim_output(cfg: FilterConfig, outputs: list[str], settings: dict,
+def claim_output(cfg: FilterConfig, outputs: list[str], settings: dict, tokenizer: str,
                  dry_run: bool = False) -> set[str]:
   """Makes cfg.out this run's; returns the files an earlier run of the filter wrote there (the
   only ones it may replace or remove). Files it did not write are never touched: one in the
@@ -400,15 +357,15 @@ def claim_output(cfg: FilterConfig, outputs: list[str], settings: dict,
   # Until this run ends, the record owns what either run may have written: a run cut off
   # midway leaves nothing unaccounted for.
   record = claim(cfg.out, "filter", settings, overwrite=cfg.overwrite, key="out",
-                 remove_owned=remove_owned, dry_run=dry_run)
+                 remove_owned=remove_owned, dry_run=dry_run, notes={"tokenizer": tokenizer})
   if not dry_run:
     _write_record(cfg, record, sorted(owned | set(outputs)))
   return owned
 
 
 def _write_record(cfg: FilterConfig, record: dict, files: list[str]) -> None:
-  from mind_jax._outdir import RUN_RECORD, write_json_atomic
-  write_json_atomic(epath.Path(cfg.out) / RUN_RECORD, {**record, "files": files})
+  from mind_jax._outdir import RUN_RECORD
+  write_json(epath.Path(cfg.out) / RUN_RECORD, {**record, "files": files})
 
 
 def run(cfg: FilterConfig) -> dict:
@@ -422,7 +379,7 @@ def run(cfg: FilterConfig) -> dict:
   names = output_names(files, cfg)
   outputs = [f"{folder}/{name}" for name in names.values() for folder in ("kept", "rejected")]
   outputs += [SUMMARY, CONTAMINATION]
-  tokenizer_spec = resolve_tokenizer(cfg.tokenizer, files)
+  tokenizer_spec = resolve_tokenizer(cfg.tokenizer, files, cfg.input)
   workers = min(cfg.workers or os.cpu_count() or 1, len(files))
   log.info("filter: %d part files from %s, tokenizer %s, %d worker(s)", len(files), cfg.input,
            tokenizer_spec, workers)
@@ -434,7 +391,7 @@ def run(cfg: FilterConfig) -> dict:
              len(cfg.decontaminate.files), cfg.decontaminate.ngram)
 
   settings = run_settings(cfg, tokenizer_spec)
-  claim_output(cfg, outputs, settings, dry_run=True)  # a conflict fails before any pass
+  claim_output(cfg, outputs, settings, tokenizer_spec, dry_run=True)  # fails before any pass
   scratch = tempfile.mkdtemp(prefix="mind-jax-filter-", dir=cfg.scratch) if cfg.dedup.near else None
   try:
     with FileMapper(workers) as mapper:
@@ -446,7 +403,7 @@ def run(cfg: FilterConfig) -> dict:
       if not int(decisions.offsets[-1]):
         raise MindJaxError(f"{cfg.input}: its {len(files)} part file(s) hold no records")
       # Nothing is written to cfg.out before the input has passed every check.
-      earlier = claim_output(cfg, outputs, settings)
+      earlier = claim_output(cfg, outputs, settings, tokenizer_spec)
       for folder in ("kept", "rejected"):
         (epath.Path(cfg.out) / folder).mkdir(parents=True, exist_ok=True)
       counts = mapper.map(write_file, list(enumerate(tables)), "write",
@@ -520,9 +477,9 @@ def _finish(cfg, tables, summary, earlier: set[str], outputs: list[str]) -> None
                         for table in tables for row, found in table.matches.items())
   matches = [{"id": record_id, "style": style, "question": m.question, "ngram": m.ngram}
              for record_id, style, found in contaminated for m in found]
-  _write_atomic(out / CONTAMINATION, matches, "jsonl")
+  write_records(out / CONTAMINATION, matches, "jsonl")
   stable = {k: v for k, v in summary.items() if k not in ("elapsed_seconds", "records_per_second")}
-  write_json_atomic(out / SUMMARY, stable)
+  write_json(out / SUMMARY, stable)
   # Parts an earlier run of this filter wrote for input files that are gone now: ours to remove.
   for stale in sorted(earlier - set(outputs)):
     (out / stale).unlink(missing_ok=True)

@@ -30,12 +30,13 @@ import pydantic
 from etils import epath
 
 from mind_jax import config as config_lib
+from mind_jax._atomic import write_bytes, write_json
 from mind_jax._errors import MindJaxError
 from mind_jax._progress import progress_bar
-from mind_jax.curation._filter import (SUMMARY, input_files, load_tokenizer_spec, read_input,
-                                       resolve_tokenizer)
+from mind_jax.curation._filter import SUMMARY, input_files, read_input, resolve_tokenizer
 from mind_jax.curation._parallel import FileMapper
 from mind_jax.curation._text import split_turns
+from mind_jax.text import load_tokenizer
 
 log = logging.getLogger("mind_jax.report")
 
@@ -117,7 +118,7 @@ def _has_parts(path) -> bool:
 def collect(cfg: ReportConfig) -> dict:
   """The report's numbers (see `render` for the pages)."""
   files, filtered = _sources(cfg.dir)
-  tokenizer_spec = resolve_tokenizer(cfg.tokenizer, [path for path, _ in files])
+  tokenizer_spec = resolve_tokenizer(cfg.tokenizer, [path for path, _ in files], cfg.dir)
   _tokenizer(tokenizer_spec)  # a bad tokenizer fails here, before any worker starts
   workers = min(cfg.workers or os.cpu_count() or 1, len(files))
   styles: dict[str, _Style] = collections.defaultdict(_Style)
@@ -136,7 +137,7 @@ def collect(cfg: ReportConfig) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer(spec: str):
-  return load_tokenizer_spec(spec)
+  return load_tokenizer(spec)
 
 
 def _id_hash(record_id) -> int:
@@ -404,9 +405,9 @@ def render(report: dict, out_dir: str) -> dict[str, str]:
   pngs = _plots(report)
   assert set(pngs) == set(PLOTS), "REPORT_FILES must list every plot"
   for name, data in pngs.items():
-    (out / name).write_bytes(data)
+    write_bytes(out / name, data)
   public = {k: v for k, v in report.items() if not k.startswith("_")}
-  (out / "report.json").write_text(json.dumps(public, indent=1, ensure_ascii=False) + "\n")
+  write_json(out / "report.json", public)
   header, rows = _table(report)
   source = "filter output" if report["filtered"] else "generation output (not filtered)"
   md = [f"# MIND dataset report: {report['dir']}", "",
@@ -425,7 +426,7 @@ def render(report: dict, out_dir: str) -> dict[str, str]:
       md += ["", f"`{ex['id']}`", "", "```text", ex["conversation"] + (" [...]" if ex["truncated"] else ""),
              "```"]
     md.append("")
-  (out / "report.md").write_text("\n".join(md) + "\n")
+  write_bytes(out / "report.md", ("\n".join(md) + "\n").encode())
 
   def img(name):
     return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(pngs[name]).decode()}">'
@@ -450,7 +451,7 @@ def render(report: dict, out_dir: str) -> dict[str, str]:
       page.append(f"<p><code>{html.escape(ex['id'])}</code></p><pre>"
                   f"{html.escape(ex['conversation'])}{' [...]' if ex['truncated'] else ''}</pre>")
   page.append("</body></html>")
-  (out / "report.html").write_text("\n".join(page) + "\n")
+  write_bytes(out / "report.html", ("\n".join(page) + "\n").encode())
   return {"html": str(out / "report.html"), "markdown": str(out / "report.md"),
           "json": str(out / "report.json")}
 
@@ -459,13 +460,13 @@ def run(cfg: ReportConfig) -> dict:
   """Collects and renders the report; returns its numbers."""
   if not cfg.dir:
     raise MindJaxError("no directory given (DIR or dir=...)")
-  from mind_jax._outdir import RUN_RECORD, check_output_dir, owned_files, write_json_atomic
+  from mind_jax._outdir import RUN_RECORD, check_output_dir, owned_files
   out = cfg.out or str(epath.Path(cfg.dir) / "report")
   check_output_dir(out, "out")
   owned_files(out, "report", REPORT_FILES, "out")  # refuses files the report did not write
   report = collect(cfg)
   paths = render(report, out)
-  write_json_atomic(epath.Path(out) / RUN_RECORD,
+  write_json(epath.Path(out) / RUN_RECORD,
                     {"job": "report", "settings": {"dir": cfg.dir}, "files": list(REPORT_FILES)})
   summary_path = epath.Path(cfg.dir) / SUMMARY
   log.info("report on %d records (%d kept) of %d styles%s", report[ALL]["records"],

@@ -79,8 +79,8 @@ class FilterConfig(config_lib.Section):
   input: str | None = pydantic.Field(None, description="output directory of mind_jax.generate")
   out: str | None = pydantic.Field(None, description="where kept/ and rejected/ are written")
   tokenizer: str | None = pydantic.Field(
-      None, description="tokenizer directory (default: the records' model directory, or the "
-      "byte tokenizer for smoke-test output)")
+      None, description="generator's tokenizer directory, or 'byte' (default: the one the "
+      "input's run.json notes, else the records' model directory)")
   workers: int = pydantic.Field(0, ge=0, description="processes (0: one per CPU, at most one "
                                 "per input file)")
   scratch: str | None = pydantic.Field(

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 
 import numpy as np
 import pyarrow as pa
 
+from mind_jax._atomic import atomic_open
 from mind_jax.curation._decontam import Match
 from mind_jax.curation._rules import Facts
 
@@ -48,9 +48,6 @@ class FileFacts:
 
   def __len__(self) -> int:
     return len(self.tokens)
-
-  def style_names(self) -> np.ndarray:
-    return np.asarray(self.styles, dtype=object)[self.style]
 
 
 def chunk_key(doc_id: str, chunk_index: int) -> bytes:
@@ -91,9 +88,8 @@ class FileFactsBuilder:
       signatures = (np.stack(self.signatures) if self.signatures
                     else np.zeros((0, self.num_perm), dtype=np.uint32))
       if signature_file:
-        tmp = signature_file + ".tmp.npy"
-        np.save(tmp, signatures)
-        os.replace(tmp, signature_file)
+        with atomic_open(signature_file, "wb") as f:
+          np.save(f, signatures)
         signatures = signature_file
     return FileFacts(
         path=self.path, ids=pa.array(self.ids, type=pa.string()), styles=list(self.styles),

@@ -1,7 +1,7 @@
 """The generation engine: continuous batching over fixed KV-cache slots, and sampling."""
 
 from mind_jax.engine._engine import Engine, EngineConfig, Request, Result
-from mind_jax.engine._sampling import GREEDY, SamplingParams, filter_logits, sample
+from mind_jax.engine._sampling import SamplingParams, filter_logits, sample
 
-__all__ = ["Engine", "EngineConfig", "GREEDY", "Request", "Result", "SamplingParams",
-           "filter_logits", "sample"]
+__all__ = ["Engine", "EngineConfig", "Request", "Result", "SamplingParams", "filter_logits",
+           "sample"]

@@ -133,7 +133,7 @@ class Engine:
     if config.max_len > model.config.max_position_embeddings:
       log.warning("max_len %d exceeds the model's max_position_embeddings %d", config.max_len,
                   model.config.max_position_embeddings)
-    self.mesh = mesh or sharding_lib.make_mesh({"data": 1}, jax.devices()[:1])
+    self.mesh = mesh or sharding_lib.one_device_mesh()
     data = self.mesh.shape.get("data", 1)
     if config.slots % data:
       raise MindJaxError(f"engine slots={config.slots} must be a multiple of the mesh's data "
@@ -143,6 +143,7 @@ class Engine:
     self._check_memory()
     self.state = self._init_state()
     self._buckets = config.buckets()
+    self._seen: set[tuple[str, int]] = set()
     self.stats = collections.Counter()
 
   # --- memory ------------------------------------------------------------------------------
@@ -166,8 +167,8 @@ class Engine:
     log.info("KV cache: %s per slot, %s in all (%d slots x %d tokens, %s), %s per device",
              _human(per_slot), _human(total), self.config.slots, self.config.max_len,
              self._cache_dtype.name, _human(per_device))
-    if free is not None and per_device > 0.9 * free:
-      fit = max(0, int(0.9 * free * ways // per_slot))
+    if free is not None and per_device > KV_CACHE_MEMORY_FRACTION * free:
+      fit = slots_that_fit(self.model_config, self.mesh, self.config.max_len, self._cache_dtype)
       raise MindJaxError(
           f"the KV cache needs {_human(per_device)} per device but only {_human(free)} is free: "
           f"use fewer slots (about {fit} fit at max_len={self.config.max_len}) or a shorter "
@@ -194,14 +195,12 @@ class Engine:
 
   def _init_state(self) -> DecodeState:
     s, cfg = self.config.slots, self.config
-    shape = KVCache.layer_shape(self.model_config, s, cfg.max_len)
-    dtype, layers = self._cache_dtype, self.model_config.num_hidden_layers
 
     def zeros():
       z = lambda shape, dt: jnp.zeros(shape, dt)  # noqa: E731
-      per_layer = lambda: tuple(z(shape, dtype) for _ in range(layers))  # noqa: E731
       return DecodeState(
-          cache=KVCache(per_layer(), per_layer()), tokens=z(s, jnp.int32),
+          cache=KVCache.empty(self.model_config, s, cfg.max_len, self._cache_dtype),
+          tokens=z(s, jnp.int32),
           positions=z(s, jnp.int32), keys=z((s, 2), jnp.uint32), generated=z(s, jnp.int32),
           budget=z(s, jnp.int32), active=z(s, bool), temperature=z(s, jnp.float32),
           top_k=z(s, jnp.int32), top_p=jnp.ones(s, jnp.float32),
@@ -220,13 +219,9 @@ class Engine:
       model = nnx.merge(graphdef, params)
       bucket = tokens.shape[1]
       positions = jnp.arange(bucket, dtype=jnp.int32)[None]
-      shape = KVCache.layer_shape(self.model_config, 1, bucket)
-      dtype, layers = state.cache.k[0].dtype, self.model_config.num_hidden_layers
-      cache = KVCache(*(tuple(jnp.zeros(shape, dtype) for _ in range(layers)) for _ in range(2)))
-      hidden, cache = model.model(tokens, positions, None, cache)
-      # Only the last prompt position's logits are needed: the head is a large share of the
-      # prefill FLOPs for small models.
-      last = model.logits(jax.lax.dynamic_index_in_dim(hidden[0], length - 1, keepdims=False))[None]
+      cache = KVCache.empty(self.model_config, 1, bucket, state.cache.k[0].dtype)
+      # Only the last prompt position's logits: the first token is sampled from them.
+      last, cache = model(tokens, positions, cache=cache, logits_at=(length - 1)[None])
       first = sample(last, token_keys(key[None], jnp.zeros(1, jnp.int32)), temperature[None],
                      top_k[None], top_p[None])[0]
       done = jnp.any(stop_ids == first) | (budget <= 1)
@@ -300,8 +295,10 @@ class Engine:
       self._insert(Request("warmup", [0] * length, SamplingParams(max_new_tokens=1)), 0)
     windows = sorted({self._window_for(n) for n in range(1, self.config.max_len + 1)})
     for window in windows:
+      start = time.perf_counter()
       self.state, emitted = self._generate(self._params, self.state, window)
-    jax.block_until_ready(emitted)
+      jax.block_until_ready(emitted)
+      self._timed("decode", window, time.perf_counter() - start)
     self.stats.clear()
 
   # --- host side -----------------------------------------------------------------------------
@@ -348,10 +345,21 @@ class Engine:
         request_key(self.config.seed, request.id), np.int32(budget),
         np.float32(sp.temperature), np.int32(sp.top_k), np.float32(sp.top_p), stops)
     first = int(first)
+    self._timed("prefill", bucket, time.perf_counter() - start)
     self.stats["prefill_seconds"] += time.perf_counter() - start
     self.stats["prefill_tokens"] += len(ids)
     self.stats["prefill_padded_tokens"] += bucket
     return first
+
+  def _timed(self, program: str, shape: int, seconds: float) -> None:
+    """Logs a program's first call, which compiles it (or loads it from JAX's persistent
+    compilation cache): the time users wait for before tokens flow."""
+    if (program, shape) in self._seen:
+      return
+    self._seen.add((program, shape))
+    self.stats["first_call_seconds"] += seconds
+    log.info("%s program for %s %d ready in %.2f s (compiled or loaded from the cache)", program,
+             "prompts up to" if program == "prefill" else "attention window", shape, seconds)
 
   def _finish_reason(self, request: Request, tokens: list[int]) -> str | None:
     last = tokens[-1]
@@ -403,8 +411,10 @@ class Engine:
       if not any(slots):
         continue
       call_start = time.perf_counter()
-      self.state, emitted = self._generate(self._params, self.state, self._window(slots))
+      window = self._window(slots)
+      self.state, emitted = self._generate(self._params, self.state, window)
       emitted = np.asarray(emitted)  # the one host transfer per call: [steps, slots]
+      self._timed("decode", window, time.perf_counter() - call_start)
       self.stats["generate_seconds"] += time.perf_counter() - call_start
       self.stats["generate_calls"] += 1
       for slot, entry in enumerate(slots):
@@ -429,6 +439,27 @@ class Engine:
       raise MindJaxError("request ids must be unique")
     by_id = {r.id: r for r in self.generate(requests)}
     return [by_id[r.id] for r in requests]
+
+
+# The share of a device's free memory (after the weights) the KV cache may take.
+KV_CACHE_MEMORY_FRACTION = 0.9
+
+
+def slots_that_fit(model_config, mesh: Mesh, max_len: int, cache_dtype=None,
+                   fraction: float = KV_CACHE_MEMORY_FRACTION) -> int | None:
+  """How many decode slots' KV cache fit in `fraction` of a device's free memory, as a
+  multiple of the mesh's data axis (the cache is split over slots there and over kv-heads on
+  `tensor`); None if the free memory cannot be read. Call it with the weights in place."""
+  free = _free_device_bytes(mesh.devices.flat[0])
+  if free is None:
+    return None
+  data = mesh.shape.get("data", 1)
+  dtype = jnp.dtype(cache_dtype or model_config.dtype)
+  shape = KVCache.layer_shape(model_config, data, max_len)
+  cache = sharding_lib.data_sharding(mesh, "generate", CACHE_AXES)
+  ways = math.prod(shape) // math.prod(cache.shard_shape(shape))
+  per_device = KVCache.nbytes_for(model_config, data, max_len, dtype) / ways  # one slot per row
+  return int(fraction * free // per_device) * data
 
 
 def _free_device_bytes(device) -> int | None:

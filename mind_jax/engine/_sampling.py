@@ -47,8 +47,6 @@ class SamplingParams:
     object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 
 
-GREEDY = SamplingParams(temperature=0.0)
-
 
 def request_key(seed: int, request_id) -> np.ndarray:
   """The raw uint32[2] key of a request: the seed's key folded with a stable id hash."""

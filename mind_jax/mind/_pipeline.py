@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -92,6 +94,7 @@ class GenerateConfig(config_lib.Section):
       default_factory=lambda: config_lib.ModelSection(preset="tiny"))
   engine: EngineSection = pydantic.Field(default_factory=EngineSection)
   mesh: config_lib.MeshSection = pydantic.Field(default_factory=config_lib.MeshSection)
+  runtime: config_lib.RuntimeSection = pydantic.Field(default_factory=config_lib.RuntimeSection)
   output: OutputSection = pydantic.Field(default_factory=OutputSection)
   seed: int = pydantic.Field(0, description="global seed; each unit's key derives from it")
   num_shards: int = pydantic.Field(1, ge=1, description="independent jobs splitting the work")
@@ -121,13 +124,17 @@ class Unit:
   prompt_ids: list[int]
 
 
+def tokenizer_name(cfg: GenerateConfig) -> str:
+  """What `load_tokenizer` takes for the generator's tokenizer: the checkpoint's directory, or
+  the byte-level tokenizer of the random preset model."""
+  from mind_jax.text import BYTE_TOKENIZER
+  return os.path.abspath(cfg.model.path) if cfg.model.path else BYTE_TOKENIZER
+
+
 def load_tokenizer_for(cfg: GenerateConfig):
   """The generator's tokenizer alone (planning and --dry-run need no weights)."""
-  if not cfg.model.path:
-    from mind_jax.testing import byte_tokenizer
-    return byte_tokenizer()
   from mind_jax.text import load_tokenizer
-  return load_tokenizer(cfg.model.path)
+  return load_tokenizer(tokenizer_name(cfg))
 
 
 def init_hosts(cfg: GenerateConfig) -> tuple[int, int]:
@@ -155,34 +162,55 @@ def host_shard(cfg: GenerateConfig, host: int, hosts: int) -> tuple[int, int]:
 
 
 def load_model(cfg: GenerateConfig):
-  """(model, tokenizer, model name, mesh) from a checkpoint, or the random smoke-test model."""
+  """(model, tokenizer, model name, mesh): the checkpoint or preset `cfg.model` names, placed
+  on this host's devices by `cfg.mesh`."""
   import jax
-  from mind_jax.ckpts import load_pretrained
+  from mind_jax.ckpts import load_model as load
   mesh = cfg.mesh.build(jax.local_devices())
-  if cfg.model.path:
-    model, tokenizer = load_pretrained(cfg.model.path, dtype=cfg.model.dtype,
-                                       param_dtype=cfg.model.param_dtype, mesh=mesh,
-                                       rules="generate",
-                                       allow_unused=cfg.model.allow_unused_tensors)
-    if tokenizer is None:
-      raise MindJaxError(f"{cfg.model.path}: the generator needs its tokenizer files")
-    return model, tokenizer, cfg.model.path, mesh
-  from mind_jax.nn import preset
-  from mind_jax.sharding import shard_model
-  from mind_jax.testing import random_model
-  name = cfg.model.preset or "tiny"
-  model_cfg = preset(name, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype or cfg.model.dtype)
-  log.warning("SMOKE-TEST MODEL: %s preset with random weights (seed 0) and a byte-level "
-              "tokenizer. Its conversations are noise; set model.path to an instruct "
-              "checkpoint for real data.", name)
-  model = shard_model(random_model(model_cfg, seed=0), mesh, "generate")
-  return model, load_tokenizer_for(cfg), _smoke_name(cfg), mesh
+  model, tokenizer, name = load(cfg.model, mesh, cfg.mesh.rules)
+  if tokenizer is None:
+    raise MindJaxError(f"model.path={cfg.model.path}: the generator needs its tokenizer files")
+  return model, tokenizer, name, mesh
 
 
-def plan_units(cfg: GenerateConfig, tokenizer, styles: list[Style], stats: ReadStats,
-               shard: tuple[int, int] | None = None) -> Iterator[Unit]:
-  """Every unit of a shard (default: the job's), in a fixed order: document k belongs to
-  shard k % count."""
+def unit_id(doc_id: str, chunk_index: int, style_key: str) -> str:
+  return f"{doc_id}#{chunk_index}#{style_key}"
+
+
+class ChunkPlan:
+  """Where each document of a shard was cut, recorded by the planning pass so that the pass
+  feeding the engine re-reads the documents but never tokenizes them again to chunk them
+  (chunking tokenizes each chunk several times over). Four bytes per chunk and per document."""
+
+  def __init__(self):
+    self.chunks_per_doc = array.array("I")
+    self.chunk_chars = array.array("I")
+    self._doc = self._chunk = 0
+
+  def record(self, chunks: list[str]) -> None:
+    self.chunks_per_doc.append(len(chunks))
+    self.chunk_chars.extend(len(c) for c in chunks)
+
+  def replay(self, doc) -> list[str]:
+    """The chunks recorded for the next document, cut from its text again."""
+    if self._doc >= len(self.chunks_per_doc):
+      raise MindJaxError(f"document {doc.id}: the input holds more documents than when it was "
+                         "planned; it changed while the job ran")
+    n = self.chunks_per_doc[self._doc]
+    lengths = self.chunk_chars[self._chunk:self._chunk + n]
+    self._doc, self._chunk = self._doc + 1, self._chunk + n
+    if sum(lengths) != len(doc.text):
+      raise MindJaxError(f"document {doc.id}: its text changed since the job planned it")
+    starts = [0, *itertools.accumulate(lengths)]
+    return [doc.text[a:b] for a, b in zip(starts, starts[1:])]
+
+
+def chunked_documents(cfg: GenerateConfig, tokenizer, stats: ReadStats,
+                      shard: tuple[int, int] | None = None, plan: ChunkPlan | None = None,
+                      replay: bool = False) -> Iterator[tuple]:
+  """(document, its chunks) for every document of a shard (default: the job's), in a fixed
+  order: document k belongs to shard k % count. Chunks are recorded into `plan`, or with
+  `replay` cut where `plan` recorded them."""
   shard_index, shard_count = shard or (cfg.shard_index, cfg.num_shards)
   count = lambda text: len(tokenizer.encode(text))  # noqa: E731
   docs = read_documents(cfg.input.source, cfg.input.text_field, cfg.input.id_field,
@@ -191,16 +219,33 @@ def plan_units(cfg: GenerateConfig, tokenizer, styles: list[Style], stats: ReadS
   for k, doc in enumerate(docs):
     if k % shard_count != shard_index:
       continue
-    chunks = chunk_text(doc.text, count, cfg.chunking.max_tokens, cfg.chunking.min_tail_tokens)
+    if replay:
+      chunks = plan.replay(doc)
+    else:
+      chunks = chunk_text(doc.text, count, cfg.chunking.max_tokens, cfg.chunking.min_tail_tokens)
+      if plan is not None:
+        plan.record(chunks)
     stats["chunks"] += len(chunks)
     if len(chunks) > 1:
       stats["documents_split"] += 1
+    yield doc, chunks
+
+
+def plan_units(cfg: GenerateConfig, tokenizer, styles: list[Style], stats: ReadStats,
+               shard: tuple[int, int] | None = None, plan: ChunkPlan | None = None,
+               skip: set[str] | frozenset = frozenset()) -> Iterator[Unit]:
+  """Every unit of a shard but those in `skip`, in a fixed order, with its prompt; with a
+  `plan` recorded by `chunked_documents`, the documents are cut where it says."""
+  for doc, chunks in chunked_documents(cfg, tokenizer, stats, shard, plan, replay=plan is not None):
     for index, chunk in enumerate(chunks):
       for style in styles:
+        uid = unit_id(doc.id, index, style.key)
+        if uid in skip:
+          continue
         ids = format_prompt(tokenizer, prompt_text(chunk, style, cfg.prompt.order),
                             cfg.prompt.format)
-        yield Unit(id=f"{doc.id}#{index}#{style.key}", doc_id=doc.id, chunk_index=index,
-                   style=style, chunk=chunk, prompt_ids=ids)
+        yield Unit(id=uid, doc_id=doc.id, chunk_index=index, style=style, chunk=chunk,
+                   prompt_ids=ids)
 
 
 def check_model_path(cfg: GenerateConfig) -> None:
@@ -272,13 +317,16 @@ def claim_output(cfg: GenerateConfig, settings: dict, dry_run: bool) -> None:
     for path in paths:
       path.unlink()
 
+  # The generator's tokenizer is written down for the jobs that read this output (the filter
+  # counts tokens with it), as a note: a moved checkpoint is still the same generator.
   claim(cfg.output.dir, "generate", settings, overwrite=cfg.output.overwrite, key="output.dir",
-        remove_owned=remove_owned, dry_run=dry_run,
+        remove_owned=remove_owned, dry_run=dry_run, notes={"tokenizer": tokenizer_name(cfg)},
         foreign=[p.name for p in _owned_parts(cfg.output.dir) if p.name.startswith("part-")])
 
 
 def _smoke_name(cfg: GenerateConfig) -> str:
-  return f"smoke-test:{cfg.model.preset or 'tiny'}-random-seed0"
+  from mind_jax.ckpts._pretrained import RANDOM_MODEL_PREFIX
+  return f"{RANDOM_MODEL_PREFIX}{cfg.model.preset or 'tiny'}-random-seed0"
 
 
 def run(cfg: GenerateConfig, loaded=None) -> dict:
@@ -291,11 +339,16 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   start = time.perf_counter()
   styles = check_style_keys(load_styles(cfg.prompt.styles_file), cfg.prompt.styles)
   # Every path is checked before the corpus is read and long before the model loads.
+  if cfg.model.remat != "none":
+    raise MindJaxError(f"model.remat={cfg.model.remat}: rematerialisation trades compute for "
+                       "activation memory in a backward pass, and generation has none; leave it "
+                       "at none")
   check_model_path(cfg) if not loaded else None
   check_output_dir(cfg.output.dir, "output.dir", inputs=[cfg.input.source])
   settings = run_settings(cfg, styles, loaded[2] if loaded else None)
   claim_output(cfg, settings, dry_run=True)
   host, hosts = init_hosts(cfg)
+  cfg.runtime.apply()
   if not loaded:  # the engine would say so too, but only after the model has loaded
     import jax
     data = cfg.mesh.build(jax.local_devices()).shape.get("data", 1)
@@ -313,14 +366,20 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   from mind_jax._outdir import replaces
   overwriting = cfg.output.overwrite and replaces(cfg.output.dir, "generate", settings)
   done = set() if overwriting else done_ids(cfg.output.dir)
-  plan_stats = ReadStats()
+  # Prompts are not built here: a chunk's prompt is its tokens plus its style's instruction and
+  # template (counted once per style), so the corpus is tokenized once to plan, once to feed.
+  plan_stats, chunk_plan = ReadStats(), ChunkPlan()
+  overhead = {s.key: len(format_prompt(tokenizer, prompt_text("", s, cfg.prompt.order),
+                                       cfg.prompt.format)) for s in styles}
   planned = prompt_tokens = already = 0
-  for unit in plan_units(cfg, tokenizer, styles, plan_stats, shard):
-    planned += 1
-    prompt_tokens += len(unit.prompt_ids)
-    already += unit.id in done
+  for doc, chunks in chunked_documents(cfg, tokenizer, plan_stats, shard, chunk_plan):
+    for index, tokens in enumerate(tokenizer.count_tokens(chunks)):
+      for style in styles:
+        planned += 1
+        prompt_tokens += tokens + overhead[style.key]
+        already += unit_id(doc.id, index, style.key) in done
   log.info("plan: %d documents, %d chunks, %d styles -> %d units (%d already done), "
-           "%d prompt tokens; up to %d output tokens each", plan_stats["documents"],
+           "~%d prompt tokens; up to %d output tokens each", plan_stats["documents"],
            plan_stats["chunks"], len(styles), planned, already, prompt_tokens,
            sampling.max_new_tokens)
   summary = {
@@ -354,9 +413,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   units: dict[str, Unit] = {}
 
   def requests():
-    for unit in plan_units(cfg, tokenizer, styles, ReadStats(), shard):
-      if unit.id in done:
-        continue
+    for unit in plan_units(cfg, tokenizer, styles, ReadStats(), shard, chunk_plan, skip=done):
       units[unit.id] = unit
       yield Request(unit.id, unit.prompt_ids, sampling)
 

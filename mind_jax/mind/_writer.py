@@ -1,7 +1,7 @@
 """Exactly-once output: records land in part files that appear atomically, with a manifest.
 
-A part file is written under a temporary name and renamed when complete, so a
-job killed at any moment leaves only whole parts. On restart the ids already
+A part file is written atomically (mind_jax._atomic), so a job killed at any
+moment leaves only whole parts. On restart the ids already
 in parts are skipped; what was in flight is redone. Part names carry the
 shard index, so independent jobs (--num-shards) write to one directory
 without colliding. Paths go through etils.epath: a local directory or gs://
@@ -10,16 +10,13 @@ without colliding. Paths go through etils.epath: a local directory or gs://
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 from etils import epath
 
+from mind_jax._atomic import RECORD_FORMATS, write_json, write_records
 from mind_jax._errors import MindJaxError
 from mind_jax.data import iter_records, part_files
-
-FORMATS = ("jsonl", "parquet")
 
 
 def read_records(path: str) -> list[dict]:
@@ -52,8 +49,8 @@ class PartWriter:
 
   def __init__(self, out_dir: str, shard_index: int, fmt: str = "jsonl",
                records_per_part: int = 1000, flush_seconds: float = 300.0):
-    if fmt not in FORMATS:
-      raise MindJaxError(f"output format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt not in RECORD_FORMATS:
+      raise MindJaxError(f"output format must be one of {', '.join(RECORD_FORMATS)}, got {fmt!r}")
     self.out_dir, self.shard, self.fmt = out_dir, shard_index, fmt
     self.records_per_part, self.flush_seconds = records_per_part, flush_seconds
     self.root = epath.Path(out_dir)
@@ -81,22 +78,7 @@ class PartWriter:
       return None
     name = f"part-{self.shard:05d}-{self.next_part:06d}.{self.fmt}"
     path = self.root / name
-    tmp = self.root / (name + ".tmp")
-    if self.fmt == "jsonl":
-      with tmp.open("w") as f:
-        for record in self.buffer:
-          f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        try:  # local files: on disk before the rename makes them visible
-          os.fsync(f.fileno())
-        except (AttributeError, OSError, ValueError):
-          pass  # object stores have no file descriptor; their upload completes on close
-    else:
-      import pyarrow as pa
-      import pyarrow.parquet as pq
-      with tmp.open("wb") as f:
-        pq.write_table(pa.Table.from_pylist(self.buffer), f)
-    tmp.replace(path)
+    write_records(path, self.buffer, self.fmt)
     self._update_manifest(name, len(self.buffer))
     self.written += len(self.buffer)
     self.next_part += 1
@@ -118,7 +100,4 @@ class PartWriter:
 
   def _write_manifest(self) -> None:
     self.manifest["records"] = sum(p["records"] for p in self.manifest["parts"])
-    path = self.root / f"manifest-{self.shard:05d}.json"
-    tmp = self.root / f"manifest-{self.shard:05d}.json.tmp"
-    tmp.write_text(json.dumps(self.manifest, indent=1))
-    tmp.replace(path)
+    write_json(self.root / f"manifest-{self.shard:05d}.json", self.manifest)

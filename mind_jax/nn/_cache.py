@@ -33,13 +33,21 @@ class KVCache:
   v: tuple[jax.Array, ...]
 
   @classmethod
-  def create(cls, config: LlamaConfig, slots: int, max_len: int, dtype=None, sharding=None) -> KVCache:
+  def empty(cls, config: LlamaConfig, slots: int, max_len: int, dtype=None) -> KVCache:
+    """A zero cache, traceable: inside a jitted program (a prefill, a decode state) it is
+    built in place rather than transferred in."""
     shape = cls.layer_shape(config, slots, max_len)
     dtype = jnp.dtype(dtype or config.dtype)
     layers = config.num_hidden_layers
-    zeros = jax.jit(lambda: tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
-                    out_shardings=None if sharding is None else (sharding,) * layers)
-    return cls(k=zeros(), v=zeros())
+    return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
+               v=tuple(jnp.zeros(shape, dtype) for _ in range(layers)))
+
+  @classmethod
+  def create(cls, config: LlamaConfig, slots: int, max_len: int, dtype=None, sharding=None) -> KVCache:
+    """`empty`, allocated now (on `sharding`'s devices when given)."""
+    layers = config.num_hidden_layers
+    shardings = None if sharding is None else cls((sharding,) * layers, (sharding,) * layers)
+    return jax.jit(lambda: cls.empty(config, slots, max_len, dtype), out_shardings=shardings)()
 
   @staticmethod
   def layer_shape(config: LlamaConfig, slots: int, max_len: int) -> tuple[int, ...]:

@@ -162,7 +162,10 @@ class Llama(nnx.Module):
     packed sequences: tokens never attend across segments;
   - `cache` (a `KVCache`) for decoding: the tokens at `positions` are written
     into the cache and attend to everything before them; returns
-    `(logits, cache)`.
+    `(logits, cache)`;
+  - `logits_at` `[B]` (a prefill): logits only at each row's position
+    `logits_at[b]`, `[B, vocab]`; the head is a large share of a prefill's
+    FLOPs for small models, and decoding needs only the last prompt token's.
   """
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
@@ -172,7 +175,8 @@ class Llama(nnx.Module):
       self.lm_head = Linear(config.hidden_size, config.vocab_size, ("vocab", "embed"),
                             dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
 
-  def __call__(self, input_ids, positions=None, segment_ids=None, cache: KVCache | None = None):
+  def __call__(self, input_ids, positions=None, segment_ids=None, cache: KVCache | None = None,
+               logits_at=None):
     input_ids = jnp.asarray(input_ids)
     if input_ids.ndim != 2:
       raise MindJaxError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
@@ -181,6 +185,8 @@ class Llama(nnx.Module):
     if cache is not None and segment_ids is not None:
       raise MindJaxError("segment_ids (packed sequences) cannot be combined with a KV cache")
     hidden, new_cache = self.model(input_ids, positions, segment_ids, cache)
+    if logits_at is not None:
+      hidden = jnp.take_along_axis(hidden, jnp.asarray(logits_at)[:, None, None], axis=1)[:, 0]
     logits = self.logits(hidden)
     return logits if cache is None else (logits, new_cache)
 

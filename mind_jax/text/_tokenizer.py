@@ -153,7 +153,11 @@ class SentencePieceTokenizer(Tokenizer):
 
 def load_tokenizer(path: str) -> Tokenizer:
   """Loads from a model directory (tokenizer.json / tokenizer_config.json / tokenizer.model)
-  or from a SentencePiece `.model` file. Never downloads."""
+  or from a SentencePiece `.model` file; "byte" is the built-in byte-level tokenizer (a
+  directory of that name is `./byte`). Never downloads."""
+  from mind_jax.text._byte import BYTE_TOKENIZER, byte_tokenizer
+  if path == BYTE_TOKENIZER:
+    return byte_tokenizer()
   if os.path.isfile(path):
     return SentencePieceTokenizer(path)
   if not os.path.isdir(path):
