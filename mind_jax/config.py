@@ -106,21 +106,26 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
   return key.strip().split("."), value
 
 
-def _read_yaml(path: str) -> dict:
-  if not os.path.exists(path):
-    raise MindJaxError(f"{path}: config file does not exist")
+def parse_yaml(text: str, source: str) -> dict:
+  """A YAML mapping (empty text: {}); bad YAML fails with one line naming `source` and line."""
   try:
-    with open(path) as f:
-      data = yaml.safe_load(f)
+    data = yaml.safe_load(text)
   except yaml.YAMLError as e:
     mark = getattr(e, "problem_mark", None)
     where = f" line {mark.line + 1}" if mark else ""
-    raise MindJaxError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
+    raise MindJaxError(f"{source}:{where} invalid YAML ({getattr(e, 'problem', None) or e})") from None
   if data is None:
     return {}
   if not isinstance(data, dict):
-    raise MindJaxError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    raise MindJaxError(f"{source}: top level must be a mapping of keys, got {type(data).__name__}")
   return data
+
+
+def _read_yaml(path: str) -> dict:
+  if not os.path.exists(path):
+    raise MindJaxError(f"{path}: config file does not exist")
+  with open(path) as f:
+    return parse_yaml(f.read(), path)
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

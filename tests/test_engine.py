@@ -7,6 +7,8 @@ import torch
 import mind_jax
 from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
 
+from conftest import make_hf_checkpoint
+
 GREEDY_70 = SamplingParams(max_new_tokens=70, temperature=0.0, ignore_eos=True)
 
 
@@ -41,6 +43,52 @@ def test_greedy_equals_transformers_with_slot_refills(hf_checkpoints, loaded, va
     assert result.finish_reason == "length" and result.output_tokens == 70
     assert result.token_ids == hf_greedy(hf_model, prompt, 70), f"request {result.id}"
   assert engine.stats["generate_calls"] < 70 * len(prompts) / 4  # several tokens per call
+
+
+@pytest.fixture(scope="module")
+def long_context(tmp_path_factory):
+  """A GQA checkpoint with 512 positions: (our model, its tokenizer, the transformers model)."""
+  path = tmp_path_factory.mktemp("long-context")
+  hf_model = make_hf_checkpoint(path, num_attention_heads=4, num_key_value_heads=2,
+                                max_position_embeddings=512)
+  model, tokenizer = mind_jax.load_pretrained(str(path), progress=False)
+  return model, tokenizer, hf_model
+
+
+def test_greedy_equals_transformers_past_the_first_attention_windows(long_context):
+  # A generate call attends over a window of the cache (128, 256, then max_len): sequences
+  # that run across positions 128 and 256 must still decode exactly like transformers, with
+  # 7 tokens per call, which divides none of the output lengths (requests end mid-call).
+  model, tokenizer, hf_model = long_context
+  shapes = [(100, 180), (250, 40), (120, 30)]  # (prompt, new tokens): ends at 280, 290, 150
+  prompts = random_prompts([n for n, _ in shapes], seed=7)
+  # One prefill bucket keeps the compiled programs (and the test's time) down to the windows.
+  engine = Engine(model, tokenizer, EngineConfig(slots=2, max_len=512, steps_per_call=7,
+                                                 prefill_buckets=(256,)))
+  results = engine.generate_all(
+      Request(i, p, SamplingParams(max_new_tokens=new, temperature=0.0, ignore_eos=True))
+      for i, (p, (_, new)) in enumerate(zip(prompts, shapes)))
+  for prompt, (_, new), result in zip(prompts, shapes, results):
+    assert result.finish_reason == "length" and result.output_tokens == new
+    assert result.token_ids == hf_greedy(hf_model, prompt, new), f"request {result.id}"
+
+
+def test_top_k_1_and_a_tiny_top_p_are_greedy_beside_a_sampled_request(hf_checkpoints, loaded):
+  # Each request's top_k / top_p apply to its own row: at temperature 1.0, top_k=1 and
+  # top_p=1e-6 leave only the most likely token, so both decode the greedy tokens, while a
+  # request sampled in the same batch does not.
+  model, tokenizer = loaded["llama3.1-gqa"]
+  prompt = random_prompts([9], seed=8)[0]
+  sampled = dict(max_new_tokens=20, temperature=1.0, ignore_eos=True)
+  requests = [Request("top_k=1", prompt, SamplingParams(top_k=1, **sampled)),
+              Request("sampled", prompt, SamplingParams(top_p=0.9, **sampled)),
+              Request("top_p=1e-6", prompt, SamplingParams(top_p=1e-6, **sampled))]
+  engine = Engine(model, tokenizer, EngineConfig(slots=4, max_len=64, steps_per_call=3))
+  by_id = {r.id: r.token_ids for r in engine.generate_all(requests)}
+  greedy = hf_greedy(hf_checkpoints["llama3.1-gqa"][1], prompt, 20)
+  assert by_id["top_k=1"] == greedy
+  assert by_id["top_p=1e-6"] == greedy
+  assert by_id["sampled"] != greedy
 
 
 def test_stop_conditions_and_finish_reasons(loaded):

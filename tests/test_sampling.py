@@ -48,17 +48,32 @@ def draw(n, temperature, top_k, top_p, seed=0):
                                     full(top_k, jnp.int32), full(top_p, jnp.float32)))
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 0.9), (1.3, 4, 1.0),
-                                                     (1.0, 5, 0.8)])
-def test_empirical_distribution_matches(temperature, top_k, top_p):
+def expected_distribution(temperature, top_k, top_p):
+  """What sampling must draw from, computed here in float64 and not by the code under test:
+  softmax at the temperature, the top_k most likely tokens, then of those (renormalised) the
+  most likely ones until their mass reaches top_p, renormalised again."""
+  scaled = LOGITS.astype(np.float64) / temperature
+  probs = np.exp(scaled - scaled.max())
+  probs /= probs.sum()
+  keep = np.argsort(-probs, kind="stable")[: top_k or len(probs)]
+  if top_p < 1:
+    mass = probs[keep] / probs[keep].sum()
+    keep = keep[np.cumsum(mass) - mass < top_p]  # the mass before a token is still short of p
+  out = np.zeros_like(probs)
+  out[keep] = probs[keep]
+  return out / out.sum()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p,support_size", [
+    (1.0, 0, 1.0, 8), (0.7, 0, 0.9, 4), (1.3, 4, 1.0, 4), (1.0, 5, 0.8, 3), (0.7, 3, 0.8, 2),
+    (1.5, 6, 0.7, 4)])
+def test_empirical_distribution_matches(temperature, top_k, top_p, support_size):
   n = 40000
-  tokens = draw(n, temperature, top_k, top_p)
-  probs = np.exp(LOGITS / temperature)
-  allowed = np.zeros(8, bool)
-  allowed[support(temperature, top_k, top_p)] = True
-  expected = np.where(allowed, probs, 0) / np.where(allowed, probs, 0).sum()
-  counts = np.bincount(tokens, minlength=8)
-  assert not counts[~allowed].any()
+  expected = expected_distribution(temperature, top_k, top_p)
+  assert np.count_nonzero(expected) == support_size
+  assert support(temperature, top_k, top_p) == np.flatnonzero(expected).tolist()
+  counts = np.bincount(draw(n, temperature, top_k, top_p), minlength=8)
+  assert not counts[expected == 0].any()
   # Each frequency within 5 standard errors of its probability.
   sigma = np.sqrt(expected * (1 - expected) / n) + 1e-9
   assert np.all(np.abs(counts / n - expected) <= 5 * sigma + 1e-4)

@@ -124,11 +124,12 @@ class Unit:
   prompt_ids: list[int]
 
 
-def tokenizer_name(cfg: GenerateConfig) -> str:
+def tokenizer_name(cfg: GenerateConfig, tokenizer=None) -> str:
   """What `load_tokenizer` takes for the generator's tokenizer: the checkpoint's directory, or
-  the byte-level tokenizer of the random preset model."""
+  the byte-level tokenizer of the random preset model; a `tokenizer` handed in names its own."""
   from mind_jax.text import BYTE_TOKENIZER
-  return os.path.abspath(cfg.model.path) if cfg.model.path else BYTE_TOKENIZER
+  source = tokenizer.source if tokenizer is not None else cfg.model.path or BYTE_TOKENIZER
+  return source if source == BYTE_TOKENIZER else os.path.abspath(source)
 
 
 def load_tokenizer_for(cfg: GenerateConfig):
@@ -306,7 +307,7 @@ def _owned_parts(out_dir: str) -> list:
 OWNED_NAME = re.compile(r"part-\d{5}-\d{6}\.(jsonl|parquet)(\.tmp)?|manifest-\d{5}\.json(\.tmp)?")
 
 
-def claim_output(cfg: GenerateConfig, settings: dict, dry_run: bool) -> None:
+def claim_output(cfg: GenerateConfig, settings: dict, dry_run: bool, tokenizer: str) -> None:
   """Refuses an output.dir written with other settings (see mind_jax._outdir.claim)."""
   from mind_jax._outdir import claim
 
@@ -320,7 +321,7 @@ def claim_output(cfg: GenerateConfig, settings: dict, dry_run: bool) -> None:
   # The generator's tokenizer is written down for the jobs that read this output (the filter
   # counts tokens with it), as a note: a moved checkpoint is still the same generator.
   claim(cfg.output.dir, "generate", settings, overwrite=cfg.output.overwrite, key="output.dir",
-        remove_owned=remove_owned, dry_run=dry_run, notes={"tokenizer": tokenizer_name(cfg)},
+        remove_owned=remove_owned, dry_run=dry_run, notes={"tokenizer": tokenizer},
         foreign=[p.name for p in _owned_parts(cfg.output.dir) if p.name.startswith("part-")])
 
 
@@ -346,7 +347,8 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   check_model_path(cfg) if not loaded else None
   check_output_dir(cfg.output.dir, "output.dir", inputs=[cfg.input.source])
   settings = run_settings(cfg, styles, loaded[2] if loaded else None)
-  claim_output(cfg, settings, dry_run=True)
+  tokenizer_source = tokenizer_name(cfg, loaded[1] if loaded else None)
+  claim_output(cfg, settings, dry_run=True, tokenizer=tokenizer_source)
   host, hosts = init_hosts(cfg)
   cfg.runtime.apply()
   if not loaded:  # the engine would say so too, but only after the model has loaded
@@ -403,7 +405,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
 
   model, tokenizer, model_name, mesh = loaded or load_model(cfg)
   # Written once the model has loaded: a load that fails leaves output.dir as it was.
-  claim_output(cfg, settings, dry_run=False)
+  claim_output(cfg, settings, dry_run=False, tokenizer=tokenizer_source)
   summary["model"] = model_name
   engine = Engine(model, tokenizer, EngineConfig(
       slots=cfg.engine.slots, max_len=cfg.sampling.context_limit,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from importlib import resources
 
-import yaml
 
 from mind_jax._errors import MindJaxError
+from mind_jax.config import parse_yaml
 
 DEFAULT_STYLES_FILE = "styles.yaml"
 
@@ -33,14 +33,10 @@ def load_styles(path: str | None = None) -> dict[str, Style]:
     else:
       with open(path) as f:
         text = f.read()
-    data = yaml.safe_load(text)
   except OSError as e:
     raise MindJaxError(f"{source}: cannot read styles ({e.strerror or e})") from None
-  except yaml.YAMLError as e:
-    mark = getattr(e, "problem_mark", None)
-    where = f" line {mark.line + 1}" if mark else ""
-    raise MindJaxError(f"{source}:{where} invalid YAML ({getattr(e, 'problem', None) or e})") from None
-  if not isinstance(data, dict) or not isinstance(data.get("styles"), dict):
+  data = parse_yaml(text, source)
+  if not isinstance(data.get("styles"), dict):
     raise MindJaxError(f"{source}: expected a mapping with a 'styles' section")
   clause = data.get("faithfulness", "")
   styles = {}
