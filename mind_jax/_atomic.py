@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from collections.abc import Iterable, Iterator
 
 TMP_SUFFIX = ".tmp"
@@ -24,10 +25,15 @@ def _path(path):
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode: str = "w") -> Iterator:
-  """`open(path, mode)` that shows the file at `path` only once the block ends without error."""
+def atomic_open(path, mode: str = "w", shared: bool = False) -> Iterator:
+  """`open(path, mode)` that shows the file at `path` only once the block ends without error.
+
+  `shared`: several processes may write this file at once (every host of a slice writes the
+  run record), so each writes its own temporary file; the last rename wins, whole.
+  """
   path = _path(path)
-  tmp = path.parent / (path.name + TMP_SUFFIX)
+  writer = f".{socket.gethostname()}-{os.getpid()}" if shared else ""
+  tmp = path.parent / f"{path.name}{writer}{TMP_SUFFIX}"
   try:
     with tmp.open(mode) as f:
       yield f
@@ -42,9 +48,9 @@ def atomic_open(path, mode: str = "w") -> Iterator:
     raise
 
 
-def write_json(path, obj) -> None:
-  """Writes `obj` as indented UTF-8 JSON, atomically."""
-  with atomic_open(path) as f:
+def write_json(path, obj, shared: bool = False) -> None:
+  """Writes `obj` as indented UTF-8 JSON, atomically (`shared`: see atomic_open)."""
+  with atomic_open(path, shared=shared) as f:
     f.write(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 

@@ -192,7 +192,7 @@ def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: st
     root = epath.Path(out_dir)
     try:
       root.mkdir(parents=True, exist_ok=True)
-      write_json(root / RUN_RECORD, new_record)
+      write_json(root / RUN_RECORD, new_record, shared=True)
     except OSError as e:
       raise MindJaxError(f"{where}: cannot write {RUN_RECORD} ({e.strerror or e})") from None
   return new_record

@@ -173,17 +173,19 @@ def load_config(schema: type[Section], path: str | None = None,
     raise MindJaxError(f"{source}: {key}: {message}{suffix}") from None
 
 
-def describe(schema: type[Section], prefix: str = "") -> list[str]:
-  """One line per key with its default and description, for --help."""
+def describe(schema: type[Section], prefix: str = "", defaults: Section | None = None) -> list[str]:
+  """One line per key with its default and description, for --help. Defaults are read from a
+  default instance, so a job's own defaults for a shared section (sample's bfloat16 model,
+  convert's one-device mesh) are the ones shown."""
+  defaults = schema() if defaults is None else defaults
   lines = []
   for name, field in schema.model_fields.items():
     key = f"{prefix}{name}"
-    annotation = field.annotation
-    if isinstance(annotation, type) and issubclass(annotation, Section):
-      lines += describe(annotation, key + ".")
+    value = getattr(defaults, name)
+    if isinstance(value, Section):
+      lines += describe(type(value), key + ".", value)
       continue
-    default = field.default_factory() if field.default_factory else field.default
-    lines.append(f"  {key} = {default!r}" + (f"  ({field.description})" if field.description else ""))
+    lines.append(f"  {key} = {value!r}" + (f"  ({field.description})" if field.description else ""))
   return lines
 
 

@@ -53,3 +53,22 @@ def test_repository_configs_validate():
   assert files
   for path in files:
     config.load_config(SmokeConfig, path)
+
+
+def test_help_shows_each_jobs_own_defaults_of_a_shared_section():
+  from mind_jax.convert import ConvertConfig
+  from mind_jax.sample import SampleConfig
+  sample_help, convert_help = config.describe(SampleConfig), config.describe(ConvertConfig)
+  assert any(line.startswith("  model.dtype = 'bfloat16'") for line in sample_help)
+  assert any(line.startswith("  mesh.axes = {'data': 1}") for line in sample_help)
+  assert any(line.startswith("  mesh.rules = 'train'") for line in convert_help)
+
+
+def test_a_flag_and_a_key_for_one_setting_must_agree():
+  import argparse
+  args = argparse.Namespace(limit=5)
+  flagged = config.flag_overrides(args, {"limit": "input.limit"})
+  assert config.combine_overrides(["input.limit=5", "seed=1"], flagged)[-1] == "input.limit=5"
+  with pytest.raises(MindJaxError, match=r"^command line: --limit sets input.limit, and so does "
+                     r"input.limit=7; give one$"):
+    config.combine_overrides(["input.limit=7"], flagged)

@@ -344,7 +344,8 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
     raise MindJaxError(f"model.remat={cfg.model.remat}: rematerialisation trades compute for "
                        "activation memory in a backward pass, and generation has none; leave it "
                        "at none")
-  check_model_path(cfg) if not loaded else None
+  if not loaded:
+    check_model_path(cfg)
   check_output_dir(cfg.output.dir, "output.dir", inputs=[cfg.input.source])
   settings = run_settings(cfg, styles, loaded[2] if loaded else None)
   tokenizer_source = tokenizer_name(cfg, loaded[1] if loaded else None)
