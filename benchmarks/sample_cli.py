@@ -70,7 +70,8 @@ def run_sample(model_dir, prompts, new_tokens, cache, env):
     command += ["--prompt-ids", ",".join(map(str, p))]
   done, seconds = timed(command, env)
   outputs = [json.loads(line)["token_ids"] for line in done.stdout.splitlines()]
-  engine = re.search(r"engine: (\d+) slots, max_len (\d+), (\d+) steps per call", done.stderr)
+  engine = re.search(r"engine: (\d+) slots, max_len (\d+), (\d+) steps per call, prefill "
+                     r"buckets (.*)$", done.stderr, re.M)
   # Each program's first call, as the engine logs it: compilation, or a load from the cache.
   first_calls = sum(float(m) for m in re.findall(r"ready in ([\d.]+) s", done.stderr))
   return outputs, seconds, first_calls, engine.groups() if engine else None
@@ -109,7 +110,7 @@ def main():
     summary[f"mind_jax_{name}_first_call_seconds"] = compile_seconds
     summary["engine"] = engine
     print(f"mind_jax {name:5s} {seconds:7.1f} s whole process ({compile_seconds:.1f} s in first "
-          f"calls: compilation or cache loads); engine slots, max_len, steps: {engine}")
+          f"calls: compilation or cache loads); engine slots, max_len, steps, prefill buckets: {engine}")
   done, t_hf = timed([sys.executable, "-c", TRANSFORMERS_SCRIPT, model_dir, prompts_file,
                       str(args.new_tokens), os.path.dirname(os.path.abspath(__file__))], env)
   hf_outputs = json.loads(done.stdout.splitlines()[-1])

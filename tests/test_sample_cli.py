@@ -58,3 +58,27 @@ def test_missing_model_directory(tmp_path, capsys):
                                                  "does not exist")
   code, _, err = run(capsys, "--model", str(tmp_path), "--prompt-ids", "1,x")
   assert code == 2
+
+
+def test_the_engine_is_sized_from_the_prompts():
+  from mind_jax import config, preset
+  from mind_jax.engine import Request, SamplingParams
+  from mind_jax.sample import SampleConfig, engine_config
+  from mind_jax.sharding import one_device_mesh
+  cfg = config.load_config(SampleConfig, None, ["sampling.max_new_tokens=256"])
+  model_config = preset("tiny")
+  params = SamplingParams(max_new_tokens=256)
+  # 64 prompts of 64-256 tokens: a slot each, room for the longest + 256, one prefill program.
+  similar = [Request(i, [1] * (64 + 3 * i), params) for i in range(64)]
+  engine = engine_config(cfg, similar, model_config, one_device_mesh())
+  assert (engine.slots, engine.max_len, engine.steps_per_call) == (64, 512, 16)
+  assert engine.prefill_buckets == (256,)
+  # One long prompt among short ones: padding all to it would more than double the prefill.
+  spread = [Request(0, [1] * 1000, params)] + [Request(i, [1] * 10, params) for i in range(1, 9)]
+  engine = engine_config(cfg, spread, model_config, one_device_mesh())
+  assert engine.prefill_buckets is None and engine.max_len == 2048 and engine.slots == 9
+  # What the user sets wins.
+  cfg = config.load_config(SampleConfig, None, ["engine.slots=4", "engine.max_len=600",
+                                                "engine.prefill_buckets=[128,512]"])
+  engine = engine_config(cfg, similar, model_config, one_device_mesh())
+  assert (engine.slots, engine.max_len, engine.prefill_buckets) == (4, 600, (128, 512))
