@@ -13,6 +13,7 @@ shows the machinery works, not what a real model says.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 
@@ -50,6 +51,12 @@ def run(cfg: SmokeConfig) -> dict:
                        "checkpoint from model.preset; to run a checkpoint, use python -m "
                        "mind_jax.sample --model DIR")
   cfg.runtime.apply()
+  if cfg.workdir:  # before anything is built: the export below never writes over a directory
+    from mind_jax._outdir import check_output_dir
+    check_output_dir(cfg.workdir, "workdir")
+    if os.path.isdir(cfg.workdir) and os.listdir(cfg.workdir):
+      raise MindJaxError(f"workdir={cfg.workdir}: not empty; give a new or empty directory for "
+                         "the smoke checkpoint")
   mesh = cfg.mesh.build()
   log.info("devices: %d x %s; mesh %s", jax.device_count(), jax.devices()[0].platform,
            dict(mesh.shape))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from mind_jax import smoke
+from mind_jax import MindJaxError, smoke
 
 
 def test_smoke_run_generates_and_checks_cached_decoding(tmp_path, capsys):
@@ -35,3 +35,10 @@ def test_smoke_cli_on_a_sharded_mesh_and_help():
                        capture_output=True, text=True)
   assert bad.returncode == 2
   assert bad.stderr.strip() == "error: command line: model.dtpye: unknown key"
+
+
+def test_a_workdir_that_is_not_empty_is_refused_before_anything_is_built(tmp_path):
+  (tmp_path / "notes.txt").write_text("mine")
+  with pytest.raises(MindJaxError, match=r"^workdir=\S+: not empty; give a new or empty"):
+    smoke.run(smoke.SmokeConfig(workdir=str(tmp_path), max_new_tokens=2))
+  assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
