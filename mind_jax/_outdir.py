@@ -29,11 +29,10 @@ def _is_remote(path: str) -> bool:
 def _local_root(path: str) -> str | None:
   """The real local path a source names (a glob's fixed prefix), or None if it names no local
   file or directory (gs://, `champ`, `tfds:...`)."""
+  from mind_jax.data._readers import glob_root
   if not path or _is_remote(path):
     return None
-  wildcard = [path.index(ch) for ch in "*?[" if ch in path]
-  if wildcard:
-    path = path[:min(wildcard)].rpartition("/")[0] or "."
+  path = glob_root(path) or "."
   return os.path.realpath(path) if os.path.exists(path) else None
 
 
@@ -149,7 +148,7 @@ def read_run_record(out_dir: str) -> dict | None:
 
 def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: str,
           remove_owned, foreign: Iterable[str] = (), dry_run: bool = False,
-          notes: Mapping | None = None) -> dict:
+          notes: Mapping | None = None, files: Iterable[str] | None = None) -> dict:
   """Makes `out_dir` this run's, or refuses with one line; returns the record written.
 
   - A directory holding another job's record, or files of the kinds this job writes but no
@@ -160,7 +159,8 @@ def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: st
     those) before the new record is written.
   - A record with the same settings is a resume: the record is kept, widened by any new keys.
   `dry_run` checks without writing or deleting anything. `notes` are recorded for the jobs
-  that read this output (the generator's tokenizer, say) but not compared.
+  that read this output (the generator's tokenizer, say) but not compared; `files`, when the
+  job lists what it writes, are the files the record owns.
   """
   from etils import epath
   flat = flatten(settings)
@@ -188,6 +188,8 @@ def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: st
         remove_owned(record)
       previous = {}
   new_record = {"job": job, "settings": {**previous, **flat}, "notes": dict(notes or {})}
+  if files is not None:
+    new_record["files"] = sorted(files)
   if not dry_run:
     root = epath.Path(out_dir)
     try:

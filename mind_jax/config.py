@@ -44,6 +44,13 @@ class ModelSection(Section):
       False, description="load even if the checkpoint holds tensors the model does not use "
       "(e.g. config.json lists fewer layers than the weights); off: such a load is refused")
 
+  def check_inference(self) -> None:
+    """Refuses the keys a job without a backward pass cannot use (accepted keys take effect)."""
+    if self.remat != "none":
+      raise MindJaxError(f"model.remat={self.remat}: rematerialisation trades compute for "
+                         "activation memory in a backward pass, and this job has none; leave it "
+                         "at none")
+
 
 class MeshSection(Section):
   """Device mesh and sharding rules."""

@@ -139,6 +139,7 @@ def run(cfg: SampleConfig, prompts) -> int:
     raise MindJaxError("give --model DIR (or model.path=DIR)")
   if not prompts:
     raise MindJaxError("give at least one --prompt or --prompt-ids")
+  cfg.model.check_inference()
   cfg.runtime.apply()
   mesh = cfg.mesh.build(use_first=True)
   model, tokenizer, _ = load_model(cfg.model, mesh, cfg.mesh.rules, progress=cfg.output == "text")

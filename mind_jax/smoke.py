@@ -50,6 +50,7 @@ def run(cfg: SmokeConfig) -> dict:
     raise MindJaxError(f"model.path={cfg.model.path}: the smoke check builds its own random "
                        "checkpoint from model.preset; to run a checkpoint, use python -m "
                        "mind_jax.sample --model DIR")
+  cfg.model.check_inference()
   cfg.runtime.apply()
   if cfg.workdir:  # before anything is built: the export below never writes over a directory
     from mind_jax._outdir import check_output_dir

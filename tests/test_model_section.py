@@ -53,9 +53,11 @@ def test_generate_loads_through_it_with_its_mesh_and_rules():
 
 def test_keys_a_job_cannot_use_are_refused_in_one_line(tmp_path):
   with pytest.raises(MindJaxError, match=r"^model.remat=full: rematerialisation trades compute "
-                     r"for activation memory in a backward pass, and generation has none"):
+                     r"for activation memory in a backward pass, and this job has none"):
     run(config.load_config(GenerateConfig, None, ["model.remat=full",
                                                   f"output.dir={tmp_path / 'out'}"]))
   with pytest.raises(MindJaxError, match=r"^model.path=/ckpt: the smoke check builds its own"):
     smoke(SmokeConfig(model={"path": "/ckpt"}))
+  with pytest.raises(MindJaxError, match=r"^model.remat=dots: .* this job has none"):
+    smoke(SmokeConfig(model={"remat": "dots"}))
   assert not (tmp_path / "out").exists()

@@ -19,11 +19,13 @@ from mind_jax.text._tokenizer import has_tokenizer_files
 log = logging.getLogger(__name__)
 
 
-def require_model_dir(path: str) -> None:
-  """A model directory that exists and links to nothing outside it (before any file is read)."""
+def require_model_dir(path: str, key: str | None = None) -> None:
+  """A model directory that exists and links to nothing outside it (before any file is read);
+  `key` is the config key that named it, for the message."""
   if not os.path.isdir(path):
-    raise MindJaxError(f"{path}: model directory does not exist (mind_jax never downloads; "
-                       "fetch the checkpoint first, e.g. with `huggingface-cli download`)")
+    raise MindJaxError(f"{f'{key}={path}' if key else path}: model directory does not exist "
+                       "(mind_jax never downloads; fetch the checkpoint first, e.g. with "
+                       "`huggingface-cli download`)")
   check_confined(path)
 
 
@@ -67,8 +69,9 @@ def load_pretrained(path: str, dtype: str = "float32", *, param_dtype: str | Non
   return model, tokenizer
 
 
-# How records and run records name a preset's random-weight model.
-RANDOM_MODEL_PREFIX = "smoke-test:"
+def random_model_name(preset_name: str, seed: int = 0) -> str:
+  """How records and run records name a preset's random-weight model."""
+  return f"smoke-test:{preset_name}-random-seed{seed}"
 
 
 def load_model(section, mesh=None, rules="generate", *, progress: bool = True,
@@ -101,4 +104,4 @@ def load_model(section, mesh=None, rules="generate", *, progress: bool = True,
   model = Llama(config, rngs=nnx.Rngs(seed))
   if mesh is not None:
     model = sharding.shard_model(model, mesh, rules)
-  return model, byte_tokenizer(), f"{RANDOM_MODEL_PREFIX}{name}-random-seed{seed}"
+  return model, byte_tokenizer(), random_model_name(name, seed)

@@ -343,7 +343,7 @@ def claim_output(cfg: FilterConfig, outputs: list[str], settings: dict, tokenize
   """Makes cfg.out this run's; returns the files an earlier run of the filter wrote there (the
   only ones it may replace or remove). Files it did not write are never touched: one in the
   way of an output is refused. `dry_run` checks without writing or deleting."""
-  from mind_jax._outdir import claim, owned_files
+  from mind_jax._outdir import claim, owned_files, replaces
   out = epath.Path(cfg.out)
   owned = owned_files(cfg.out, "filter", outputs, "out")
 
@@ -355,17 +355,12 @@ def claim_output(cfg: FilterConfig, outputs: list[str], settings: dict, tokenize
     owned.clear()
 
   # Until this run ends, the record owns what either run may have written: a run cut off
-  # midway leaves nothing unaccounted for.
-  record = claim(cfg.out, "filter", settings, overwrite=cfg.overwrite, key="out",
-                 remove_owned=remove_owned, dry_run=dry_run, notes={"tokenizer": tokenizer})
-  if not dry_run:
-    _write_record(cfg, record, sorted(owned | set(outputs)))
+  # midway leaves nothing unaccounted for. An overwrite deletes the earlier run's files first.
+  replacing = cfg.overwrite and replaces(cfg.out, "filter", settings)
+  claim(cfg.out, "filter", settings, overwrite=cfg.overwrite, key="out",
+        remove_owned=remove_owned, dry_run=dry_run, notes={"tokenizer": tokenizer},
+        files=set(outputs) | (set() if replacing else owned))
   return owned
-
-
-def _write_record(cfg: FilterConfig, record: dict, files: list[str]) -> None:
-  from mind_jax._outdir import RUN_RECORD
-  write_json(epath.Path(cfg.out) / RUN_RECORD, {**record, "files": files})
 
 
 def run(cfg: FilterConfig) -> dict:
@@ -471,7 +466,7 @@ def _summary(cfg, files, tables, decisions, counts, tokenizer_spec, elapsed) -> 
 
 
 def _finish(cfg, tables, summary, earlier: set[str], outputs: list[str]) -> None:
-  from mind_jax._outdir import read_run_record
+  from mind_jax._outdir import RUN_RECORD, read_run_record
   out = epath.Path(cfg.out)
   contaminated = sorted((table.ids[row].as_py(), table.styles[table.style[row]], found)
                         for table in tables for row, found in table.matches.items())
@@ -483,7 +478,7 @@ def _finish(cfg, tables, summary, earlier: set[str], outputs: list[str]) -> None
   # Parts an earlier run of this filter wrote for input files that are gone now: ours to remove.
   for stale in sorted(earlier - set(outputs)):
     (out / stale).unlink(missing_ok=True)
-  _write_record(cfg, read_run_record(cfg.out), sorted(outputs))
+  write_json(out / RUN_RECORD, {**read_run_record(cfg.out), "files": sorted(outputs)}, shared=True)
   log.info("kept %d of %d records (%d rejected: %s) in %.1f s, %.0f records/s",
            summary["kept"], summary["input_records"], summary["rejected"],
            ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "none",

@@ -164,12 +164,19 @@ def _label(path: str, source: str) -> str:
   same name in different folders never give the same ids."""
   root = source
   if any(ch in source for ch in "*?["):
-    root = source[:min(source.index(ch) for ch in "*?[" if ch in source)].rpartition("/")[0]
+    root = glob_root(source)
   elif not _path(source).is_dir():
     root = os.path.dirname(source)
   if "://" in path:
     return path[len(root):].lstrip("/") if root and path.startswith(root) else path
   return os.path.relpath(path, root or ".")
+
+
+def glob_root(source: str) -> str:
+  """The folder a glob's matches lie below: its path up to the last '/' before a wildcard
+  ('' when the glob starts with one); a source without wildcards as it is."""
+  wildcards = [source.index(ch) for ch in "*?[" if ch in source]
+  return source[:min(wildcards)].rpartition("/")[0] if wildcards else source
 
 
 def part_files(out_dir: str) -> list[str]:

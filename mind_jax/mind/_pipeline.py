@@ -81,8 +81,9 @@ class OutputSection(config_lib.Section):
   flush_seconds: float = pydantic.Field(300.0, gt=0, description="write a part at least this often")
   log_seconds: float = pydantic.Field(300.0, gt=0, description="progress log line interval")
   overwrite: bool = pydantic.Field(
-      False, description="when dir holds a run with other settings (model, seed, sampling, "
-      "prompts, chunking, input), delete the files that run wrote and start afresh; off: refuse")
+      False, description="when dir holds a run with other settings (model, dtype, seed, "
+      "sampling, prompts, chunking, input fields), delete the files that run wrote and start "
+      "afresh; off: refuse")
 
 
 class GenerateConfig(config_lib.Section):
@@ -255,12 +256,9 @@ def check_model_path(cfg: GenerateConfig) -> None:
   if not path:
     return
   from mind_jax.ckpts import is_orbax_dir
+  from mind_jax.ckpts._pretrained import require_model_dir
   from mind_jax.text._tokenizer import has_tokenizer_files
-  if not os.path.isdir(path):
-    raise MindJaxError(f"model.path={path}: model directory does not exist (mind_jax never "
-                       "downloads; fetch the checkpoint first, e.g. with `huggingface-cli download`)")
-  from mind_jax._paths import check_confined
-  check_confined(path)
+  require_model_dir(path, "model.path")
   if not os.path.exists(os.path.join(path, "config.json")) and not is_orbax_dir(path):
     raise MindJaxError(f"model.path={path}: no config.json (not a Hugging Face model directory "
                        "or mind_jax Orbax checkpoint)")
@@ -326,8 +324,8 @@ def claim_output(cfg: GenerateConfig, settings: dict, dry_run: bool, tokenizer: 
 
 
 def _smoke_name(cfg: GenerateConfig) -> str:
-  from mind_jax.ckpts._pretrained import RANDOM_MODEL_PREFIX
-  return f"{RANDOM_MODEL_PREFIX}{cfg.model.preset or 'tiny'}-random-seed0"
+  from mind_jax.ckpts._pretrained import random_model_name
+  return random_model_name(cfg.model.preset or "tiny")
 
 
 def run(cfg: GenerateConfig, loaded=None) -> dict:
@@ -340,10 +338,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   start = time.perf_counter()
   styles = check_style_keys(load_styles(cfg.prompt.styles_file), cfg.prompt.styles)
   # Every path is checked before the corpus is read and long before the model loads.
-  if cfg.model.remat != "none":
-    raise MindJaxError(f"model.remat={cfg.model.remat}: rematerialisation trades compute for "
-                       "activation memory in a backward pass, and generation has none; leave it "
-                       "at none")
+  cfg.model.check_inference()
   if not loaded:
     check_model_path(cfg)
   check_output_dir(cfg.output.dir, "output.dir", inputs=[cfg.input.source])
