@@ -35,6 +35,7 @@ from mind_jax.curation._dedup import Signer, check_bloom_available, exact_key, n
 from mind_jax.curation._parallel import FileMapper
 from mind_jax.curation._rules import REQUIRED_FIELDS, FilterConfig, cleaned, judge
 from mind_jax.curation._table import FileFacts, FileFactsBuilder
+from mind_jax.data._select import group_winners
 from mind_jax.text import BYTE_TOKENIZER, load_tokenizer
 
 log = logging.getLogger("mind_jax.filter")
@@ -239,11 +240,7 @@ def decide(tables: list[FileFacts], cfg: FilterConfig, scratch: str | None = Non
     chunks = np.unique(np.concatenate([t.chunk for t in tables])[rows], return_inverse=True)[1]
     tokens = np.concatenate([t.tokens for t in tables])[rows]
     # Per chunk, the most tokens wins; ties go to the smaller id (`rows` is in id order).
-    ranked = np.lexsort((np.arange(len(rows)), -tokens.astype(np.int64), chunks))
-    starts = np.r_[True, chunks[ranked][1:] != chunks[ranked][:-1]]
-    winner = np.empty(len(rows), dtype=np.int64)
-    winner[ranked] = np.maximum.accumulate(np.where(starts, np.arange(len(rows)), 0))
-    winner = ranked[winner]
+    winner = group_winners(chunks, tokens)
     losers = winner != np.arange(len(rows))
     reject(rows[losers], NOT_LONGEST, rows[winner[losers]])
   return decisions

@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import glob
 import gzip
+import itertools
 import json
 import lzma
 import os
@@ -121,17 +122,9 @@ def read_documents(source: str, text_field: str = "text", id_field: str | None =
     raise MindJaxError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
   stats = stats if stats is not None else ReadStats()
   for path in expand(source):
-    if path == CHAMP_SOURCE:
-      records = _champ_records()
-    elif path.startswith(TFDS_PREFIX):
-      records = _tfds_records(path, split, data_dir)
-    elif _is_datasets_dir(path):
-      records = _datasets_records(path, split)
-    else:
-      records = iter_records(path, _label(path, source))
-    for where, record, problem in records:
+    for _, where, record, problem in numbered_records(path, source, split, data_dir):
       if problem is None:
-        problem = _check(record, text_field, id_field)
+        problem = check_record(record, text_field, id_field)
       if problem:
         if on_bad_record == "error":
           raise MindJaxError(f"{where}: {problem} (use on_bad_record=skip to skip such records)")
@@ -148,7 +141,9 @@ def read_documents(source: str, text_field: str = "text", id_field: str | None =
       yield Document(id=doc_id, text=text)
 
 
-def _check(record, text_field, id_field) -> str | None:
+def check_record(record, text_field, id_field=None) -> str | None:
+  """Why a record cannot give a document (not an object, no text field, text not a string),
+  or None."""
   if not isinstance(record, dict):
     return f"record is a {type(record).__name__}, not an object"
   if text_field not in record:
@@ -193,15 +188,44 @@ def iter_records(path: str, label: str | None = None) -> Iterator[tuple[str, obj
   `where` is `label:line` (`label` defaults to the path); a record that cannot be decoded
   comes with a one-line `problem` instead, so callers decide whether to stop or skip.
   """
-  label = label or path
-  return _parquet_records(path, label) if _kind(path) == "parquet" else _jsonl_records(path, label)
+  return ((w, r, p) for _, w, r, p in _file_records(path, label or path))
 
 
-def _jsonl_records(path, label):
+def numbered_records(path: str, source: str, split: str = "train", data_dir: str | None = None,
+                     start: int = 0) -> Iterator[tuple[int, str, object, str | None]]:
+  """(item, where, record, problem) for one entry of `expand(source)`, from item `start` on.
+
+  An item is what a position in the input counts: a line of a JSONL file (blank ones
+  included), a row of a Parquet file or `datasets` directory, an example of a TFDS split, a
+  CHAMP problem. Items are numbered from 1, so `start=n` resumes after the n-th; skipping to
+  it reads no JSON (and no Parquet row group before it).
+  """
+  if path == CHAMP_SOURCE:
+    return itertools.islice(((i, w, r, p) for i, (w, r, p) in enumerate(_champ_records(), 1)),
+                            start, None)
+  if path.startswith(TFDS_PREFIX):
+    return _tfds_records(path, split, data_dir, start)
+  if _is_datasets_dir(path):
+    return _datasets_records(path, split, start)
+  return _file_records(path, _label(path, source), start)
+
+
+def _file_records(path, label, start=0):
+  return (_parquet_records if _kind(path) == "parquet" else _jsonl_records)(path, label, start)
+
+
+def _jsonl_records(path, label, start=0):
   # Lines are decoded one by one, so a line that is not UTF-8 is reported (or skipped) alone.
   name = label
   with _open_binary(path) as f:
     line_number = 0
+    while line_number < start:
+      try:
+        if not f.readline():
+          return
+      except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        raise MindJaxError(f"{path}: unreadable after line {line_number} ({e})") from None
+      line_number += 1
     while True:
       try:
         raw = f.readline()
@@ -213,26 +237,32 @@ def _jsonl_records(path, label):
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        yield f"{path}:{line_number}", None, f"not valid UTF-8 ({e.reason} at byte {e.start})"
+        yield line_number, f"{path}:{line_number}", None, (f"not valid UTF-8 ({e.reason} at "
+                                                            f"byte {e.start})")
         continue
       if not line.strip():
         continue
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        yield f"{path}:{line_number}", None, f"malformed JSON ({e.msg} at column {e.colno})"
+        yield line_number, f"{path}:{line_number}", None, (f"malformed JSON ({e.msg} at "
+                                                            f"column {e.colno})")
         continue
-      yield f"{name}:{line_number}", record, None
+      yield line_number, f"{name}:{line_number}", record, None
 
 
-def _parquet_records(path, label):
+def _parquet_records(path, label, start=0):
   import pyarrow.parquet as pq
   try:
     table = pq.ParquetFile(_path(path).open("rb"))
   except Exception as e:  # noqa: BLE001  pyarrow raises several types for bad files
     raise MindJaxError(f"{path}: not a readable Parquet file ({e})") from None
-  name, row = label, 0
-  batches = table.iter_batches(batch_size=1024)
+  name, row, group = label, 0, 0
+  groups = table.metadata.num_row_groups
+  while group < groups and row + table.metadata.row_group(group).num_rows <= start:
+    row += table.metadata.row_group(group).num_rows  # whole groups before `start`: never read
+    group += 1
+  batches = table.iter_batches(batch_size=1024, row_groups=range(group, groups))
   while True:
     try:
       batch = next(batches, None)
@@ -242,10 +272,11 @@ def _parquet_records(path, label):
       return
     for record in batch.to_pylist():
       row += 1
-      yield f"{name}:{row}", record, None
+      if row > start:
+        yield row, f"{name}:{row}", record, None
 
 
-def _datasets_records(path, split):
+def _datasets_records(path, split, start=0):
   try:
     import datasets
   except ModuleNotFoundError:
@@ -257,11 +288,11 @@ def _datasets_records(path, split):
       raise MindJaxError(f"{path}: no split {split!r} (has {', '.join(loaded)}); set input.split")
     loaded = loaded[split]
   name = os.path.basename(os.path.normpath(path))
-  for row, record in enumerate(loaded, start=1):
-    yield f"{name}:{row}", record, None
+  for row, record in enumerate(loaded.select(range(start, len(loaded))), start=start + 1):
+    yield row, f"{name}:{row}", record, None
 
 
-def _tfds_records(source, default_split, data_dir):
+def _tfds_records(source, default_split, data_dir, start=0):
   """A prepared TFDS dataset (array_record files) through tfds.data_source: random access,
   no TensorFlow. Text features arrive as bytes and are decoded here."""
   try:
@@ -276,11 +307,11 @@ def _tfds_records(source, default_split, data_dir):
   except Exception as e:  # noqa: BLE001  tfds raises many types for a missing dataset
     raise MindJaxError(f"{source}: cannot open the TFDS data source "
                        f"({str(e).splitlines()[0]})") from None
-  for index in range(len(data)):
+  for index in range(start, len(data)):
     where = f"{source}[{index}]"
     record = {k: _decode(v) for k, v in data[index].items()}
     bad = [k for k, v in record.items() if v is _UNDECODABLE]
-    yield where, record, f"field {bad[0]!r} is not valid UTF-8" if bad else None
+    yield index + 1, where, record, f"field {bad[0]!r} is not valid UTF-8" if bad else None
 
 
 _UNDECODABLE = object()

@@ -42,9 +42,13 @@ class Tokenizer(abc.ABC):
   def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
     ...
 
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """Ids of many texts (no special tokens added), on several cores where the backend can."""
+    return [self.encode(text) for text in texts]
+
   def count_tokens(self, texts: Sequence[str]) -> list[int]:
     """Token counts of many texts (no special tokens added)."""
-    return [len(self.encode(text)) for text in texts]
+    return [len(ids) for ids in self.encode_batch(texts)]
 
   @property
   def has_chat_template(self) -> bool:
@@ -95,12 +99,12 @@ class HFTokenizer(Tokenizer):
   def decode(self, ids, skip_special_tokens=True):
     return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-  def count_tokens(self, texts):
+  def encode_batch(self, texts):
     backend = getattr(self.hf, "backend_tokenizer", None)
     if backend is None:  # a slow (Python) tokenizer
-      return super().count_tokens(texts)
+      return super().encode_batch(texts)
     # The Rust tokenizer encodes a batch on all cores.
-    return [len(e.ids) for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
 
   @property
   def has_chat_template(self):
@@ -140,6 +144,9 @@ class SentencePieceTokenizer(Tokenizer):
   def encode(self, text, add_bos=False):
     ids = self.sp.EncodeAsIds(text)
     return [self.bos_id] + ids if add_bos and self.bos_id is not None else ids
+
+  def encode_batch(self, texts):
+    return self.sp.Encode(list(texts), num_threads=os.cpu_count() or 1)
 
   def decode(self, ids, skip_special_tokens=True):
     ids = [int(i) for i in ids]
