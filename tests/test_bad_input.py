@@ -373,6 +373,34 @@ CASES = [
         "sample", ["--model", str(_index_pointing_at(w, "../outside.safetensors")),
                    "--prompt-ids", "1,2"]),
         r"weight_map names '../outside.safetensors', which lies outside the model directory"),
+    # --- mix (the training data): every source and key checked before a batch is built
+    Case("mix: a source path that matches nothing", lambda w: (
+        "mix", [f"data.sources=[{{path: {w}/nothing*.jsonl}}]"]),
+        r"data.sources\[0\].path: \S+/nothing\*.jsonl: no input files match"),
+    Case("mix: weights that sum to 0", lambda w: (
+        "mix", ["data.sources=[{path: champ, weight: 0}]"]),
+        r"data.sources: the weights sum to 0; give a source a positive weight"),
+    Case("mix: a negative weight", lambda w: (
+        "mix", ["data.sources=[{path: champ, weight: -1}]"]),
+        r"command line: data.sources.0.weight: Input should be greater than or equal to 0"),
+    Case("mix: records without the text field", lambda w: (
+        "mix", [f"data.sources=[{{path: {_corpus(w / 'corpus', [NO_TEXT])}}}]"]),
+        r"data.sources\[0\] \(\S+/corpus.jsonl\): corpus.jsonl:1: missing text field 'text'"),
+    Case("mix: a tokenizer that does not exist", lambda w: (
+        "mix", [f"data.tokenizer={w}/no-tokenizer"]),
+        r"data.tokenizer: \S+/no-tokenizer: tokenizer path does not exist"),
+    Case("mix: a sequence length above the model's limit", lambda w: (
+        "mix", [f"model.path={w / 'ckpt'}", "data.seq_len=4096"]),
+        r"data.seq_len=4096: above the model's limit of 256 positions"),
+    Case("mix: styles on a raw source", lambda w: (
+        "mix", ["data.sources=[{path: champ, styles: [debate]}]"]),
+        r"data.sources\[0\]: styles and select apply to conversation records"),
+    Case("mix: a filter output used as raw text", lambda w: (
+        "mix", [f"data.sources=[{{path: {w / 'filt'}, use: raw}}]"]),
+        r"data.sources\[0\]: use=raw on the filter output \S+/filt would repeat each chunk"),
+    Case("mix: a batch size of 0", lambda w: (
+        "mix", ["batch_size=0"]),
+        r"command line: batch_size: Input should be greater than or equal to 1"),
 ]
 
 _DOUBLED_WORD = re.compile(r"\b(\w+) \1\b", re.IGNORECASE)

@@ -210,6 +210,9 @@ def training_dataset(data: DataSection, mixture: Mixture, framing: Framing, *, b
         mixed, length_struct=lengths))
   batches = packed.batch(batch_size, drop_remainder=True).map(model_inputs)
   if data.workers:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; we never run absl.app
+      flags.FLAGS.mark_as_parsed()
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers))
   return batches
 

@@ -288,7 +288,8 @@ class _DocumentIterator(grain.DatasetIterator):
       at = self.read_at
       if entry is None:  # end of file: the next one, or the next epoch
         ends_without_documents += 1
-        if ends_without_documents > len(self.files):  # a whole round of files gave nothing
+        # 2n ends in a row take in one whole epoch (each epoch orders the files anew).
+        if ends_without_documents > 2 * len(self.files):
           raise MindJaxError(f"source {source.name} ({source.path}): no documents for shard "
                              f"{self.stream.shard[0]} of {self.stream.shard[1]}")
         at = _Position(at.epoch, at.file + 1, 0)
