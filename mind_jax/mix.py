@@ -28,8 +28,10 @@ from mind_jax.training import TrainConfig, data_pipeline, load_tokenizer_for
 
 def describe_mix(cfg: TrainConfig, batches: int = 16, show: int = 0, progress: bool = True) -> dict:
   """The report as one JSON-able dict (see the module docstring)."""
+  from mind_jax.data import source_size
   tokenizer = load_tokenizer_for(cfg)
-  mixture, framing, sizes, dataset = data_pipeline(cfg, tokenizer=tokenizer)
+  mixture, framing, dataset = data_pipeline(cfg, tokenizer=tokenizer)
+  sizes = [source_size(source, framing) for source in mixture.sources]
   seen = np.zeros(len(mixture.sources) + 1, np.int64)
   positions = split = sequences = 0
   examples = []

@@ -46,13 +46,19 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
 
 
 def test_repository_configs_validate():
+  """Every file in configs/ against the schema of the job its name starts with."""
   import glob
   import os
+  from mind_jax.curation import FilterConfig
+  from mind_jax.mind import GenerateConfig
+  from mind_jax.training import TrainConfig
+  schemas = {"smoke": SmokeConfig, "generate": GenerateConfig, "filter": FilterConfig,
+             "train": TrainConfig}
   root = os.path.join(os.path.dirname(__file__), "..", "configs")
-  files = glob.glob(os.path.join(root, "smoke*.yaml"))
-  assert files
+  files = sorted(glob.glob(os.path.join(root, "*.yaml")))
+  assert {os.path.basename(f).split("-")[0].split(".")[0] for f in files} == set(schemas)
   for path in files:
-    config.load_config(SmokeConfig, path)
+    config.load_config(schemas[os.path.basename(path).split("-")[0].split(".")[0]], path)
 
 
 def test_help_shows_each_jobs_own_defaults_of_a_shared_section():

@@ -32,10 +32,8 @@ def notes(prefix, n, rs, low=20, high=120):
 def build(sources, *, batch_size=4, seed=0, shard=(0, 1), **data):
   cfg = DataSection(sources=sources, **{"seq_len": 64, "pack_bins": 8, **data})
   mixture = resolve_mixture(cfg)
-  framing = Framing(TOKENIZER)
-  sizes = [source_size(s, framing) for s in mixture.sources]
-  return training_dataset(cfg, mixture, framing, batch_size=batch_size, seed=seed, shard=shard,
-                          sizes=sizes), mixture
+  return training_dataset(cfg, mixture, Framing(TOKENIZER), batch_size=batch_size, seed=seed,
+                          shard=shard), mixture
 
 
 def take(iterator, n):

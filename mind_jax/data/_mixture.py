@@ -25,7 +25,7 @@ import pydantic
 
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
-from mind_jax.data._readers import _kind, _path
+from mind_jax.data._readers import _champ_file, _kind, _path
 from mind_jax.data._sources import (READ_BATCH, DocumentStream, Source, SourceSection, _records,
                                     resolve_source)
 
@@ -182,20 +182,19 @@ def model_inputs(packed: dict) -> dict:
 
 
 def training_dataset(data: DataSection, mixture: Mixture, framing: Framing, *, batch_size: int,
-                     seed: int, shard: tuple[int, int] = (0, 1),
-                     sizes: list[SourceSize] | None = None) -> grain.IterDataset:
+                     seed: int, shard: tuple[int, int] = (0, 1)) -> grain.IterDataset:
   """This host's batches of `batch_size` sequences (dicts of numpy arrays, see
-  `model_inputs`), forever. With the sources' `sizes`, a source smaller than the shuffle
-  window is shuffled one epoch at a time (a window over several epochs would put copies of
-  a document side by side)."""
+  `model_inputs`), forever. A source smaller than the shuffle window is shuffled one epoch
+  at a time (a window over several epochs would put copies of a document side by side)."""
   first_fit = data.packing == "first_fit"
   streams = []
   for index, source in enumerate(mixture.sources):
     stream = DocumentStream(source, index, framing, seed=seed,
                             max_piece=data.seq_len if first_fit else None, shard=shard)
     window = data.shuffle_window
-    if sizes is not None and sizes[index].exact:
-      window = min(window, max(1, int(sizes[index].documents) // shard[1]))
+    documents = documents_up_to(source, window * shard[1]) if window > 1 else None
+    if documents is not None:
+      window = min(window, max(1, documents // shard[1]))
     if window > 1:
       stream = grain.experimental.WindowShuffleIterDataset(
           stream, window_size=window, seed=seed * 1000 + index)
@@ -228,14 +227,12 @@ class SourceSize:
   exact: bool
 
 
-def source_size(source: Source, framing: Framing, sample: int = 1024) -> SourceSize:
-  """Reads the first `sample` documents (tokenized, as training frames them); when the source
-  holds more, scales by its item count (from metadata where the format has one, else from
-  the bytes the sample took of the files)."""
-  texts, items, sample_bytes, files_read = [], 0, 0, 0
+def _first_documents(source: Source, limit: int) -> tuple[list[str], int, int, bool]:
+  """(texts of the first `limit` documents, items read, their JSONL bytes, whether that was
+  the whole source)."""
+  texts, items, sample_bytes = [], 0, 0
   for path in source.files:
-    files_read += 1
-    for item, _, record, problem in _records(source, path):
+    for _, _, record, problem in _records(source, path):
       items += 1
       if problem or source.problem(record) or not source.wanted(record):
         continue
@@ -244,24 +241,36 @@ def source_size(source: Source, framing: Framing, sample: int = 1024) -> SourceS
         texts.append(text)
       if _kind(path) == "jsonl":
         sample_bytes += len(json.dumps(record, ensure_ascii=False).encode()) + 1
-      if len(texts) >= sample:
-        break
-    if len(texts) >= sample:
-      break
+      if len(texts) > limit:
+        return texts[:limit], items, sample_bytes, False
+  return texts, items, sample_bytes, True
+
+
+def documents_up_to(source: Source, limit: int) -> int | None:
+  """The source's document count if it holds at most `limit` (read, not tokenized), else None."""
+  texts, _, _, whole = _first_documents(source, limit)
+  return len(texts) if whole else None
+
+
+def source_size(source: Source, framing: Framing, sample: int = 1024) -> SourceSize:
+  """Reads the first `sample` documents (tokenized, as training frames them); when the source
+  holds more, scales by its item count (from metadata where the format has one, else from
+  the bytes the sample took of the files)."""
+  texts, items, sample_bytes, whole = _first_documents(source, sample)
   tokens = sum(len(ids) for start in range(0, len(texts), READ_BATCH)
                for ids in framing(texts[start:start + READ_BATCH]))
-  total_items = _item_count(source, items, sample_bytes) if len(texts) >= sample else items
-  if total_items is None or len(texts) < sample:
-    return SourceSize(len(texts), tokens, exact=total_items is not None)
-  scale = total_items / max(items, 1)
+  if whole:
+    return SourceSize(len(texts), tokens, exact=True)
+  scale = _item_count(source, items, sample_bytes) / max(items, 1)
   return SourceSize(len(texts) * scale, tokens * scale, exact=False)
 
 
-def _item_count(source: Source, items_read: int, sample_bytes: int) -> float | None:
+def _item_count(source: Source, items_read: int, sample_bytes: int) -> float:
   total = 0.0
   for path in source.files:
     if path == "champ":
-      return None  # 270 problems: a sample of 1,024 covers them
+      total += len(json.loads(_champ_file().read_text())["problems"])
+      continue
     if path.startswith("tfds:") or _kind(path) is None:  # random-access formats know their size
       return float(_random_access_length(source, path))
     if _kind(path) == "parquet":

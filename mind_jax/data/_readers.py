@@ -326,12 +326,16 @@ def _decode(value):
   return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
 
 
+def _champ_file():
+  from importlib import resources
+  return resources.files("champ_dataset") / "dataset_files" / "v0.json"
+
+
 def _champ_records():
   """CHAMP competition problems (MIT licence), one document per problem: statement, worked
   solution and answer, read from the installed `champ-dataset` package."""
   try:
-    from importlib import resources
-    data = json.loads((resources.files("champ_dataset") / "dataset_files" / "v0.json").read_text())
+    data = json.loads(_champ_file().read_text())
   except (ModuleNotFoundError, FileNotFoundError) as e:
     raise MindJaxError(f"champ: the champ-dataset package is not installed ({e}); "
                        "pip install champ-dataset") from None

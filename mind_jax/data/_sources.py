@@ -33,7 +33,7 @@ from mind_jax.data._select import group_winners
 # Jobs whose output directories hold conversation records (run.json "job").
 CONVERSATION_JOBS = ("filter", "generate")
 # How many documents are read and tokenized together (one call of the Rust tokenizer).
-READ_BATCH = 64
+READ_BATCH = 256
 
 
 class SourceSection(config_lib.Section):
@@ -254,7 +254,6 @@ class _DocumentIterator(grain.DatasetIterator):
     self.buffer: list[tuple[dict, _Position]] = []
     self.records = None  # open reader at `self.read_at`
     self.read_at = _Position()
-    self.documents_split = 0
 
   # --- state ---------------------------------------------------------------------------------
   def get_state(self) -> dict:
@@ -325,8 +324,6 @@ class _DocumentIterator(grain.DatasetIterator):
     for (_, start, skip), tokens in zip(documents, encoded, strict=True):
       size = self.stream.max_piece or len(tokens)
       pieces = [tokens[i:i + size] for i in range(0, len(tokens), size)]
-      if len(pieces) > 1:
-        self.documents_split += skip == 0
       for number in range(skip, len(pieces)):
         after = (dataclasses.replace(start, piece=number + 1) if number + 1 < len(pieces) else
                  dataclasses.replace(start, item=start.item + 1, piece=0))

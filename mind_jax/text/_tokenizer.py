@@ -103,8 +103,10 @@ class HFTokenizer(Tokenizer):
     backend = getattr(self.hf, "backend_tokenizer", None)
     if backend is None:  # a slow (Python) tokenizer
       return super().encode_batch(texts)
-    # The Rust tokenizer encodes a batch on all cores.
-    return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    # The Rust tokenizer encodes a batch on all cores; without character offsets (which
+    # nothing here reads) when it can, about 40% faster.
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 
   @property
   def has_chat_template(self):

@@ -8,8 +8,7 @@ import pydantic
 
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
-from mind_jax.data._mixture import (DataSection, Framing, Mixture, resolve_mixture, source_size,
-                                    training_dataset)
+from mind_jax.data._mixture import DataSection, Framing, Mixture, resolve_mixture, training_dataset
 
 
 class TrainConfig(config_lib.Section):
@@ -70,15 +69,13 @@ def load_tokenizer_for(cfg: TrainConfig):
 
 
 def data_pipeline(cfg: TrainConfig, host: int = 0, hosts: int = 1, tokenizer=None):
-  """(mixture, framing, sizes of the sources, this host's batch dataset), every input checked
-  first."""
+  """(mixture, framing, this host's batch dataset), every input checked first."""
   if cfg.batch_size % hosts:
     raise MindJaxError(f"batch_size={cfg.batch_size}: not divisible by the {hosts} hosts, "
                        "each of which loads its own share")
   tokenizer = tokenizer or load_tokenizer_for(cfg)
   mixture: Mixture = resolve_mixture(cfg.data)
   framing = Framing(tokenizer, cfg.data.add_bos, cfg.data.add_eos)
-  sizes = [source_size(source, framing) for source in mixture.sources]
   dataset = training_dataset(cfg.data, mixture, framing, batch_size=cfg.batch_size // hosts,
-                             seed=cfg.seed, shard=(host, hosts), sizes=sizes)
-  return mixture, framing, sizes, dataset
+                             seed=cfg.seed, shard=(host, hosts))
+  return mixture, framing, dataset
