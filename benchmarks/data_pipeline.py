@@ -103,6 +103,34 @@ def run_mind_jax(sources, tokenizer_dir, total_tokens, workers=0):
           "shares": dict(zip([s.name for s in mixture.sources], shares))}
 
 
+def packing_on_conversation_lengths(work, documents=20000, seed=0):
+  """Packing efficiency of `first_fit` at 4,096 tokens for documents as long as MIND's
+  conversations: per style a log-normal length (sigma 0.4) around the style's mean, the means
+  spread over the paper's range of 452 (Two Professors) to 630 tokens (Layman Know-All). The
+  byte-level tokenizer makes a document of n - 2 bytes exactly n tokens with BOS and EOS."""
+  from mind_jax.data import DataSection, Framing, SourceSection, resolve_mixture, training_dataset
+  from mind_jax.text import byte_tokenizer
+  rs = np.random.RandomState(seed)
+  means = np.linspace(452, 630, 7)
+  lengths = np.maximum(8, rs.lognormal(np.log(means[rs.randint(7, size=documents)]), 0.4)).astype(int)
+  path = os.path.join(work, "lengths.jsonl")
+  with open(path, "w") as f:
+    for n in lengths:
+      f.write(json.dumps({"text": "x" * (n - 2)}) + "\n")
+  out = {"mean_tokens": float(lengths.mean()), "p90_tokens": float(np.percentile(lengths, 90))}
+  for bins in (64, 256, 1024):
+    data = DataSection(sources=[SourceSection(path=path)], seq_len=SEQ_LEN, pack_bins=bins)
+    iterator = iter(training_dataset(data, resolve_mixture(data), Framing(byte_tokenizer()),
+                                     batch_size=8, seed=0))
+    tokens = positions = 0
+    while tokens < lengths.sum():
+      batch = next(iterator)
+      tokens += int((batch["segment_ids"] > 0).sum())
+      positions += batch["tokens"].size
+    out[f"first_fit_{bins}_bins"] = tokens / positions
+  return out
+
+
 def run_hf_recipe(path, tokenizer_dir, cache_dir):
   import datasets
   import transformers
@@ -160,6 +188,7 @@ def main():
   results["mind_jax_mix"] = run_mind_jax([("conversations", conversations, 2.0),
                                           ("raw", raw, 1.0)], tokenizer_dir, total)
   hf = results["hf_recipe"]["tokens_per_s"]
+  results["packing_mind_lengths"] = packing_on_conversation_lengths(work)
   results["ratio_end_to_end"] = results["mind_jax"]["tokens_per_s"] / hf
   results["ratio_steady"] = results["mind_jax"]["steady_tokens_per_s"] / hf
   print(json.dumps(results, indent=1))
