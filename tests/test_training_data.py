@@ -342,3 +342,21 @@ def test_mix_reports_shares_epochs_and_packing_as_json(corpora, capsys):
   assert main([sources, "data.seq_len=128", "--batches", "2"]) == 0
   table = capsys.readouterr().out
   assert "packing_efficiency:" in table and "talk" in table and "epochs" in table
+
+
+def test_a_gcs_source_resumes(fake_gcs):
+  rs = np.random.RandomState(3)
+  (fake_gcs / "bucket" / "web").mkdir(parents=True)
+  for name in ("a", "b"):
+    write_jsonl(fake_gcs / "bucket" / "web" / f"{name}.jsonl", notes(name, 20, rs))
+  sources = [SourceSection(path="gs://bucket/web")]
+  dataset, mixture = build(sources, shuffle_window=8, batch_size=2)
+  assert mixture.sources[0].files == ("gs://bucket/web/a.jsonl", "gs://bucket/web/b.jsonl")
+  whole = take(iter(dataset), 10)
+  part = iter(dataset)
+  take(part, 3)
+  again = iter(dataset)
+  again.set_state(json.loads(json.dumps(part.get_state())))
+  assert same(take(again, 7), whole[3:])
+  seen = " ".join(_texts(dataset, 10))
+  assert "<a" in seen and "<b" in seen  # both files of the bucket are read
