@@ -358,5 +358,5 @@ def test_a_gcs_source_resumes(fake_gcs):
   again = iter(dataset)
   again.set_state(json.loads(json.dumps(part.get_state())))
   assert same(take(again, 7), whole[3:])
-  seen = " ".join(_texts(dataset, 10))
+  seen = " ".join(_texts(dataset, 40))
   assert "<a" in seen and "<b" in seen  # both files of the bucket are read
