@@ -17,6 +17,7 @@ import pydantic
 
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
+from mind_jax._hosts import init_hosts
 from mind_jax._progress import progress_bar
 from mind_jax.data import ReadStats, chunk_text, read_documents
 from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
@@ -137,25 +138,6 @@ def load_tokenizer_for(cfg: GenerateConfig):
   """The generator's tokenizer alone (planning and --dry-run need no weights)."""
   from mind_jax.text import load_tokenizer
   return load_tokenizer(tokenizer_name(cfg))
-
-
-def init_hosts(cfg: GenerateConfig) -> tuple[int, int]:
-  """(this host's index, host count), starting jax.distributed on a multi-host slice.
-
-  Each host then decodes on its own chips (the model must fit one host) and takes its own
-  share of the documents, so hosts never wait on each other.
-  """
-  import jax
-  several = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or bool(
-      os.environ.get("JAX_COORDINATOR_ADDRESS"))
-  wanted = cfg.distributed == "on" or (cfg.distributed == "auto" and several)
-  if wanted and jax.process_count() == 1 and not _DISTRIBUTED_STARTED:
-    jax.distributed.initialize()
-    _DISTRIBUTED_STARTED.append(True)
-  return jax.process_index(), jax.process_count()
-
-
-_DISTRIBUTED_STARTED: list[bool] = []
 
 
 def host_shard(cfg: GenerateConfig, host: int, hosts: int) -> tuple[int, int]:
@@ -345,7 +327,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   settings = run_settings(cfg, styles, loaded[2] if loaded else None)
   tokenizer_source = tokenizer_name(cfg, loaded[1] if loaded else None)
   claim_output(cfg, settings, dry_run=True, tokenizer=tokenizer_source)
-  host, hosts = init_hosts(cfg)
+  host, hosts = init_hosts(cfg.distributed)
   cfg.runtime.apply()
   if not loaded:  # the engine would say so too, but only after the model has loaded
     import jax

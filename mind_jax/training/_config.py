@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import pydantic
 
@@ -11,19 +12,81 @@ from mind_jax._errors import MindJaxError
 from mind_jax.data._mixture import DataSection, Framing, Mixture, resolve_mixture, training_dataset
 
 
+class OptimizerSection(config_lib.Section):
+  """AdamW with warmup and a decay schedule, global-norm clipping."""
+
+  learning_rate: float = pydantic.Field(3e-4, gt=0, description="peak learning rate")
+  end_learning_rate: float = pydantic.Field(
+      3e-5, ge=0, description="learning rate at the last step (cosine and linear)")
+  schedule: Literal["cosine", "linear", "constant"] = pydantic.Field(
+      "cosine", description="decay after the warmup")
+  warmup_steps: int = pydantic.Field(10, ge=0, description="linear warmup from 0")
+  b1: float = pydantic.Field(0.9, ge=0, lt=1, description="AdamW beta1")
+  b2: float = pydantic.Field(0.95, ge=0, lt=1, description="AdamW beta2")
+  eps: float = pydantic.Field(1e-8, gt=0, description="AdamW epsilon")
+  weight_decay: float = pydantic.Field(
+      0.1, ge=0, description="decoupled weight decay; never on norm scales")
+  decay_embeddings: bool = pydantic.Field(
+      True, description="decay the token embeddings and the output head too")
+  clip_norm: float | None = pydantic.Field(
+      1.0, gt=0, description="clip gradients to this global norm (null: no clipping)")
+
+
+class CheckpointSection(config_lib.Section):
+  """Orbax checkpoints of the whole run (weights, optimizer, data position, step)."""
+
+  every: int = pydantic.Field(100, ge=1, description="save every N steps (and at the end)")
+  keep: int = pydantic.Field(3, ge=1, description="newest checkpoints kept")
+  async_save: bool = pydantic.Field(
+      True, description="write in the background while training goes on")
+
+
+class ExportSection(config_lib.Section):
+  """Hugging Face weights of the trained model."""
+
+  every: int = pydantic.Field(
+      0, ge=0, description="also export WORKDIR/hf-stepN every N steps (0: only at the end)")
+  dtype: Literal["float32", "bfloat16", "float16"] | None = pydantic.Field(
+      None, description="dtype of the exported weights (default: the model's param_dtype)")
+
+
 class TrainConfig(config_lib.Section):
   model: config_lib.ModelSection = pydantic.Field(
       default_factory=lambda: config_lib.ModelSection(preset="tiny"))
   data: DataSection = pydantic.Field(default_factory=lambda: DataSection(seq_len=256))
   mesh: config_lib.MeshSection = pydantic.Field(
       default_factory=lambda: config_lib.MeshSection(rules="train"))
+  runtime: config_lib.RuntimeSection = pydantic.Field(default_factory=config_lib.RuntimeSection)
+  optimizer: OptimizerSection = pydantic.Field(default_factory=OptimizerSection)
+  checkpoint: CheckpointSection = pydantic.Field(default_factory=CheckpointSection)
+  export: ExportSection = pydantic.Field(default_factory=ExportSection)
+  workdir: str = pydantic.Field(
+      "mind_train", description="checkpoints, metrics, TensorBoard logs and the HF export")
   batch_size: int = pydantic.Field(8, ge=1, description="sequences per step, over all hosts")
+  microbatches: int = pydantic.Field(
+      1, ge=1, description="gradient accumulation: each step runs batch_size / microbatches "
+      "sequences at a time (same result, less activation memory)")
   steps: int = pydantic.Field(200, ge=1, description="optimizer steps of the run")
-  seed: int = pydantic.Field(0, description="seeds the data order (and the model's init)")
+  z_loss: float = pydantic.Field(
+      0.0, ge=0, description="weight of the squared log-partition term (PaLM's z-loss; 0: off)")
+  seed: int = pydantic.Field(0, description="seeds the data order (and a preset's init)")
+  peak_flops: float | None = pydantic.Field(
+      None, gt=0, description="peak FLOP/s of one device, for MFU (default: the chip's bf16 "
+      "peak for TPUs and NVIDIA GPUs; none for CPUs)")
   distributed: str = pydantic.Field(
       "auto", pattern="^(auto|on|off)$",
       description="multi-host slices: one program over every host's chips, each host reading "
       "its own share of the data (auto: when the TPU runtime lists several hosts)")
+  overwrite: bool = pydantic.Field(
+      False, description="when workdir holds a run with other settings, delete what that run "
+      "wrote and start afresh; off: refuse")
+
+  @pydantic.model_validator(mode="after")
+  def _microbatches_divide(self):
+    if self.batch_size % self.microbatches:
+      raise ValueError(f"batch_size={self.batch_size} is not divisible by "
+                       f"microbatches={self.microbatches}")
+    return self
 
   @property
   def tokens_per_step(self) -> int:

@@ -1,0 +1,220 @@
+"""The continued-pretraining run: checks, state, the step loop, checkpoints, metrics, export.
+
+WORKDIR holds, all written by this job and listed in its run.json:
+  checkpoints/N/   Orbax: the train state (weights, optimizer, step) and each host's data
+                   position, every `checkpoint.every` steps and at the end
+  metrics.jsonl    one line per step; tensorboard/ the same as events
+  hf/              the trained model in Hugging Face format, at the end
+Rerunning the same command resumes from the newest complete checkpoint; SIGTERM (a spot VM's
+preemption notice) saves at once and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+
+from mind_jax._errors import MindJaxError
+from mind_jax._hosts import init_hosts
+from mind_jax._outdir import check_output_dir, claim, dir_fingerprint
+from mind_jax._progress import progress_bar
+from mind_jax.training._config import TrainConfig, data_pipeline, load_tokenizer_for
+from mind_jax.training._metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLog
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS, EXPORT = "checkpoints", "hf"
+OWNED = (CHECKPOINTS, METRICS_FILE, TENSORBOARD_DIR, EXPORT)
+
+
+def model_config(cfg: TrainConfig):
+  """The architecture trained, with the run's dtypes, scan and remat."""
+  from mind_jax.nn import preset, read_hf_config
+  overrides = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype or cfg.model.dtype,
+                   scan_layers=bool(cfg.model.scan_layers), remat=cfg.model.remat)
+  if cfg.model.path:
+    return read_hf_config(cfg.model.path, **overrides)
+  return preset(cfg.model.preset or "tiny", **overrides)
+
+
+def run_settings(cfg: TrainConfig) -> dict:
+  """What decides the run's result: a rerun with other values is refused (or, with
+  overwrite, starts afresh). Mesh, microbatches, remat, scan, prefetch, workers, checkpoint
+  and export cadence may change between the runs of one training."""
+  data = cfg.data.model_dump(exclude={"workers", "prefetch"})
+  model = (f"{os.path.basename(os.path.normpath(cfg.model.path))}, content "
+           f"{dir_fingerprint(cfg.model.path)}" if cfg.model.path else
+           f"preset {cfg.model.preset or 'tiny'}, seed {cfg.seed}")
+  return {"model": model, "dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype,
+          "data": data, "optimizer": cfg.optimizer.model_dump(), "batch_size": cfg.batch_size,
+          "steps": cfg.steps, "z_loss": cfg.z_loss, "seed": cfg.seed}
+
+
+def _owned(workdir: str) -> list[str]:
+  """The names in `workdir` this job writes (present ones)."""
+  if not os.path.isdir(workdir):
+    return []
+  return sorted(n for n in os.listdir(workdir) if n in OWNED or n.startswith(f"{EXPORT}-step"))
+
+
+def _check_mesh(cfg: TrainConfig, mesh, hosts: int) -> None:
+  from mind_jax import sharding
+  spec = sharding.data_sharding(mesh, "train", ("batch",)).spec[0]
+  axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
+  ways = math.prod(mesh.shape[a] for a in axes)
+  per_micro = cfg.batch_size // cfg.microbatches
+  if per_micro % ways:
+    raise MindJaxError(f"batch_size={cfg.batch_size}: {per_micro} sequences per microbatch do "
+                       f"not divide over the mesh's batch axes ({'x'.join(axes)}={ways})")
+  if cfg.batch_size % hosts:
+    raise MindJaxError(f"batch_size={cfg.batch_size}: not divisible by the {hosts} hosts")
+
+
+def _checkpoint_manager(cfg: TrainConfig):
+  import orbax.checkpoint as ocp
+  directory = os.path.abspath(os.path.join(cfg.workdir, CHECKPOINTS))
+  leftovers = [n for n in os.listdir(directory) if "tmp" in n] if os.path.isdir(directory) else []
+  for name in leftovers:
+    log.warning("%s/%s: a checkpoint cut off while it was written; skipped", directory, name)
+  options = ocp.CheckpointManagerOptions(max_to_keep=cfg.checkpoint.keep,
+                                         enable_async_checkpointing=cfg.checkpoint.async_save)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def _save(manager, step: int, state, batches, force: bool = False) -> None:
+  import grain
+  import orbax.checkpoint as ocp
+  manager.save(step, force=force, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=grain.checkpoint.CheckpointSave(batches.checkpoint_item())))
+
+
+def _export(trainer, state, tokenizer, out_dir: str, dtype: str | None) -> None:
+  from mind_jax.ckpts import save_pretrained
+  save_pretrained(trainer.model(state), out_dir, tokenizer, dtype=dtype, progress=False,
+                  overwrite=True)
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps (it then saves and exits 0)."""
+
+  def __init__(self):
+    self.requested = False
+    self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self.previous)
+
+
+def run(cfg: TrainConfig) -> dict:
+  """Trains as `cfg` says, resuming what WORKDIR holds; returns a summary."""
+  import jax
+  import orbax.checkpoint as ocp
+  import grain
+  from mind_jax._devices import peak_flops
+  from mind_jax.ckpts import load_model
+  from mind_jax.data import DeviceBatches
+  from mind_jax.training._optim import learning_rate, optimizer
+  from mind_jax.training._step import Trainer, flat_params, host_metrics, step_flops
+
+  cfg.runtime.apply()
+  host, hosts = init_hosts(cfg.distributed)
+  inputs = [s.path for s in cfg.data.sources] + ([cfg.model.path] if cfg.model.path else [])
+  check_output_dir(cfg.workdir, "workdir", inputs)
+  tokenizer = load_tokenizer_for(cfg)
+  config = model_config(cfg)
+  mesh = cfg.mesh.build()
+  _check_mesh(cfg, mesh, hosts)
+  mixture, _, dataset = data_pipeline(cfg, host, hosts, tokenizer)
+  foreign = [name for name in _owned(cfg.workdir)]
+
+  def remove_owned(record):
+    del record
+    for name in _owned(cfg.workdir):
+      path = os.path.join(cfg.workdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
+
+  claim(cfg.workdir, "train", run_settings(cfg), overwrite=cfg.overwrite, key="workdir",
+        remove_owned=remove_owned, foreign=foreign,
+        notes={"tokenizer": tokenizer.source, "sources": [s.name for s in mixture.sources]})
+
+  tx, schedule = optimizer(cfg.optimizer, cfg.steps), learning_rate(cfg.optimizer, cfg.steps)
+  trainer = Trainer.create(config, mesh, tx, schedule, microbatches=cfg.microbatches,
+                           z_loss=cfg.z_loss, seed=cfg.seed)
+  batches = DeviceBatches(dataset, mesh, "train", cfg.data.prefetch)
+  manager = _checkpoint_manager(cfg)
+  start = manager.latest_step() or 0
+  if start:
+    log.info("resuming from %s/%s/%d", cfg.workdir, CHECKPOINTS, start)
+    restored = manager.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(trainer.abstract_state()),
+        data=grain.checkpoint.CheckpointRestore(batches.checkpoint_item())))
+    state = restored.state
+  elif cfg.model.path:
+    model, _, _ = load_model(cfg.model, mesh, "train", seed=cfg.seed)
+    state = trainer.init_state(flat_params(model))
+    del model
+  else:
+    log.info("initialising the %s preset from scratch (seed %d)", cfg.model.preset or "tiny",
+             cfg.seed)
+    state = trainer.init_state(trainer.init_params(cfg.seed))
+
+  peak = cfg.peak_flops or peak_flops(jax.devices()[0].device_kind)
+  flops_per_step = step_flops(config, cfg.tokens_per_step, cfg.data.seq_len)
+  metrics_log = MetricsLog(cfg.workdir, start, enabled=host == 0)
+  preemption = _Preemption()
+  summary = {"workdir": os.path.abspath(cfg.workdir), "start_step": start}
+  last_saved = start
+  try:
+    with progress_bar(cfg.steps, "train", "step", enabled=host == 0) as bar:
+      bar.update(start)
+      for step in range(start, cfg.steps):
+        if preemption.requested:
+          log.warning("SIGTERM: saving step %d and stopping", step)
+          if step != last_saved:
+            _save(manager, step, state, batches, force=True)
+          manager.wait_until_finished()
+          return {**summary, "stopped_at": step, "preempted": True}
+        device_batch, _ = next(batches)
+        began = time.perf_counter()
+        state, metrics = trainer.step(state, device_batch)
+        metrics = host_metrics(metrics)  # waits for the step
+        seconds = time.perf_counter() - began
+        if not math.isfinite(metrics["loss"]):
+          manager.wait_until_finished()
+          raise MindJaxError(
+              f"step {step + 1}: the loss is {metrics['loss']}; stopped. The last good "
+              f"checkpoint (step {last_saved}) is kept in {cfg.workdir}/{CHECKPOINTS}; "
+              "lower optimizer.learning_rate or check the data")
+        metrics.update(step_seconds=seconds, tokens_per_s=metrics["tokens"] / seconds,
+                       mfu=flops_per_step / seconds / (peak * mesh.size) if peak else None)
+        metrics_log.write(step + 1, metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+        bar.update(1)
+        done = step + 1
+        if done % cfg.checkpoint.every == 0 or done == cfg.steps:
+          _save(manager, done, state, batches)
+          last_saved = done
+        if cfg.export.every and done % cfg.export.every == 0 and done != cfg.steps:
+          _export(trainer, state, tokenizer, os.path.join(cfg.workdir, f"{EXPORT}-step{done}"),
+                  cfg.export.dtype)
+    manager.wait_until_finished()
+    _export(trainer, state, tokenizer, os.path.join(cfg.workdir, EXPORT), cfg.export.dtype)
+  finally:
+    preemption.restore()
+    metrics_log.close()
+    batches.close()
+    manager.close()
+  return {**summary, "steps": cfg.steps, "export": os.path.join(cfg.workdir, EXPORT),
+          "final_loss": metrics["loss"] if cfg.steps > start else None}
