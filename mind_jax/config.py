@@ -70,7 +70,10 @@ class MeshSection(Section):
     devices = list(jax.devices() if devices is None else devices)
     if use_first and -1 not in self.axes.values():
       devices = devices[:math.prod(self.axes.values())]
-    return _sharding().make_mesh(self.axes, devices)
+    try:
+      return _sharding().make_mesh(self.axes, devices)
+    except MindJaxError as e:
+      raise MindJaxError(f"mesh.axes: {e}") from None
 
 
 class RuntimeSection(Section):

@@ -67,6 +67,12 @@ def _corpus(w: Path, lines: list[bytes], name="corpus.jsonl") -> Path:
   return _write(w / name, b"".join(line + b"\n" for line in lines))
 
 
+def _trained(w: Path) -> Path:
+  """A workdir with a finished two-step run of the tiny preset."""
+  assert _main("train")([f"workdir={w / 'run'}", "steps=2", "data.seq_len=64"]) == 0
+  return w / "run"
+
+
 def _damaged_gz(w: Path) -> Path:
   raw = b"".join(json.dumps({"id": i, "text": "x " * 200}).encode() + b"\n" for i in range(50))
   data = bytearray(gzip.compress(raw))
@@ -401,6 +407,31 @@ CASES = [
     Case("mix: a batch size of 0", lambda w: (
         "mix", ["batch_size=0"]),
         r"command line: batch_size: Input should be greater than or equal to 1"),
+    # --- train: refused before anything compiles
+    Case("train: a batch the mesh's batch axes do not divide", lambda w: (
+        "train", [f"workdir={w / 'run'}", "batch_size=6", "mesh.axes={data: 4, fsdp: 2}"]),
+        r"batch_size=6: 6 sequences per microbatch do not divide over the mesh's batch axes "
+        r"\(dataxfsdp=8\)"),
+    Case("train: a mesh that does not match the devices", lambda w: (
+        "train", [f"workdir={w / 'run'}", "mesh.axes={data: 4}"]),
+        r"mesh.axes: mesh \{'data': 4\} needs 4 devices but 8 are available"),
+    Case("train: an init checkpoint that does not exist", lambda w: (
+        "train", [f"workdir={w / 'run'}", f"model.path={w}/no-such-model"]),
+        r"model.path=\S+/no-such-model: model directory does not exist"),
+    Case("train: a key with a typo", lambda w: (
+        "train", [f"workdir={w / 'run'}", "optimizer.learnig_rate=1e-4"]),
+        r"command line: optimizer.learnig_rate: unknown key"),
+    Case("train: a sequence length above the model's limit", lambda w: (
+        "train", [f"workdir={w / 'run'}", f"model.path={w / 'ckpt'}", "data.seq_len=512"]),
+        r"data.seq_len=512: above the model's limit of 256 positions"),
+    Case("train: a workdir trained from another model", lambda w: (
+        "train", [f"workdir={_trained(w)}", f"model.path={w / 'ckpt'}", "data.seq_len=64"]),
+        r"workdir=\S+/run: written with other settings: .*model \('preset tiny, seed 0' -> "
+        r"'ckpt, content [0-9a-f]+'\)"),
+    Case("train: checkpoints with no run.json", lambda w: (
+        "train", [f"workdir={_write(w / 'run' / 'checkpoints' / '3' / 'x', 'old')}".rsplit("/", 3)[0]]),
+        r"workdir=\S+/run: holds 1 file\(s\) like this job's output \(checkpoints, ...\) but no "
+        r"run.json"),
 ]
 
 _DOUBLED_WORD = re.compile(r"\b(\w+) \1\b", re.IGNORECASE)
