@@ -127,6 +127,10 @@ def run(cfg: TrainConfig) -> dict:
 
   cfg.runtime.apply()
   host, hosts = init_hosts(cfg.distributed)
+  if "://" in cfg.workdir:
+    raise MindJaxError(f"workdir={cfg.workdir}: training writes its workdir through the file "
+                       "system; on a slice, mount the bucket (gcsfuse) or a Filestore share on "
+                       "every host and give that path")
   inputs = [s.path for s in cfg.data.sources] + ([cfg.model.path] if cfg.model.path else [])
   check_output_dir(cfg.workdir, "workdir", inputs)
   tokenizer = load_tokenizer_for(cfg)
