@@ -10,6 +10,8 @@ _DISTRIBUTED_STARTED: list[bool] = []
 def init_hosts(distributed: str = "auto") -> tuple[int, int]:
   """(this host's index, host count). `distributed`: "on" starts jax.distributed, "auto" does
   when the TPU runtime lists several hosts (or a coordinator address is set), "off" never.
+  Elsewhere than on a TPU slice, set JAX_COORDINATOR_ADDRESS (host:port of process 0),
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID in each process.
 
   Generation then runs an engine per host on its own share of the documents; training runs
   one program over every host's chips, each host loading its own share of the data.
@@ -18,7 +20,14 @@ def init_hosts(distributed: str = "auto") -> tuple[int, int]:
   several = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or bool(
       os.environ.get("JAX_COORDINATOR_ADDRESS"))
   wanted = distributed == "on" or (distributed == "auto" and several)
-  if wanted and jax.process_count() == 1 and not _DISTRIBUTED_STARTED:
-    jax.distributed.initialize()
+  if wanted and not _DISTRIBUTED_STARTED:
+    # Off a TPU slice (several processes on CPU or GPU machines) the process count and index
+    # come from the environment, beside JAX's own JAX_COORDINATOR_ADDRESS.
+    given = {key: int(os.environ[name]) for key, name in
+             (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+             if name in os.environ}
+    # CPU devices talk across processes through gloo (ignored by TPU and GPU backends).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**given)
     _DISTRIBUTED_STARTED.append(True)
   return jax.process_index(), jax.process_count()

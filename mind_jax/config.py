@@ -11,12 +11,17 @@ from __future__ import annotations
 import argparse
 import os
 import textwrap
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
 
 from mind_jax._errors import MindJaxError
+
+
+# auto | on | off, where YAML reads a bare on/off as true/false: both spellings are accepted.
+OnOffAuto = Annotated[Literal["auto", "on", "off"], pydantic.BeforeValidator(
+    lambda v: ("on" if v else "off") if isinstance(v, bool) else v)]
 
 
 class Section(pydantic.BaseModel):

@@ -168,6 +168,16 @@ def _interrupt(workdir, at_step, sig, after_checkpoint=0):
   return process.returncode
 
 
+def _restore_state(path, *overrides):
+  """A train state checkpoint restored onto this process's 8 devices."""
+  import orbax.checkpoint as ocp
+  from mind_jax.training._loop import model_config
+  cfg = load_config(TrainConfig, None, [*FAST, *overrides])
+  trainer = Trainer.create(model_config(cfg), make_mesh({"data": 8}),
+                           optimizer(cfg.optimizer, cfg.steps), learning_rate(cfg.optimizer, cfg.steps))
+  return ocp.StandardCheckpointer().restore(str(path), trainer.abstract_state())
+
+
 def _deterministic(metrics):
   return [{k: v for k, v in m.items() if k not in TIMING_FIELDS} for m in metrics]
 
@@ -232,8 +242,7 @@ def test_the_export_loads_in_transformers_with_the_trained_logits(uninterrupted)
     theirs = reference(torch.tensor(ids)).logits.numpy()
   assert np.abs(np.asarray(ours(ids)) - theirs).max() <= 1e-4
   # The trained weights themselves, as the last checkpoint holds them.
-  import orbax.checkpoint as ocp
-  state = ocp.StandardCheckpointer().restore(str(uninterrupted / "checkpoints" / "12" / "state"))
+  state = _restore_state(uninterrupted / "checkpoints" / "12" / "state")
   trained = flat_params(ours)
   assert all(np.array_equal(np.asarray(trained[k]), np.asarray(v))
              for k, v in state["params"].items())
@@ -268,3 +277,37 @@ def test_config_rejects_microbatches_that_do_not_divide_the_batch():
   from mind_jax import MindJaxError
   with pytest.raises(MindJaxError, match="batch_size=6 is not divisible by microbatches=4"):
     load_config(TrainConfig, None, ["batch_size=6", "microbatches=4"])
+
+
+# --- multi-host, for real: two processes on this machine -----------------------------------------
+
+def test_two_processes_train_as_one_8_device_mesh(tmp_path):
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  common = ["steps=6", "checkpoint.every=3", "data.shards=2", "batch_size=8",
+            "mesh.axes={data: 2, fsdp: 4}"]
+  single = tmp_path / "single"
+  done = subprocess.run(_command(single, *common), capture_output=True, text=True, env={
+      **os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  multi = tmp_path / "multi"
+  processes = [subprocess.Popen(_command(multi, *common, "distributed=on"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={
+      **os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+  for process in processes:
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+  # Each process read its own data shard; together they made the single process's batches.
+  np.testing.assert_allclose([m["loss"] for m in read_metrics(multi)],
+                             [m["loss"] for m in read_metrics(single)], rtol=1e-5)
+  assert sorted(n for n in os.listdir(multi / "checkpoints" / "6" / "data")
+                if n.endswith(".json")) == ["process_0-of-2.json", "process_1-of-2.json"]
+  # The checkpoint both processes wrote restores here, in one process.
+  theirs = _restore_state(multi / "checkpoints" / "6" / "state", *common)
+  ours = _restore_state(single / "checkpoints" / "6" / "state", *common)
+  for name, value in ours["params"].items():
+    np.testing.assert_allclose(np.asarray(theirs["params"][name]), np.asarray(value), atol=1e-6)

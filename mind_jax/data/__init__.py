@@ -10,7 +10,7 @@ _TRAINING = {
     "DataSection": "_mixture", "DeviceBatches": "_mixture", "Framing": "_mixture",
     "Mixture": "_mixture", "SourceSize": "_mixture", "TokenMix": "_mixture",
     "model_inputs": "_mixture", "resolve_mixture": "_mixture", "source_size": "_mixture",
-    "training_dataset": "_mixture", "DocumentStream": "_sources", "Source": "_sources",
+    "training_dataset": "_mixture", "host_dataset": "_mixture", "DocumentStream": "_sources", "Source": "_sources",
     "SourceSection": "_sources",
 }
 

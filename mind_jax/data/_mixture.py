@@ -53,6 +53,10 @@ class DataSection(config_lib.Section):
       None, description="tokenizer dir or 'byte' (default: the model's)")
   add_bos: bool = pydantic.Field(True, description="start each document with the BOS id")
   add_eos: bool = pydantic.Field(True, description="end each document with the EOS id")
+  shards: int | None = pydantic.Field(
+      None, ge=1, description="independent pipelines the global batch is made of, each reading "
+      "its share of every source (default: one per host). Fixed, the data a run sees does not "
+      "depend on how many hosts read it; a multiple of the host count")
   workers: int = pydantic.Field(
       0, ge=0, description="worker processes per host reading and packing (0: in the training "
       "process; the Rust tokenizer already uses every core); changing it changes the order")
@@ -179,6 +183,24 @@ def model_inputs(packed: dict) -> dict:
   return {"tokens": tokens, "segment_ids": segments,
           "positions": packed["tokens_positions"].astype(np.int32), "targets": targets,
           "loss_weights": weights, "source": packed["source"].astype(np.int32)}
+
+
+def host_dataset(data: DataSection, mixture: Mixture, framing: Framing, *, batch_size: int,
+                 seed: int, host: int = 0, hosts: int = 1) -> grain.IterDataset:
+  """This host's part of each global batch of `batch_size`: the batches of its data shards
+  (`data.shards`, default one per host) side by side, shard k's rows before shard k+1's."""
+  shards = data.shards or hosts
+  if shards % hosts:
+    raise MindJaxError(f"data.shards={shards}: not a multiple of the {hosts} hosts")
+  if batch_size % shards:
+    raise MindJaxError(f"batch_size={batch_size}: not divisible by data.shards={shards}")
+  mine = range(host * shards // hosts, (host + 1) * shards // hosts)
+  parts = [training_dataset(data, mixture, framing, batch_size=batch_size // shards, seed=seed,
+                            shard=(k, shards)) for k in mine]
+  if len(parts) == 1:
+    return parts[0]
+  return grain.experimental.ZipIterDataset(parents=parts).map(
+      lambda batches: {k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
 
 
 def training_dataset(data: DataSection, mixture: Mixture, framing: Framing, *, batch_size: int,

@@ -102,8 +102,8 @@ class GenerateConfig(config_lib.Section):
   num_shards: int = pydantic.Field(1, ge=1, description="independent jobs splitting the work")
   shard_index: int = pydantic.Field(0, ge=0, description="which of them this job is")
   dry_run: bool = pydantic.Field(False, description="print the plan and token estimate only")
-  distributed: str = pydantic.Field(
-      "auto", pattern="^(auto|on|off)$",
+  distributed: config_lib.OnOffAuto = pydantic.Field(
+      "auto",
       description="multi-host slices: each host runs its own engine on its own chips over its "
       "own share of the documents (auto: when the TPU runtime lists several hosts)")
 

@@ -9,7 +9,7 @@ import pydantic
 
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
-from mind_jax.data._mixture import DataSection, Framing, Mixture, resolve_mixture, training_dataset
+from mind_jax.data._mixture import DataSection, Framing, Mixture, host_dataset, resolve_mixture
 
 
 class OptimizerSection(config_lib.Section):
@@ -73,8 +73,8 @@ class TrainConfig(config_lib.Section):
   peak_flops: float | None = pydantic.Field(
       None, gt=0, description="peak FLOP/s of one device, for MFU (default: the chip's bf16 "
       "peak for TPUs and NVIDIA GPUs; none for CPUs)")
-  distributed: str = pydantic.Field(
-      "auto", pattern="^(auto|on|off)$",
+  distributed: config_lib.OnOffAuto = pydantic.Field(
+      "auto",
       description="multi-host slices: one program over every host's chips, each host reading "
       "its own share of the data (auto: when the TPU runtime lists several hosts)")
   overwrite: bool = pydantic.Field(
@@ -133,12 +133,9 @@ def load_tokenizer_for(cfg: TrainConfig):
 
 def data_pipeline(cfg: TrainConfig, host: int = 0, hosts: int = 1, tokenizer=None):
   """(mixture, framing, this host's batch dataset), every input checked first."""
-  if cfg.batch_size % hosts:
-    raise MindJaxError(f"batch_size={cfg.batch_size}: not divisible by the {hosts} hosts, "
-                       "each of which loads its own share")
   tokenizer = tokenizer or load_tokenizer_for(cfg)
   mixture: Mixture = resolve_mixture(cfg.data)
   framing = Framing(tokenizer, cfg.data.add_bos, cfg.data.add_eos)
-  dataset = training_dataset(cfg.data, mixture, framing, batch_size=cfg.batch_size // hosts,
-                             seed=cfg.seed, shard=(host, hosts))
+  dataset = host_dataset(cfg.data, mixture, framing, batch_size=cfg.batch_size, seed=cfg.seed,
+                         host=host, hosts=hosts)
   return mixture, framing, dataset
