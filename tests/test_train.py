@@ -251,9 +251,13 @@ def test_the_export_loads_in_transformers_with_the_trained_logits(uninterrupted)
 def test_the_default_run_lowers_the_loss_and_writes_tensorboard(tmp_path):
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
   workdir = tmp_path / "run"
-  _run(workdir, "steps=40", "optimizer.learning_rate=3e-3")
-  losses = [m["loss"] for m in read_metrics(workdir)]
+  _run(workdir, "steps=40", "optimizer.learning_rate=3e-3", "eval.every=20",
+       "eval.sources=[{path: champ}]", "eval.batches=2")
+  metrics = read_metrics(workdir)
+  losses = [m["loss"] for m in metrics]
   assert len(losses) == 40 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
+  held_out = {m["step"]: m["eval_loss"] for m in metrics if "eval_loss" in m}
+  assert set(held_out) == {20, 40} and held_out[40] < held_out[20]
   events = EventAccumulator(str(workdir / "tensorboard"))
   events.Reload()
   assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 41))

@@ -10,6 +10,7 @@ import pydantic
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
 from mind_jax.data._mixture import DataSection, Framing, Mixture, host_dataset, resolve_mixture
+from mind_jax.data._sources import SourceSection
 
 
 class OptimizerSection(config_lib.Section):
@@ -50,6 +51,22 @@ class ExportSection(config_lib.Section):
       None, description="dtype of the exported weights (default: the model's param_dtype)")
 
 
+class EvalSection(config_lib.Section):
+  """A held-out loss during training."""
+
+  every: int = pydantic.Field(0, ge=0, description="every N steps (0: never)")
+  sources: list[SourceSection] = pydantic.Field(
+      default_factory=list, description="held-out data, as data.sources (read in order, the "
+      "same batches each time)")
+  batches: int = pydantic.Field(4, ge=1, description="batches per evaluation")
+
+  @pydantic.model_validator(mode="after")
+  def _sources_given(self):
+    if self.every and not self.sources:
+      raise ValueError("eval.every is set but eval.sources is empty; name the held-out data")
+    return self
+
+
 class TrainConfig(config_lib.Section):
   model: config_lib.ModelSection = pydantic.Field(
       default_factory=lambda: config_lib.ModelSection(preset="tiny"))
@@ -60,6 +77,7 @@ class TrainConfig(config_lib.Section):
   optimizer: OptimizerSection = pydantic.Field(default_factory=OptimizerSection)
   checkpoint: CheckpointSection = pydantic.Field(default_factory=CheckpointSection)
   export: ExportSection = pydantic.Field(default_factory=ExportSection)
+  eval: EvalSection = pydantic.Field(default_factory=EvalSection)
   workdir: str = pydantic.Field(
       "mind_train", description="checkpoints, metrics, TensorBoard logs and the HF export")
   batch_size: int = pydantic.Field(8, ge=1, description="sequences per step, over all hosts")
@@ -131,8 +149,14 @@ def load_tokenizer_for(cfg: TrainConfig):
   return tokenizer
 
 
-def data_pipeline(cfg: TrainConfig, host: int = 0, hosts: int = 1, tokenizer=None):
-  """(mixture, framing, this host's batch dataset), every input checked first."""
+def data_pipeline(cfg: TrainConfig, host: int = 0, hosts: int = 1, tokenizer=None,
+                  held_out: bool = False):
+  """(mixture, framing, this host's batch dataset), every input checked first. `held_out`:
+  the eval sources instead, read in order (no shuffle window)."""
+  if held_out:
+    data = cfg.data.model_copy(update={"sources": cfg.eval.sources, "shuffle_window": 1,
+                                       "workers": 0})
+    cfg = cfg.model_copy(update={"data": data})
   tokenizer = tokenizer or load_tokenizer_for(cfg)
   mixture: Mixture = resolve_mixture(cfg.data)
   framing = Framing(tokenizer, cfg.data.add_bos, cfg.data.add_eos)

@@ -99,6 +99,21 @@ def _export(trainer, state, tokenizer, out_dir: str, dtype: str | None) -> None:
                   overwrite=True)
 
 
+def _held_out_loss(trainer, state, dataset, batches: int) -> float:
+  """The mean token loss over the first `batches` batches of the held-out data."""
+  from mind_jax.data import DeviceBatches
+  reader = DeviceBatches(dataset, trainer.mesh, "train", prefetch=1)
+  try:
+    nll = weight = 0.0
+    for _ in range(batches):
+      batch, _ = next(reader)
+      batch_nll, batch_weight = trainer.eval_step(state["params"], batch)
+      nll, weight = nll + float(batch_nll), weight + float(batch_weight)
+  finally:
+    reader.close()
+  return nll / max(weight, 1.0)
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks between steps (it then saves and exits 0)."""
 
@@ -138,6 +153,7 @@ def run(cfg: TrainConfig) -> dict:
   mesh = cfg.mesh.build()
   _check_mesh(cfg, mesh, hosts)
   mixture, _, dataset = data_pipeline(cfg, host, hosts, tokenizer)
+  held_out = data_pipeline(cfg, host, hosts, tokenizer, held_out=True)[2] if cfg.eval.every else None
   foreign = [name for name in _owned(cfg.workdir)]
 
   def remove_owned(record):
@@ -203,6 +219,8 @@ def run(cfg: TrainConfig) -> dict:
               "lower optimizer.learning_rate or check the data")
         metrics.update(step_seconds=seconds, tokens_per_s=metrics["tokens"] / seconds,
                        mfu=flops_per_step / seconds / (peak * mesh.size) if peak else None)
+        if held_out is not None and (step + 1) % cfg.eval.every == 0:
+          metrics["eval_loss"] = _held_out_loss(trainer, state, held_out, cfg.eval.batches)
         metrics_log.write(step + 1, metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
         bar.update(1)

@@ -146,6 +146,17 @@ class Trainer:
                                donate_argnums=0)
     return self._compiled
 
+  @property
+  def eval_step(self):
+    """params, batch -> (summed token losses, summed weights)."""
+    if not hasattr(self, "_eval"):
+      batch = {k: self.batch_sharding for k in MODEL_INPUTS}
+      replicated = NamedSharding(self.mesh, PartitionSpec())
+      self._eval = jax.jit(lambda params, b: self._loss(params, b)[1],
+                           in_shardings=(self.state_shardings["params"], batch),
+                           out_shardings=replicated)
+    return self._eval
+
   def model(self, state) -> Llama:
     """The trained model (its parameters are the state's arrays, not copies)."""
     return merge(self.graphdef, state["params"])
