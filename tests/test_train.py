@@ -53,9 +53,9 @@ def batches(seed=0, packed=False):
   return out
 
 
-def train_mind_jax(checkpoint, data, mesh=None, microbatches=1):
+def train_mind_jax(checkpoint, data, mesh=None, microbatches=1, **model_keys):
   mesh = mesh or make_mesh({"data": 1}, jax.devices()[:1])
-  model, _, _ = load_model(ModelSection(path=checkpoint), mesh, "train")
+  model, _, _ = load_model(ModelSection(path=checkpoint, **model_keys), mesh, "train")
   trainer = Trainer.create(model.config, mesh, optimizer(OPT, STEPS), learning_rate(OPT, STEPS),
                            microbatches=microbatches)
   state = trainer.init_state(flat_params(model))
@@ -124,6 +124,14 @@ def test_an_8_device_mesh_equals_one_device(checkpoint):
     np.testing.assert_allclose(eight_weights[name], value, atol=1e-5)
 
 
+def test_scanned_and_rematerialised_layers_train_the_same(checkpoint):
+  data = batches(3, packed=True)
+  plain, _ = train_mind_jax(checkpoint, data)
+  scanned, weights = train_mind_jax(checkpoint, data, scan_layers=True, remat="full")
+  np.testing.assert_allclose(scanned, plain, rtol=1e-5)
+  assert weights["model.layers.self_attn.q_proj.weight"].shape[0] == 2  # stacked: one per layer
+
+
 # --- the job: resume, preemption, export --------------------------------------------------------
 
 FAST = ["steps=12", "checkpoint.every=3", "batch_size=4", "data.seq_len=64",
@@ -134,12 +142,13 @@ def _command(workdir, *extra):
   return [sys.executable, "-m", "mind_jax.train", f"workdir={workdir}", *FAST, *extra]
 
 
-def _env():
-  return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+def _env(devices=4):
+  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
-def _run(workdir, *extra):
-  done = subprocess.run(_command(workdir, *extra), capture_output=True, text=True, env=_env())
+def _run(workdir, *extra, devices=4):
+  done = subprocess.run(_command(workdir, *extra), capture_output=True, text=True,
+                        env=_env(devices))
   assert done.returncode == 0, done.stderr[-3000:]
   return done
 
@@ -222,19 +231,31 @@ def test_sigterm_saves_at_once_and_exits_0(uninterrupted, tmp_path):
 
 def test_a_checkpoint_restores_onto_another_mesh(uninterrupted, tmp_path):
   workdir = tmp_path / "run"
-  _run(workdir, "steps=12", "mesh.axes={data: 2, fsdp: 2}", "checkpoint.every=6")
-  # Cut the run back to its step-6 checkpoint, then finish it on a 4-way fsdp mesh.
+  _run(workdir, "mesh.axes={data: 1, fsdp: 4, tensor: 2}", "checkpoint.every=6", devices=8)
+  # Cut the run back to its step-6 checkpoint (saved on 8 devices), then finish it on 4.
   import shutil
   shutil.rmtree(workdir / "checkpoints" / "12")
-  _run(workdir, "mesh.axes={data: 1, fsdp: 4}", "checkpoint.every=6")
+  done = _run(workdir, "mesh.axes={data: 1, fsdp: 2, tensor: 2}", "checkpoint.every=6")
+  assert "start_step: 6" in done.stdout
   ours, reference = read_metrics(workdir), read_metrics(uninterrupted)
   np.testing.assert_allclose([m["loss"] for m in ours], [m["loss"] for m in reference], rtol=1e-5)
+
+
+def test_a_checkpoint_cut_off_mid_save_is_skipped_with_a_warning(tmp_path):
+  workdir = tmp_path / "run"
+  _run(workdir, "steps=6")
+  (workdir / "checkpoints" / "9.orbax-checkpoint-tmp-1700000000").mkdir()
+  done = _run(workdir, "steps=6")
+  assert "9.orbax-checkpoint-tmp-1700000000: a checkpoint cut off while it was written; " \
+      "skipped" in done.stderr and "start_step: 6" in done.stdout
 
 
 def test_the_export_loads_in_transformers_with_the_trained_logits(uninterrupted):
   import transformers
   hf_dir = str(uninterrupted / "hf")
-  reference = transformers.LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+  reference, info = transformers.LlamaForCausalLM.from_pretrained(
+      hf_dir, dtype=torch.float32, output_loading_info=True)
+  assert not any(info.values()), info  # nothing missing, unexpected or mismatched
   ours, tokenizer = load_pretrained(hf_dir)
   assert tokenizer is not None and reference.config.bos_token_id == tokenizer.bos_id
   ids = np.random.RandomState(0).randint(0, 300, (2, 24))
