@@ -1,0 +1,61 @@
+"""Evaluate a model with EleutherAI's lm-evaluation-harness, on a JAX backend or the harness's own.
+
+  python -m mind_jax.evaluate --model mind_train/hf                 # the CHAMP problems, offline
+  python -m mind_jax.evaluate --model mind_train --tasks champ,arc_easy --backend hf --limit 100
+  python -m mind_jax.evaluate --model /ckpt/llama --tasks my_task --tasks-dir my_tasks/
+
+--model is an HF directory or a mind_jax.train workdir (its hf/ export). The backend `jax`
+(default) runs the model on mind_jax (TPU/GPU, no PyTorch); `hf` is the harness's transformers
+model; both score alike. Writes OUT/results.json (the harness's results with the settings),
+OUT/results.md (a table) and OUT/samples/TASK.jsonl (every request and response). The
+bundled task `champ` (270 competition problems from the champ-dataset package, scored by final
+answer) needs no download; other harness tasks fetch their data as the harness does unless
+HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are set (then give local task YAMLs with --tasks-dir).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mind_jax import config as config_lib
+from mind_jax._errors import run_cli
+from mind_jax._progress import setup_logging
+from mind_jax.evaluation import EvaluateConfig
+
+
+def main(argv=None) -> int:
+  parser = config_lib.argument_parser("python -m mind_jax.evaluate", __doc__, EvaluateConfig)
+  parser.add_argument("--model", help="same as model=DIR")
+  parser.add_argument("--tasks", help="comma-separated task names (same as tasks=[...])")
+  parser.add_argument("--backend", choices=["jax", "hf"], help="same as backend=...")
+  parser.add_argument("--limit", type=int, help="same as limit=N")
+  parser.add_argument("--num-fewshot", type=int, help="same as num_fewshot=N")
+  parser.add_argument("--tasks-dir", action="append", default=[], help="repeatable")
+  parser.add_argument("--out", help="same as out=DIR")
+  parser.add_argument("--batch-size", type=int, help="same as batch_size=N")
+  parser.add_argument("--seed", type=int, help="same as seed=N")
+  parser.add_argument("--overwrite", action="store_true", help="same as overwrite=true")
+  args = parser.parse_args(argv)
+  setup_logging(args.verbose)
+  flagged = config_lib.flag_overrides(args, {
+      "model": "model", "backend": "backend", "limit": "limit", "num_fewshot": "num_fewshot",
+      "out": "out", "batch_size": "batch_size", "seed": "seed"})
+  flagged += config_lib.switch_overrides(args, {"overwrite": "overwrite=true"})
+  if args.tasks:
+    flagged.append(("--tasks", "tasks=[" + ",".join(t.strip() for t in args.tasks.split(",")) + "]"))
+  if args.tasks_dir:
+    flagged.append(("--tasks-dir", "tasks_dir=[" + ",".join(f'"{d}"' for d in args.tasks_dir) + "]"))
+
+  def job():
+    from mind_jax.evaluation import evaluate
+    cfg = config_lib.load_config(EvaluateConfig, args.config,
+                                 config_lib.combine_overrides(args.overrides, flagged))
+    results = evaluate(cfg)
+    from mind_jax.evaluation import results_table
+    print(results_table(results), end="")
+    print(f"written to {cfg.out}/")
+  return run_cli(job)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,153 @@
+"""One evaluation: lm-evaluation-harness on a model directory, results written as files."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Literal
+
+import pydantic
+
+from mind_jax import config as config_lib
+from mind_jax._atomic import write_json
+from mind_jax._errors import MindJaxError
+from mind_jax._outdir import check_output_dir, claim, dir_fingerprint
+
+log = logging.getLogger(__name__)
+
+RESULTS, TABLE, SAMPLES = "results.json", "results.md", "samples"
+
+
+class EvaluateConfig(config_lib.Section):
+  model: str | None = pydantic.Field(
+      None, description="HF model directory, or a mind_jax.train workdir (its hf/ export)")
+  tasks: list[str] = pydantic.Field(
+      default_factory=lambda: ["champ"], description="harness task or group names; champ "
+      "(bundled CHAMP problems, offline) by default")
+  backend: Literal["jax", "hf"] = pydantic.Field(
+      "jax", description="jax: mind_jax's model (TPU/GPU, no PyTorch); hf: the harness's own "
+      "transformers model")
+  limit: int | None = pydantic.Field(None, ge=1, description="documents per task (a smoke run)")
+  num_fewshot: int | None = pydantic.Field(None, ge=0, description="override the tasks' count")
+  tasks_dir: list[str] = pydantic.Field(
+      default_factory=list, description="directories of your own task YAMLs (include_path)")
+  out: str = pydantic.Field("mind_eval", description="output directory")
+  batch_size: int = pydantic.Field(8, ge=1, description="requests per forward pass")
+  dtype: Literal["float32", "bfloat16"] = pydantic.Field("float32", description="compute dtype")
+  tensor: int = pydantic.Field(
+      1, ge=1, description="jax backend: chips the model is split over (tensor parallel)")
+  seed: int = pydantic.Field(0, description="the harness's seeds (few-shot sampling, ...)")
+  overwrite: bool = pydantic.Field(
+      False, description="replace an earlier evaluation in out made with other settings")
+
+
+def resolve_model(path: str | None) -> str:
+  """The HF directory to evaluate: `path`, or a training workdir's export; checked up front."""
+  from mind_jax.ckpts._orbax import is_orbax_dir
+  from mind_jax.ckpts._pretrained import require_model_dir
+  if not path:
+    raise MindJaxError("--model: no model given (an HF directory or a mind_jax.train workdir)")
+  record = os.path.join(path, "run.json")
+  if os.path.isfile(record):
+    with open(record) as f:
+      if json.load(f).get("job") == "train":
+        path = os.path.join(path, "hf")
+        if not os.path.isdir(path):
+          raise MindJaxError(f"--model={os.path.dirname(path)}: a training workdir with no hf/ "
+                             "export yet; let the run finish (or set export.every)")
+  require_model_dir(path, "--model")
+  weights = glob.glob(os.path.join(path, "*.safetensors"))
+  if not weights and not is_orbax_dir(path):
+    raise MindJaxError(f"--model={path}: no weights (model.safetensors, its shards, or a "
+                       "mind_jax Orbax checkpoint)")
+  return path
+
+
+def task_manager(cfg: EvaluateConfig, work: str):
+  """The harness's task index with the bundled CHAMP task and the user's directories."""
+  from lm_eval.tasks import TaskManager
+
+  from mind_jax.evaluation._champ import write_task
+  for directory in cfg.tasks_dir:
+    if not os.path.isdir(directory):
+      raise MindJaxError(f"--tasks-dir={directory}: not a directory")
+  include = [write_task(os.path.join(work, "champ")), *cfg.tasks_dir]
+  manager = TaskManager(include_path=include)
+  known = set(manager.all_tasks)
+  for name in cfg.tasks:
+    if name not in known:
+      raise MindJaxError(f"--tasks: unknown task {name!r} (the harness's tasks, champ, and "
+                         "those in --tasks-dir)")
+  return manager
+
+
+def evaluate(cfg: EvaluateConfig) -> dict:
+  """Runs the tasks and writes OUT/results.json, OUT/results.md and OUT/samples/TASK.jsonl."""
+  model = resolve_model(cfg.model)
+  check_output_dir(cfg.out, "--out", [model])
+  settings = {"model": f"{os.path.basename(os.path.normpath(model))}, content "
+                       f"{dir_fingerprint(model)}", "tasks": cfg.tasks, "backend": cfg.backend,
+              "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "dtype": cfg.dtype,
+              "seed": cfg.seed, "tasks_dir": cfg.tasks_dir}
+
+  def remove_owned(record):
+    del record
+    for name in (RESULTS, TABLE, SAMPLES):
+      path = os.path.join(cfg.out, name)
+      shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
+
+  work = tempfile.mkdtemp(prefix="mind_jax_eval_")
+  try:
+    manager = task_manager(cfg, work)
+    claim(cfg.out, "evaluate", settings, overwrite=cfg.overwrite, key="--out",
+          remove_owned=remove_owned,
+          foreign=[n for n in (RESULTS, TABLE, SAMPLES) if os.path.exists(os.path.join(cfg.out, n))])
+    results = _run_harness(cfg, model, manager)
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+  samples = results.pop("samples", {})
+  os.makedirs(os.path.join(cfg.out, SAMPLES), exist_ok=True)
+  for task, rows in samples.items():
+    with open(os.path.join(cfg.out, SAMPLES, f"{task}.jsonl"), "w") as f:
+      for row in rows:
+        f.write(json.dumps(row, default=str) + "\n")
+  results["mind_jax"] = {"model": model, **settings}
+  write_json(os.path.join(cfg.out, RESULTS), json.loads(json.dumps(results, default=str)))
+  with open(os.path.join(cfg.out, TABLE), "w") as f:
+    f.write(results_table(results))
+  return results
+
+
+def _run_harness(cfg: EvaluateConfig, model: str, manager) -> dict:
+  import lm_eval
+
+  import mind_jax.evaluation._jax_lm  # noqa: F401  registers "mind_jax" with the harness
+  if cfg.backend == "jax":
+    name, args = "mind_jax", {"pretrained": model, "dtype": cfg.dtype, "seed": cfg.seed,
+                              "tensor": cfg.tensor}
+  else:
+    name, args = "hf", {"pretrained": model, "dtype": cfg.dtype, "device": "cpu"}
+  return lm_eval.simple_evaluate(
+      model=name, model_args=args, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot,
+      batch_size=cfg.batch_size, limit=cfg.limit, task_manager=manager, log_samples=True,
+      random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
+      fewshot_random_seed=cfg.seed, bootstrap_iters=1000)
+
+
+def results_table(results: dict) -> str:
+  """Markdown: one row per task and metric, with its standard error."""
+  lines = ["| task | metric | value | stderr |", "|---|---|---|---|"]
+  for task, metrics in sorted(results.get("results", {}).items()):
+    for key, value in sorted(metrics.items()):
+      if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
+        continue  # "metric,filter" keys only
+      metric, _, filt = key.partition(",")
+      stderr = metrics.get(f"{metric}_stderr,{filt}")
+      err = f"{stderr:.4f}" if isinstance(stderr, (int, float)) else "n/a"
+      lines.append(f"| {task} | {metric}{f' ({filt})' if filt and filt != 'none' else ''} | "
+                   f"{value:.4f} | {err} |")
+  return "\n".join(lines) + "\n"

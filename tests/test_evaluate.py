@@ -1,0 +1,131 @@
+"""Evaluation: the JAX backend scores like the harness's own HF model; offline tasks; CHAMP scoring."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import make_hf_checkpoint
+from mind_jax.config import load_config
+from mind_jax.evaluation import EvaluateConfig, evaluate
+from mind_jax.evaluation._champ import is_right, process_results
+
+MC_YAML = """task: tiny_mc
+dataset_path: json
+dataset_kwargs: {{data_files: {{test: {data}}}}}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - {{metric: acc, aggregation: mean, higher_is_better: true}}
+  - {{metric: acc_norm, aggregation: mean, higher_is_better: true}}
+"""
+
+ROLLING_YAML = """task: tiny_rolling
+dataset_path: json
+dataset_kwargs: {{data_files: {{test: {data}}}}}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{page}}}}"
+metric_list:
+  - {{metric: word_perplexity}}
+  - {{metric: byte_perplexity}}
+  - {{metric: bits_per_byte}}
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("eval")
+  make_hf_checkpoint(root / "model")
+  # A tokenizer that adds BOS on encode, as Llama's do, so the backends' BOS handling counts.
+  from tokenizers.processors import TemplateProcessing
+  from mind_jax.text import byte_tokenizer
+  tokenizer = byte_tokenizer().hf
+  tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+      single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, tokenizer.bos_token_id)])
+  tokenizer.save_pretrained(str(root / "model"))
+  tasks = root / "tasks"
+  tasks.mkdir()
+  rs = np.random.RandomState(0)
+  with open(tasks / "mc.jsonl", "w") as f:
+    for i in range(6):
+      choices = [f"{rs.randint(100)} apples" for _ in range(4)]
+      f.write(json.dumps({"question": f"How many apples in basket {i}?", "choices": choices,
+                          "label": int(rs.randint(4))}) + "\n")
+  with open(tasks / "rolling.jsonl", "w") as f:
+    for i in range(3):  # longer than the model's 256 positions: several rolling windows
+      f.write(json.dumps({"page": " ".join(f"word{rs.randint(50)}" for _ in range(90 + 20 * i))})
+              + "\n")
+  (tasks / "tiny_mc.yaml").write_text(MC_YAML.format(data=json.dumps(str(tasks / "mc.jsonl"))))
+  (tasks / "tiny_rolling.yaml").write_text(
+      ROLLING_YAML.format(data=json.dumps(str(tasks / "rolling.jsonl"))))
+  return root
+
+
+def run(setup, backend, *extra):
+  out = setup / f"out-{backend}-{len(extra)}"
+  cfg = load_config(EvaluateConfig, None, [
+      f"model={setup / 'model'}", f"out={out}", f"backend={backend}", "batch_size=4",
+      f"tasks_dir=[{json.dumps(str(setup / 'tasks'))}]", *extra])
+  return evaluate(cfg), out
+
+
+def samples(out, task):
+  with open(os.path.join(out, "samples", f"{task}.jsonl")) as f:
+    return sorted((json.loads(line) for line in f), key=lambda s: s["doc_id"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline(tmp_path_factory):
+  mp = pytest.MonkeyPatch()
+  for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    mp.setenv(name, "1")
+  mp.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
+  yield
+  mp.undo()
+
+
+def test_the_jax_backend_scores_like_the_harness_hf_model(setup):
+  tasks = "tasks=[tiny_mc,tiny_rolling,champ]"
+  hf, hf_out = run(setup, "hf", tasks, "limit=4", "num_fewshot=1")
+  jax, jax_out = run(setup, "jax", tasks, "limit=4", "num_fewshot=1")
+  # Multiple choice: every choice's log-likelihood and greedy flag.
+  for a, b in zip(samples(hf_out, "tiny_mc"), samples(jax_out, "tiny_mc"), strict=True):
+    ours = np.array([r[0][0] for r in b["resps"]])
+    theirs = np.array([r[0][0] for r in a["resps"]])
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    assert [r[0][1] for r in a["resps"]] == [r[0][1] for r in b["resps"]]
+  # Rolling log-likelihood over several windows of the 256-token context.
+  for a, b in zip(samples(hf_out, "tiny_rolling"), samples(jax_out, "tiny_rolling"), strict=True):
+    np.testing.assert_allclose(b["resps"][0][0], a["resps"][0][0], atol=1e-4)
+  # Generation with a few-shot example: the same text.
+  generated = [(a["filtered_resps"], b["filtered_resps"])
+               for a, b in zip(samples(hf_out, "champ"), samples(jax_out, "champ"), strict=True)]
+  assert all(x == y for x, y in generated) and any(x[0].strip() for x, _ in generated)
+  for task in ("tiny_mc", "champ"):
+    assert {k: v for k, v in hf["results"][task].items() if "," in k} == \
+        {k: v for k, v in jax["results"][task].items() if "," in k}
+  assert "| tiny_mc | acc |" in (jax_out / "results.md").read_text()
+
+
+def test_champ_scores_right_and_wrong_answers():
+  assert process_results({"answer": "239"}, [" 239"]) == {"exact_match": 1.0}
+  assert process_results({"answer": "239"}, [" 240"]) == {"exact_match": 0.0}
+  assert is_right(" $252$.", "C(10, 5), or equivalently 252")
+  assert not is_right(" 10", "C(10, 5), or equivalently 252")
+  assert is_right(" n = 1", "n=1") and not is_right(" n = 2", "n=1")
+
+
+def test_bad_input_is_one_line_before_anything_runs(setup, tmp_path):
+  from mind_jax import MindJaxError
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(MindJaxError, match=r"--model=\S+/empty: no weights"):
+    evaluate(load_config(EvaluateConfig, None, [f"model={tmp_path / 'empty'}",
+                                                f"out={tmp_path / 'o'}"]))
+  with pytest.raises(MindJaxError, match=r"--tasks: unknown task 'no_such_task'"):
+    run(setup, "jax", "tasks=[no_such_task]")
