@@ -3,6 +3,7 @@
   python -m mind_jax.evaluate --model mind_train/hf                 # the CHAMP problems, offline
   python -m mind_jax.evaluate --model mind_train --tasks champ,arc_easy --backend hf --limit 100
   python -m mind_jax.evaluate --model /ckpt/llama --tasks my_task --tasks-dir my_tasks/
+  python -m mind_jax.evaluate compare eval_raw eval_mind [--out cmp/]  # side by side, deltas
 
 --model is an HF directory or a mind_jax.train workdir (its hf/ export). The backend `jax`
 (default) runs the model on mind_jax (TPU/GPU, no PyTorch); `hf` is the harness's transformers
@@ -23,7 +24,24 @@ from mind_jax._progress import setup_logging
 from mind_jax.evaluation import EvaluateConfig
 
 
+def compare_main(argv) -> int:
+  import argparse
+  parser = argparse.ArgumentParser(
+      prog="python -m mind_jax.evaluate compare",
+      description="Side-by-side table of evaluation outputs (the first is the baseline: the "
+      "others show their difference to it), with standard errors; --out also writes "
+      "compare.md and a bar chart, compare.png.")
+  parser.add_argument("directories", nargs="+", help="python -m mind_jax.evaluate outputs")
+  parser.add_argument("--out", help="directory for compare.md and compare.png")
+  args = parser.parse_args(argv)
+  from mind_jax.evaluation._compare import compare
+  return run_cli(lambda: print(compare(args.directories, args.out), end=""))
+
+
 def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ["compare"]:
+    return compare_main(argv[1:])
   parser = config_lib.argument_parser("python -m mind_jax.evaluate", __doc__, EvaluateConfig)
   parser.add_argument("--model", help="same as model=DIR")
   parser.add_argument("--tasks", help="comma-separated task names (same as tasks=[...])")

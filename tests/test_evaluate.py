@@ -129,3 +129,17 @@ def test_bad_input_is_one_line_before_anything_runs(setup, tmp_path):
                                                 f"out={tmp_path / 'o'}"]))
   with pytest.raises(MindJaxError, match=r"--tasks: unknown task 'no_such_task'"):
     run(setup, "jax", "tasks=[no_such_task]")
+
+
+def test_compare_puts_runs_side_by_side_with_deltas(tmp_path, capsys):
+  from mind_jax.evaluate import main
+  for name, acc in (("raw", 0.25), ("mind", 0.5)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "results.json").write_text(json.dumps({"results": {"gsm8k": {
+        "alias": "gsm8k", "exact_match,strict-match": acc, "exact_match_stderr,strict-match": 0.1}}}))
+  assert main(["compare", str(tmp_path / "raw"), str(tmp_path / "mind"), "--out",
+               str(tmp_path / "cmp")]) == 0
+  table = capsys.readouterr().out
+  assert "| gsm8k | exact_match (strict-match) | 0.2500 +- 0.1000 | 0.5000 +- 0.1000 (+0.2500) |" in table
+  assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+  assert main(["compare", str(tmp_path / "raw"), str(tmp_path / "nothing")]) == 2
