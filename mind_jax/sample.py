@@ -101,7 +101,7 @@ def build_requests(cfg: SampleConfig, prompts, tokenizer) -> list:
 def engine_config(cfg: SampleConfig, requests, model_config, mesh):
   """The engine's shape for these prompts: what is not set is sized from them and the memory."""
   from mind_jax.engine import EngineConfig
-  from mind_jax.engine._engine import slots_that_fit
+  from mind_jax.engine._engine import one_prefill_bucket, slots_that_fit
   limit = model_config.max_position_embeddings
   longest = max(len(r.prompt_ids) for r in requests) + cfg.sampling.max_new_tokens
   max_len = cfg.engine.max_len or min(limit, 1 << max(6, (longest - 1).bit_length()))
@@ -115,20 +115,12 @@ def engine_config(cfg: SampleConfig, requests, model_config, mesh):
                fit, max_len)
       slots = max(data, fit)
   steps = cfg.engine.steps_per_call or min(AUTO_STEPS_PER_CALL, cfg.sampling.max_new_tokens)
-  buckets = tuple(cfg.engine.prefill_buckets or ()) or _one_bucket(
+  buckets = tuple(cfg.engine.prefill_buckets or ()) or one_prefill_bucket(
       [len(r.prompt_ids) for r in requests], max_len)
   log.info("engine: %d slots, max_len %d, %d steps per call, prefill buckets %s", slots, max_len,
            steps, list(buckets) if buckets else "powers of two")
   return EngineConfig(slots=slots, max_len=max_len, steps_per_call=steps, seed=cfg.sampling.seed,
                       prefill_buckets=buckets)
-
-
-def _one_bucket(lengths: list[int], max_len: int) -> tuple[int, ...] | None:
-  """A single prefill program for all the prompts, when padding them to it at most doubles the
-  prefill work: each bucket is a compilation a user waits for (measured on the sample benchmark:
-  one bucket instead of two saved 1.8 s of a 20 s run, for 65% more prefill tokens)."""
-  top = min(max_len, 1 << max(5, (max(lengths) - 1).bit_length()))
-  return (top,) if len(lengths) * top <= 2 * sum(lengths) else None
 
 
 def run(cfg: SampleConfig, prompts) -> int:

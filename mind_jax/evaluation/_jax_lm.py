@@ -83,13 +83,28 @@ class JaxLM(TemplateLM):
     return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
   # --- scoring --------------------------------------------------------------------------------
-  def _log_probs(self, length: int):
-    if length not in self._scores:
+  def _scorer(self, length: int, scored: int):
+    """(ids [B, length], index [B, scored], targets [B, scored]) -> the log-probability of
+    each target at its position and whether it is the argmax. Only the scored positions go
+    through the output head (a large share of the FLOPs when the continuation is short), and
+    only [B, scored] values leave the devices."""
+    key = (length, scored)
+    if key not in self._scores:
       import jax
+      import jax.numpy as jnp
       model = self.model
-      self._scores[length] = jax.jit(
-          lambda ids: jax.nn.log_softmax(model(ids).astype("float32"), axis=-1))
-    return self._scores[length]
+
+      def score(ids, index, targets):
+        positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+        hidden, _ = model.model(ids, positions, None, None)
+        hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)
+        logits = model.logits(hidden).astype(jnp.float32)
+        picked = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None],
+                                     axis=-1)[..., 0]
+        return picked, jnp.argmax(logits, axis=-1) == targets
+
+      self._scores[key] = jax.jit(score)
+    return self._scores[key]
 
   def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
     """(sum of the continuation's log-probabilities, whether it is the greedy continuation)
@@ -101,19 +116,23 @@ class JaxLM(TemplateLM):
     with tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood") as bar:
       for start in range(0, len(order), self.batch_size):
         chunk = order[start:start + self.batch_size]
-        inputs = [(requests[i][1] + requests[i][2])[-(self.max_length + 1):][:-1] for i in chunk]
-        length = _bucket(max(len(x) for x in inputs), self.max_length)
-        ids = np.zeros((len(chunk), length), np.int32)  # right padding: causal, never seen
-        for row, x in enumerate(inputs):
-          ids[row, :len(x)] = x
-        log_probs = np.asarray(self._log_probs(length)(ids))
-        for row, i in enumerate(chunk):
-          continuation = requests[i][2]
-          end = len(inputs[row])
-          rows = log_probs[row, end - len(continuation):end]
-          picked = rows[np.arange(len(continuation)), continuation]
-          greedy = bool((rows.argmax(-1) == np.asarray(continuation)).all())
-          out[i] = (float(picked.sum()), greedy)
+        whole = [(requests[i][1] + requests[i][2])[-(self.max_length + 1):] for i in chunk]
+        counts = [min(len(requests[i][2]), len(x) - 1) for i, x in zip(chunk, whole)]
+        # Lengths rounded up to a multiple of 16 (the continuation's to a power of two): few
+        # compiled shapes, little padding. Right padding: a causal model never looks at it.
+        length = min(-(-max(len(x) - 1 for x in whole) // 16) * 16, self.max_length)
+        scored = _bucket(max(counts), length, smallest=1)
+        ids = np.zeros((self.batch_size, length), np.int32)
+        index = np.zeros((self.batch_size, scored), np.int32)
+        targets = np.zeros((self.batch_size, scored), np.int32)
+        for row, (x, n) in enumerate(zip(whole, counts)):
+          end = len(x) - 1
+          ids[row, :end] = x[:-1]
+          index[row, :n] = np.arange(end - n, end)
+          targets[row, :n] = x[end - n + 1:end + 1]
+        picked, greedy = (np.asarray(a) for a in self._scorer(length, scored)(ids, index, targets))
+        for row, (i, n) in enumerate(zip(chunk, counts)):
+          out[i] = (float(picked[row, :n].sum()), bool(greedy[row, :n].all()))
           if requests[i][0] is not None:
             self.cache_hook.add_partial("loglikelihood", requests[i][0], out[i])
         bar.update(len(chunk))
@@ -151,10 +170,15 @@ class JaxLM(TemplateLM):
           temperature=0.0 if greedy else float(kwargs.get("temperature", 1.0)),
           top_p=float(kwargs.get("top_p") or 1.0), top_k=int(kwargs.get("top_k") or 0))
       prepared.append((ids, sampling, until))
+    from mind_jax.engine._engine import one_prefill_bucket
     longest = max((len(ids) + s.max_new_tokens for ids, s, _ in prepared), default=1)
+    max_len = max(longest, min(_bucket(longest, longest), self.max_length))
+    # One prefill program for every prompt where padding allows: compilations are most of a
+    # small evaluation's time.
     engine = Engine(self.model, None, EngineConfig(
-        slots=max(1, min(self.batch_size, len(prepared))),
-        max_len=max(longest, min(_bucket(longest, longest), self.max_length)), seed=self.seed))
+        slots=max(1, min(self.batch_size, len(prepared))), max_len=max_len, seed=self.seed,
+        steps_per_call=16, prefill_buckets=one_prefill_bucket(
+            [len(ids) for ids, _, _ in prepared] or [1], max_len)))
     results = {r.id: r for r in engine.generate(
         [Request(i, ids, sampling) for i, (ids, sampling, _) in enumerate(prepared)])}
     out = []
@@ -166,10 +190,10 @@ class JaxLM(TemplateLM):
     return out
 
 
-def _bucket(length: int, limit: int) -> int:
-  """The next power of two (at least 16), but at most `limit` (and at least `length`): few
-  compiled shapes."""
-  size = 16
+def _bucket(length: int, limit: int, smallest: int = 16) -> int:
+  """The next power of two (at least `smallest`), but at most `limit` (and at least
+  `length`): few compiled shapes."""
+  size = smallest
   while size < length:
     size *= 2
   return max(min(size, limit), length)
