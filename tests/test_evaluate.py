@@ -129,6 +129,23 @@ def test_bad_input_is_one_line_before_anything_runs(setup, tmp_path):
                                                 f"out={tmp_path / 'o'}"]))
   with pytest.raises(MindJaxError, match=r"--tasks: unknown task 'no_such_task'"):
     run(setup, "jax", "tasks=[no_such_task]")
+  missing = tmp_path / "tasks"
+  missing.mkdir()
+  (missing / "gone.yaml").write_text(MC_YAML.replace("tiny_mc", "gone").format(
+      data=json.dumps(str(tmp_path / "gone.jsonl"))))
+  with pytest.raises(MindJaxError, match=r"gone.yaml: task gone: data file \S+/gone.jsonl does "
+                     r"not exist"):
+    evaluate(load_config(EvaluateConfig, None, [f"model={setup / 'model'}", f"out={tmp_path / 'o'}",
+                                                "tasks=[gone]", f"tasks_dir=[{missing}]"]))
+
+
+def test_a_harness_too_old_is_named(monkeypatch):
+  import lm_eval
+  from mind_jax import MindJaxError
+  from mind_jax.evaluation._run import check_harness
+  monkeypatch.setattr(lm_eval, "__version__", "0.4.2")
+  with pytest.raises(MindJaxError, match=r"lm-eval 0.4.2 is too old"):
+    check_harness()
 
 
 def test_compare_puts_runs_side_by_side_with_deltas(tmp_path, capsys):

@@ -67,14 +67,58 @@ def resolve_model(path: str | None) -> str:
   return path
 
 
+MIN_HARNESS = (0, 4, 8)
+
+
+def check_harness() -> None:
+  """lm-evaluation-harness present and recent enough, or one line saying what to install."""
+  try:
+    import lm_eval
+  except ModuleNotFoundError:
+    raise MindJaxError("lm-evaluation-harness is not installed; pip install 'mind-jax[eval]' "
+                       "(or 'lm-eval[hf]>=0.4.8')") from None
+  version = tuple(int(p) for p in lm_eval.__version__.split(".")[:3] if p.isdigit())
+  if version < MIN_HARNESS:
+    raise MindJaxError(f"lm-eval {lm_eval.__version__} is too old; pip install "
+                       "'lm-eval[hf]>=0.4.8'")
+
+
+def check_local_data(directories: list[str], tasks: list[str]) -> None:
+  """Each requested task of the user's YAMLs whose data are local files: the files exist
+  (named in one line), rather than the harness failing on them after the model loaded."""
+  import yaml
+
+  class Permissive(yaml.SafeLoader):
+    pass
+
+  Permissive.add_multi_constructor("!", lambda loader, suffix, node: None)
+  for directory in directories:
+    for path in sorted(glob.glob(os.path.join(directory, "**", "*.yaml"), recursive=True)):
+      try:
+        with open(path) as f:
+          spec = yaml.load(f, Loader=Permissive) or {}
+      except yaml.YAMLError as e:
+        raise MindJaxError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+      if not isinstance(spec, dict) or spec.get("task") not in tasks:
+        continue
+      files = (spec.get("dataset_kwargs") or {}).get("data_files") or {}
+      for split_files in (files.values() if isinstance(files, dict) else [files]):
+        for data in ([split_files] if isinstance(split_files, str) else split_files):
+          data = data if os.path.isabs(data) else os.path.join(os.path.dirname(path), data)
+          if "://" not in data and not glob.glob(data):
+            raise MindJaxError(f"{path}: task {spec['task']}: data file {data} does not exist")
+
+
 def task_manager(cfg: EvaluateConfig, work: str):
   """The harness's task index with the bundled CHAMP task and the user's directories."""
+  check_harness()
   from lm_eval.tasks import TaskManager
 
   from mind_jax.evaluation._champ import write_task
   for directory in cfg.tasks_dir:
     if not os.path.isdir(directory):
       raise MindJaxError(f"--tasks-dir={directory}: not a directory")
+  check_local_data(cfg.tasks_dir, cfg.tasks)
   include = [write_task(os.path.join(work, "champ")), *cfg.tasks_dir]
   manager = TaskManager(include_path=include)
   known = set(manager.all_tasks)
