@@ -4,6 +4,8 @@
   python -m mind_jax.evaluate --model mind_train --tasks champ,arc_easy --backend hf --limit 100
   python -m mind_jax.evaluate --model /ckpt/llama --tasks my_task --tasks-dir my_tasks/
   python -m mind_jax.evaluate compare eval_raw eval_mind [--out cmp/]  # side by side, deltas
+  python -m mind_jax.evaluate prepare my_files/ --data-dir eval_data/   # tasks on local files
+  python -m mind_jax.evaluate --model mind_train --tasks gsm8k,arc_easy --data-dir eval_data/
 
 --model is an HF directory or a mind_jax.train workdir (its hf/ export). The backend `jax`
 (default) runs the model on mind_jax (TPU/GPU, no PyTorch); `hf` is the harness's transformers
@@ -38,10 +40,29 @@ def compare_main(argv) -> int:
   return run_cli(lambda: print(compare(args.directories, args.out), end=""))
 
 
+def prepare_main(argv) -> int:
+  import argparse
+
+  from mind_jax.evaluation._local import SINGLE_DATASET_TASKS
+  parser = argparse.ArgumentParser(
+      prog="python -m mind_jax.evaluate prepare", formatter_class=argparse.RawDescriptionHelpFormatter,
+      description="Make a data directory of harness tasks on local files. SOURCE holds one "
+      "folder per task with the hub dataset's split files (train/validation/test, .parquet or "
+      ".jsonl, named as on the hub: test-00000-of-00001.parquet):\n" + "\n".join(
+          f"  {task:14s} {hub}" for task, (_, hub) in SINGLE_DATASET_TASKS.items()))
+  parser.add_argument("source", help="folder with one folder of split files per task")
+  parser.add_argument("--data-dir", required=True, help="where the local tasks are written")
+  args = parser.parse_args(argv)
+  from mind_jax.evaluation._local import prepare
+  return run_cli(lambda: print("prepared: " + ", ".join(prepare(args.source, args.data_dir))))
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv[:1] == ["compare"]:
     return compare_main(argv[1:])
+  if argv[:1] == ["prepare"]:
+    return prepare_main(argv[1:])
   parser = config_lib.argument_parser("python -m mind_jax.evaluate", __doc__, EvaluateConfig)
   parser.add_argument("--model", help="same as model=DIR")
   parser.add_argument("--tasks", help="comma-separated task names (same as tasks=[...])")
@@ -49,6 +70,7 @@ def main(argv=None) -> int:
   parser.add_argument("--limit", type=int, help="same as limit=N")
   parser.add_argument("--num-fewshot", type=int, help="same as num_fewshot=N")
   parser.add_argument("--tasks-dir", action="append", default=[], help="repeatable")
+  parser.add_argument("--data-dir", help="same as data_dir=DIR (see `prepare`)")
   parser.add_argument("--out", help="same as out=DIR")
   parser.add_argument("--batch-size", type=int, help="same as batch_size=N")
   parser.add_argument("--seed", type=int, help="same as seed=N")
@@ -57,6 +79,7 @@ def main(argv=None) -> int:
   setup_logging(args.verbose)
   flagged = config_lib.flag_overrides(args, {
       "model": "model", "backend": "backend", "limit": "limit", "num_fewshot": "num_fewshot",
+      "data_dir": "data_dir",
       "out": "out", "batch_size": "batch_size", "seed": "seed"})
   flagged += config_lib.switch_overrides(args, {"overwrite": "overwrite=true"})
   if args.tasks:

@@ -160,3 +160,33 @@ def test_compare_puts_runs_side_by_side_with_deltas(tmp_path, capsys):
   assert "| gsm8k | exact_match (strict-match) | 0.2500 +- 0.1000 | 0.5000 +- 0.1000 (+0.2500) |" in table
   assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
   assert main(["compare", str(tmp_path / "raw"), str(tmp_path / "nothing")]) == 2
+
+
+def test_prepared_local_data_runs_the_harness_tasks_offline(setup, tmp_path):
+  """gsm8k and arc_easy as the harness defines them, on files in their hub schemas."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  from mind_jax.evaluate import main
+  source = tmp_path / "files"
+  (source / "gsm8k").mkdir(parents=True)
+  rows = [{"question": f"Tom has {i} apples and buys 2 more. How many now?",
+           "answer": f"He has {i} + 2 = {i + 2} apples.\n#### {i + 2}"} for i in range(6)]
+  for split, part in (("train", rows[:3]), ("test", rows[3:])):
+    with open(source / "gsm8k" / f"{split}-00000-of-00001.jsonl", "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in part)
+  (source / "arc_easy").mkdir()
+  arc = pa.table({"id": ["a", "b", "c"], "question": ["Which is a mammal?"] * 3,
+                  "choices": [{"text": ["cat", "fish", "frog"], "label": ["A", "B", "C"]}] * 3,
+                  "answerKey": ["A", "A", "A"]})
+  for split in ("train", "validation", "test"):
+    pq.write_table(arc, source / "arc_easy" / f"{split}-00000-of-00001.parquet")
+  assert main(["prepare", str(source), "--data-dir", str(tmp_path / "data")]) == 0
+  results, out = run(setup, "jax", "tasks=[gsm8k,arc_easy]", f"data_dir={tmp_path / 'data'}",
+                     "num_fewshot=1", "limit=2", "tasks_dir=[]")
+  assert {"exact_match,strict-match", "exact_match,flexible-extract"} <= set(results["results"]["gsm8k"])
+  assert "acc,none" in results["results"]["arc_easy"]
+  prompt = samples(out, "gsm8k")[0]["arguments"][0][0]
+  assert prompt.startswith("Question: Tom has") and "#### " in prompt  # the harness's own format
+  from mind_jax import MindJaxError
+  with pytest.raises(MindJaxError, match=r"unknown task 'race': not prepared in \S+/data"):
+    run(setup, "jax", "tasks=[race]", f"data_dir={tmp_path / 'data'}", "tasks_dir=[]")

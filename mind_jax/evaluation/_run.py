@@ -35,6 +35,9 @@ class EvaluateConfig(config_lib.Section):
   num_fewshot: int | None = pydantic.Field(None, ge=0, description="override the tasks' count")
   tasks_dir: list[str] = pydantic.Field(
       default_factory=list, description="directories of your own task YAMLs (include_path)")
+  data_dir: str | None = pydantic.Field(
+      None, description="tasks on local files only (made by `evaluate prepare`): the hub is "
+      "never contacted")
   out: str = pydantic.Field("mind_eval", description="output directory")
   batch_size: int = pydantic.Field(8, ge=1, description="requests per forward pass")
   dtype: Literal["float32", "bfloat16"] = pydantic.Field("float32", description="compute dtype")
@@ -118,14 +121,21 @@ def task_manager(cfg: EvaluateConfig, work: str):
   for directory in cfg.tasks_dir:
     if not os.path.isdir(directory):
       raise MindJaxError(f"--tasks-dir={directory}: not a directory")
-  check_local_data(cfg.tasks_dir, cfg.tasks)
-  include = [write_task(os.path.join(work, "champ")), *cfg.tasks_dir]
-  manager = TaskManager(include_path=include)
+  local = [cfg.data_dir] if cfg.data_dir else []
+  for directory in local:
+    if not os.path.isdir(directory):
+      raise MindJaxError(f"--data-dir={directory}: not a directory (make it with "
+                         "python -m mind_jax.evaluate prepare)")
+  check_local_data([*local, *cfg.tasks_dir], cfg.tasks)
+  include = [*local, write_task(os.path.join(work, "champ")), *cfg.tasks_dir]
+  # With a data directory the harness's own (hub-backed) definitions are not offered.
+  manager = TaskManager(include_path=include, include_defaults=not cfg.data_dir)
   known = set(manager.all_tasks)
   for name in cfg.tasks:
     if name not in known:
-      raise MindJaxError(f"--tasks: unknown task {name!r} (the harness's tasks, champ, and "
-                         "those in --tasks-dir)")
+      where = (f"prepared in {cfg.data_dir}" if cfg.data_dir else "among the harness's tasks")
+      raise MindJaxError(f"--tasks: unknown task {name!r}: not {where}, champ, or a task in "
+                         "--tasks-dir")
   return manager
 
 
@@ -133,10 +143,12 @@ def evaluate(cfg: EvaluateConfig) -> dict:
   """Runs the tasks and writes OUT/results.json, OUT/results.md and OUT/samples/TASK.jsonl."""
   model = resolve_model(cfg.model)
   check_output_dir(cfg.out, "--out", [model])
+  if cfg.data_dir:  # read before `datasets` is imported, which fixes its offline mode
+    os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
   settings = {"model": f"{os.path.basename(os.path.normpath(model))}, content "
                        f"{dir_fingerprint(model)}", "tasks": cfg.tasks, "backend": cfg.backend,
               "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "dtype": cfg.dtype,
-              "seed": cfg.seed, "tasks_dir": cfg.tasks_dir}
+              "seed": cfg.seed, "tasks_dir": cfg.tasks_dir, "data_dir": cfg.data_dir}
 
   def remove_owned(record):
     del record
