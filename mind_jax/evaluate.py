@@ -5,7 +5,7 @@
   python -m mind_jax.evaluate --model /ckpt/llama --tasks my_task --tasks-dir my_tasks/
   python -m mind_jax.evaluate compare eval_raw eval_mind [--out cmp/]  # side by side, deltas
   python -m mind_jax.evaluate prepare my_files/ --data-dir eval_data/   # tasks on local files
-  python -m mind_jax.evaluate --model mind_train --tasks gsm8k,arc_easy --data-dir eval_data/
+  python -m mind_jax.evaluate --model mind_train --tasks mind --data-dir eval_data/   # the paper's suite
 
 --model is an HF directory or a mind_jax.train workdir (its hf/ export). The backend `jax`
 (default) runs the model on mind_jax (TPU/GPU, no PyTorch); `hf` is the harness's transformers
@@ -43,13 +43,16 @@ def compare_main(argv) -> int:
 def prepare_main(argv) -> int:
   import argparse
 
-  from mind_jax.evaluation._local import SINGLE_DATASET_TASKS
+  from mind_jax.evaluation._local import SINGLE_DATASET_TASKS, SUBJECT_TASKS
   parser = argparse.ArgumentParser(
       prog="python -m mind_jax.evaluate prepare", formatter_class=argparse.RawDescriptionHelpFormatter,
-      description="Make a data directory of harness tasks on local files. SOURCE holds one "
-      "folder per task with the hub dataset's split files (train/validation/test, .parquet or "
-      ".jsonl, named as on the hub: test-00000-of-00001.parquet):\n" + "\n".join(
-          f"  {task:14s} {hub}" for task, (_, hub) in SINGLE_DATASET_TASKS.items()))
+      description="Make a data directory of harness tasks on local files, and the group `mind` "
+      "(GSM8K 8-shot, MATH 4-shot, MMLU and MMLU-STEM 5-shot, the general-reasoning average) "
+      "over what it holds. SOURCE holds one folder per task with the hub dataset's split files "
+      "(train/validation/test/dev, .parquet or .jsonl, named as on the hub: "
+      "test-00000-of-00001.parquet), or for mmlu and hendrycks_math one folder per subject:\n"
+      + "\n".join(f"  {task:15s} {hub}" for task, (_, hub) in SINGLE_DATASET_TASKS.items())
+      + "\n" + "\n".join(f"  {name:15s} {hub}" for name, (_, _, hub) in SUBJECT_TASKS.items()))
   parser.add_argument("source", help="folder with one folder of split files per task")
   parser.add_argument("--data-dir", required=True, help="where the local tasks are written")
   args = parser.parse_args(argv)

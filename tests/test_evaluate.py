@@ -170,8 +170,8 @@ def test_prepared_local_data_runs_the_harness_tasks_offline(setup, tmp_path):
   source = tmp_path / "files"
   (source / "gsm8k").mkdir(parents=True)
   rows = [{"question": f"Tom has {i} apples and buys 2 more. How many now?",
-           "answer": f"He has {i} + 2 = {i + 2} apples.\n#### {i + 2}"} for i in range(6)]
-  for split, part in (("train", rows[:3]), ("test", rows[3:])):
+           "answer": f"He has {i} + 2 = {i + 2} apples.\n#### {i + 2}"} for i in range(12)]
+  for split, part in (("train", rows[:9]), ("test", rows[9:])):
     with open(source / "gsm8k" / f"{split}-00000-of-00001.jsonl", "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in part)
   (source / "arc_easy").mkdir()
@@ -180,7 +180,19 @@ def test_prepared_local_data_runs_the_harness_tasks_offline(setup, tmp_path):
                   "answerKey": ["A", "A", "A"]})
   for split in ("train", "validation", "test"):
     pq.write_table(arc, source / "arc_easy" / f"{split}-00000-of-00001.parquet")
+  for subject in ("abstract_algebra", "philosophy"):  # a STEM subject and another
+    (source / "mmlu" / subject).mkdir(parents=True)
+    table = pa.table({"question": [f"{subject} question {i}?" for i in range(6)],
+                      "subject": [subject] * 6, "choices": [["w", "x", "y", "z"]] * 6,
+                      "answer": [i % 4 for i in range(6)]})
+    for split in ("dev", "validation", "test"):
+      pq.write_table(table, source / "mmlu" / subject / f"{split}-00000-of-00001.parquet")
   assert main(["prepare", str(source), "--data-dir", str(tmp_path / "data")]) == 0
+  # The paper's suite over what was prepared, with its few-shot counts.
+  suite, _ = run(setup, "jax", "tasks=[mind]", f"data_dir={tmp_path / 'data'}", "limit=1",
+                 "tasks_dir=[]")
+  assert {"gsm8k", "mmlu", "mmlu_stem", "mind_reasoning", "arc_easy"} <= set(suite["results"])
+  assert suite["n-shot"]["gsm8k"] == 8 and suite["n-shot"]["mmlu_abstract_algebra"] == 5
   results, out = run(setup, "jax", "tasks=[gsm8k,arc_easy]", f"data_dir={tmp_path / 'data'}",
                      "num_fewshot=1", "limit=2", "tasks_dir=[]")
   assert {"exact_match,strict-match", "exact_match,flexible-extract"} <= set(results["results"]["gsm8k"])

@@ -27,7 +27,32 @@ SINGLE_DATASET_TASKS: dict[str, tuple[str, str]] = {
     "winogrande": ("winogrande/default.yaml", "allenai/winogrande (winogrande_xl)"),
     "race": ("race/race.yaml", "EleutherAI/race (high)"),
 }
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test", "dev")
+
+# Harness tasks with one dataset configuration per subject: SOURCE/NAME/SUBJECT/ holds each
+# subject's split files. name -> (built-in folder, {subject: task}, hub dataset, group files).
+MATH_SUBJECTS = {
+    "algebra": "minerva_math_algebra", "counting_and_probability": "minerva_math_counting_and_prob",
+    "geometry": "minerva_math_geometry", "intermediate_algebra": "minerva_math_intermediate_algebra",
+    "number_theory": "minerva_math_num_theory", "prealgebra": "minerva_math_prealgebra",
+    "precalculus": "minerva_math_precalc"}
+SUBJECT_TASKS: dict[str, tuple[str, dict[str, str] | None, str]] = {
+    # MMLU's 57 subjects: task mmlu_SUBJECT, grouped as the harness groups them (mmlu, and
+    # mmlu_stem for its STEM subjects) over the subjects present, weighted by size.
+    "mmlu": ("mmlu/default", None, "cais/mmlu (one configuration per subject)"),
+    "hendrycks_math": ("minerva_math", MATH_SUBJECTS,
+                       "EleutherAI/hendrycks_math (one configuration per subject)"),
+}
+
+# The paper's evaluation as one group (python -m mind_jax.evaluate --tasks mind), from the
+# tasks a data directory holds. Few-shot counts: the settings these benchmarks are usually
+# reported with (GSM8K 8-shot chain of thought as in the Llama reports; MATH 4-shot as in
+# Minerva; MMLU 5-shot as in Hendrycks et al.; the general-reasoning tasks 0-shot, the
+# harness's defaults). Check them against the MIND paper's appendix before comparing numbers
+# with its table: its exact counts are not in this project's notes.
+# Set on the leaf tasks (the harness does not carry a count given to a group down to it).
+SUITE_FEWSHOT = {"gsm8k": 8, "math": 4, "mmlu": 5}
+REASONING = ("arc_easy", "arc_challenge", "race", "piqa", "winogrande", "hellaswag")
 
 
 def _split_of(name: str) -> str | None:
@@ -38,8 +63,6 @@ def _split_of(name: str) -> str | None:
 def prepare(source: str, data_dir: str) -> list[str]:
   """Writes the local tasks for every known task SOURCE has a folder for; returns their names."""
   import lm_eval
-
-  from mind_jax.data import iter_records
   if not os.path.isdir(source):
     raise MindJaxError(f"{source}: not a directory (expected one folder per task: "
                        f"{', '.join(SINGLE_DATASET_TASKS)})")
@@ -47,34 +70,105 @@ def prepare(source: str, data_dir: str) -> list[str]:
   prepared = []
   for task, (builtin, _) in SINGLE_DATASET_TASKS.items():
     folder = os.path.join(source, task)
-    if not os.path.isdir(folder):
+    if os.path.isdir(folder):
+      _write_task(task, os.path.join(builtin_root, builtin), folder, data_dir)
+      prepared.append(task)
+  for name, (folder, subjects, _) in SUBJECT_TASKS.items():
+    root = os.path.join(source, name)
+    if not os.path.isdir(root):
       continue
-    files: dict[str, list[str]] = {}
-    for name in sorted(os.listdir(folder)):
-      split = _split_of(name)
-      if split and name.endswith((".jsonl", ".json", ".parquet", ".jsonl.gz")):
-        files.setdefault(split, []).append(os.path.join(folder, name))
-    if not files:
-      raise MindJaxError(f"{folder}: no split files (train/validation/test .jsonl or .parquet)")
-    out = os.path.join(data_dir, task)
-    os.makedirs(out, exist_ok=True)
-    data_files = {}
-    for split, paths in files.items():
-      target = os.path.join(out, f"{split}.jsonl")
-      with open(target, "w") as f:
-        for path in paths:
-          for where, record, problem in iter_records(path):
-            if problem:
-              raise MindJaxError(f"{where}: {problem}")
-            f.write(json.dumps(record, default=str) + "\n")
-      data_files[split] = os.path.abspath(target)
-    spec = {"include": os.path.join(builtin_root, builtin), "task": task,
-            "dataset_path": "json", "dataset_name": None,
-            "dataset_kwargs": {"data_files": data_files}}
-    with open(os.path.join(data_dir, f"{task}.yaml"), "w") as f:
-      json.dump(spec, f, indent=1)  # JSON is YAML; every value here is plain data
-    prepared.append(task)
+    tasks = []
+    for subject in sorted(os.listdir(root)):
+      task = subjects.get(subject) if subjects is not None else f"mmlu_{subject}"
+      builtin = os.path.join(builtin_root, folder, f"{task}.yaml") if task else ""
+      if not os.path.isfile(builtin):
+        raise MindJaxError(f"{os.path.join(root, subject)}: not a {name} subject the harness "
+                           "knows")
+      _write_task(task, builtin, os.path.join(root, subject), os.path.join(data_dir, name))
+      tasks.append(task)
+    if name == "mmlu" and tasks:
+      stem = [t for t in tasks if "mmlu_stem_tasks" in _tags(os.path.join(builtin_root, folder,
+                                                                            f"{t}.yaml"))]
+      shots = {t: SUITE_FEWSHOT["mmlu"] for t in tasks}
+      _write_group(os.path.join(data_dir, "mmlu.yaml"), "mmlu", tasks, "acc", True, shots)
+      if stem:
+        _write_group(os.path.join(data_dir, "mmlu_stem.yaml"), "mmlu_stem", stem, "acc", True,
+                     shots)
+    if name == "hendrycks_math" and tasks:
+      _write_group(os.path.join(data_dir, "mind_math.yaml"), "mind_math", tasks, "exact_match",
+                   True, {t: SUITE_FEWSHOT["math"] for t in tasks})
+    prepared += tasks
   if not prepared:
-    raise MindJaxError(f"{source}: no task folders (known tasks: "
-                       f"{', '.join(SINGLE_DATASET_TASKS)})")
+    raise MindJaxError(f"{source}: no task folders (known: "
+                       f"{', '.join([*SINGLE_DATASET_TASKS, *SUBJECT_TASKS])})")
+  _write_suite(data_dir, prepared)
   return prepared
+
+
+def _tags(path: str) -> list[str]:
+  import yaml
+
+  class Permissive(yaml.SafeLoader):
+    pass
+
+  Permissive.add_multi_constructor("!", lambda loader, suffix, node: None)
+  with open(path) as f:
+    tag = (yaml.load(f, Loader=Permissive) or {}).get("tag") or []
+  return [tag] if isinstance(tag, str) else list(tag)
+
+
+def _write_task(task: str, builtin: str, folder: str, out_dir: str) -> None:
+  from mind_jax.data import iter_records
+  files: dict[str, list[str]] = {}
+  for name in sorted(os.listdir(folder)):
+    split = _split_of(name)
+    if split and name.endswith((".jsonl", ".json", ".parquet", ".jsonl.gz")):
+      files.setdefault(split, []).append(os.path.join(folder, name))
+  if not files:
+    raise MindJaxError(f"{folder}: no split files (train/validation/test/dev .jsonl or .parquet)")
+  os.makedirs(os.path.join(out_dir, task), exist_ok=True)
+  data_files = {}
+  for split, paths in files.items():
+    target = os.path.join(out_dir, task, f"{split}.jsonl")
+    with open(target, "w") as f:
+      for path in paths:
+        for where, record, problem in iter_records(path):
+          if problem:
+            raise MindJaxError(f"{where}: {problem}")
+          f.write(json.dumps(record, default=str) + "\n")
+    data_files[split] = os.path.abspath(target)
+  spec = {"include": builtin, "task": task, "dataset_path": "json", "dataset_name": None,
+          "dataset_kwargs": {"data_files": data_files}}
+  with open(os.path.join(out_dir, f"{task}.yaml"), "w") as f:
+    json.dump(spec, f, indent=1)  # JSON is YAML; every value here is plain data
+
+
+def _write_group(path: str, group: str, tasks, metric: str, by_size: bool,
+                 fewshot: dict | None = None) -> None:
+  entries = [{"task": t, "num_fewshot": fewshot[t]} if fewshot and t in fewshot else t
+             for t in tasks]
+  spec = {"group": group, "task": entries,
+          "aggregate_metric_list": [{"metric": metric, "weight_by_size": by_size}],
+          "metadata": {"version": 1}}
+  with open(path, "w") as f:
+    json.dump(spec, f, indent=1)
+
+
+def _write_suite(data_dir: str, prepared: list[str]) -> None:
+  """The `mind` group over what was prepared: GSM8K, MATH, MMLU, MMLU-STEM and the average of
+  the general-reasoning tasks present (unweighted, as the paper averages them)."""
+  present = set(prepared)
+  reasoning = [t for t in REASONING if t in present]
+  if reasoning:
+    _write_group(os.path.join(data_dir, "mind_reasoning.yaml"), "mind_reasoning", reasoning,
+                 "acc", by_size=False)
+  members = [t for t in ("gsm8k",) if t in present]
+  members += ["mind_math"] if any(t.startswith("minerva_math_") for t in present) else []
+  members += ["mmlu"] if any(t.startswith("mmlu_") for t in present) else []
+  members += ["mmlu_stem"] if os.path.exists(os.path.join(data_dir, "mmlu_stem.yaml")) else []
+  members += ["mind_reasoning"] if reasoning else []
+  spec = {"group": "mind", "task": [
+      {"task": t, "num_fewshot": SUITE_FEWSHOT[t]} if t == "gsm8k" else t for t in members],
+      "metadata": {"version": 1}}
+  with open(os.path.join(data_dir, "mind.yaml"), "w") as f:
+    json.dump(spec, f, indent=1)
