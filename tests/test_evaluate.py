@@ -82,10 +82,19 @@ def samples(out, task):
 
 @pytest.fixture(scope="module", autouse=True)
 def offline(tmp_path_factory):
+  """Offline as a TPU VM without hub access is: hub variables set, sockets refused."""
   mp = pytest.MonkeyPatch()
   for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     mp.setenv(name, "1")
   mp.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
+  # And the network blocked: any connection attempt from this process fails the test.
+  import socket
+
+  def refuse(self, address, *args, **kwargs):
+    raise AssertionError(f"network access attempted: {address}")
+
+  mp.setattr(socket.socket, "connect", refuse)
+  mp.setattr(socket.socket, "connect_ex", refuse)
   yield
   mp.undo()
 
