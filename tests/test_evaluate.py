@@ -200,7 +200,8 @@ def test_prepared_local_data_runs_the_harness_tasks_offline(setup, tmp_path):
   # The paper's suite over what was prepared, with its few-shot counts.
   suite, _ = run(setup, "jax", "tasks=[mind]", f"data_dir={tmp_path / 'data'}", "limit=1",
                  "tasks_dir=[]")
-  assert {"gsm8k", "mmlu", "mmlu_stem", "mind_reasoning", "arc_easy"} <= set(suite["results"])
+  assert {"gsm8k", "mind_mmlu", "mind_mmlu_stem", "mind_reasoning", "arc_easy"} <= set(
+      suite["results"])
   assert suite["n-shot"]["gsm8k"] == 8 and suite["n-shot"]["mmlu_abstract_algebra"] == 5
   results, out = run(setup, "jax", "tasks=[gsm8k,arc_easy]", f"data_dir={tmp_path / 'data'}",
                      "num_fewshot=1", "limit=2", "tasks_dir=[]")
@@ -211,3 +212,22 @@ def test_prepared_local_data_runs_the_harness_tasks_offline(setup, tmp_path):
   from mind_jax import MindJaxError
   with pytest.raises(MindJaxError, match=r"unknown task 'race': not prepared in \S+/data"):
     run(setup, "jax", "tasks=[race]", f"data_dir={tmp_path / 'data'}", "tasks_dir=[]")
+
+
+def test_the_suite_on_the_hub_tasks_is_indexed_with_its_few_shot_counts(tmp_path):
+  """Without a data directory `mind` names the harness's own tasks (loading them would
+  download their data, so only the index is checked here)."""
+  import lm_eval
+  import yaml
+  from mind_jax.evaluation._local import hub_suite_tasks, write_suite
+  from lm_eval.tasks import TaskManager
+  builtin = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
+  tasks = hub_suite_tasks(builtin)
+  assert len([t for t in tasks if t.startswith("mmlu_")]) == 57 and "minerva_math_algebra" in tasks
+  write_suite(str(tmp_path), tasks, builtin)
+  manager = TaskManager(include_path=[str(tmp_path)])
+  assert {"mind", "mind_mmlu", "mind_mmlu_stem", "mind_math", "mind_reasoning"} <= set(
+      manager.all_tasks)
+  assert set(tasks) <= set(manager.all_tasks)  # every leaf is a real harness task
+  stem = yaml.safe_load((tmp_path / "mind_mmlu_stem.yaml").read_text())
+  assert len(stem["task"]) == 19 and all(e["num_fewshot"] == 5 for e in stem["task"])

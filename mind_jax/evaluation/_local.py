@@ -86,22 +86,11 @@ def prepare(source: str, data_dir: str) -> list[str]:
                            "knows")
       _write_task(task, builtin, os.path.join(root, subject), os.path.join(data_dir, name))
       tasks.append(task)
-    if name == "mmlu" and tasks:
-      stem = [t for t in tasks if "mmlu_stem_tasks" in _tags(os.path.join(builtin_root, folder,
-                                                                            f"{t}.yaml"))]
-      shots = {t: SUITE_FEWSHOT["mmlu"] for t in tasks}
-      _write_group(os.path.join(data_dir, "mmlu.yaml"), "mmlu", tasks, "acc", True, shots)
-      if stem:
-        _write_group(os.path.join(data_dir, "mmlu_stem.yaml"), "mmlu_stem", stem, "acc", True,
-                     shots)
-    if name == "hendrycks_math" and tasks:
-      _write_group(os.path.join(data_dir, "mind_math.yaml"), "mind_math", tasks, "exact_match",
-                   True, {t: SUITE_FEWSHOT["math"] for t in tasks})
     prepared += tasks
   if not prepared:
     raise MindJaxError(f"{source}: no task folders (known: "
                        f"{', '.join([*SINGLE_DATASET_TASKS, *SUBJECT_TASKS])})")
-  _write_suite(data_dir, prepared)
+  write_suite(data_dir, prepared, builtin_root)
   return prepared
 
 
@@ -154,21 +143,40 @@ def _write_group(path: str, group: str, tasks, metric: str, by_size: bool,
     json.dump(spec, f, indent=1)
 
 
-def _write_suite(data_dir: str, prepared: list[str]) -> None:
-  """The `mind` group over what was prepared: GSM8K, MATH, MMLU, MMLU-STEM and the average of
-  the general-reasoning tasks present (unweighted, as the paper averages them)."""
-  present = set(prepared)
+def write_suite(directory: str, tasks: list[str], builtin_root: str) -> None:
+  """The group `mind` over `tasks` (harness task names), written into `directory`: GSM8K,
+  MATH (its subjects, `mind_math`), MMLU and its STEM subjects (`mind_mmlu`,
+  `mind_mmlu_stem`, weighted by size) and the unweighted mean accuracy of the
+  general-reasoning tasks (`mind_reasoning`), the few-shot counts set on the leaf tasks."""
+  present = list(dict.fromkeys(tasks))
+  mmlu = [t for t in present if t.startswith("mmlu_")]
+  math = [t for t in present if t.startswith("minerva_math_")]
   reasoning = [t for t in REASONING if t in present]
+  members = [{"task": "gsm8k", "num_fewshot": SUITE_FEWSHOT["gsm8k"]}] if "gsm8k" in present else []
+  if math:
+    _write_group(os.path.join(directory, "mind_math.yaml"), "mind_math", math, "exact_match",
+                 True, {t: SUITE_FEWSHOT["math"] for t in math})
+    members.append("mind_math")
+  if mmlu:
+    shots = {t: SUITE_FEWSHOT["mmlu"] for t in mmlu}
+    _write_group(os.path.join(directory, "mind_mmlu.yaml"), "mind_mmlu", mmlu, "acc", True, shots)
+    members.append("mind_mmlu")
+    stem = [t for t in mmlu if "mmlu_stem_tasks" in _tags(
+        os.path.join(builtin_root, "mmlu", "default", f"{t}.yaml"))]
+    if stem:
+      _write_group(os.path.join(directory, "mind_mmlu_stem.yaml"), "mind_mmlu_stem", stem, "acc",
+                   True, shots)
+      members.append("mind_mmlu_stem")
   if reasoning:
-    _write_group(os.path.join(data_dir, "mind_reasoning.yaml"), "mind_reasoning", reasoning,
+    _write_group(os.path.join(directory, "mind_reasoning.yaml"), "mind_reasoning", reasoning,
                  "acc", by_size=False)
-  members = [t for t in ("gsm8k",) if t in present]
-  members += ["mind_math"] if any(t.startswith("minerva_math_") for t in present) else []
-  members += ["mmlu"] if any(t.startswith("mmlu_") for t in present) else []
-  members += ["mmlu_stem"] if os.path.exists(os.path.join(data_dir, "mmlu_stem.yaml")) else []
-  members += ["mind_reasoning"] if reasoning else []
-  spec = {"group": "mind", "task": [
-      {"task": t, "num_fewshot": SUITE_FEWSHOT[t]} if t == "gsm8k" else t for t in members],
-      "metadata": {"version": 1}}
-  with open(os.path.join(data_dir, "mind.yaml"), "w") as f:
-    json.dump(spec, f, indent=1)
+    members.append("mind_reasoning")
+  with open(os.path.join(directory, "mind.yaml"), "w") as f:
+    json.dump({"group": "mind", "task": members, "metadata": {"version": 1}}, f, indent=1)
+
+
+def hub_suite_tasks(builtin_root: str) -> list[str]:
+  """Every task of the suite as the harness defines it on the hub (no data directory)."""
+  subjects = sorted(os.path.basename(p)[:-5] for p in os.listdir(
+      os.path.join(builtin_root, "mmlu", "default")) if p.startswith("mmlu_") and p.endswith(".yaml"))
+  return ["gsm8k", *MATH_SUBJECTS.values(), *subjects, *REASONING]

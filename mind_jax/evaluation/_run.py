@@ -128,6 +128,15 @@ def task_manager(cfg: EvaluateConfig, work: str):
                          "python -m mind_jax.evaluate prepare)")
   check_local_data([*local, *cfg.tasks_dir], cfg.tasks)
   include = [*local, write_task(os.path.join(work, "champ")), *cfg.tasks_dir]
+  if not cfg.data_dir:  # the suite over the harness's own (hub) tasks
+    import lm_eval
+
+    from mind_jax.evaluation._local import hub_suite_tasks, write_suite
+    builtin = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
+    suite = os.path.join(work, "suite")
+    os.makedirs(suite)
+    write_suite(suite, hub_suite_tasks(builtin), builtin)
+    include.append(suite)
   # With a data directory the harness's own (hub-backed) definitions are not offered.
   manager = TaskManager(include_path=include, include_defaults=not cfg.data_dir)
   known = set(manager.all_tasks)
