@@ -203,6 +203,10 @@ def test_prepared_local_data_runs_the_harness_tasks_offline(setup, tmp_path):
   assert {"gsm8k", "mind_mmlu", "mind_mmlu_stem", "mind_reasoning", "arc_easy"} <= set(
       suite["results"])
   assert suite["n-shot"]["gsm8k"] == 8 and suite["n-shot"]["mmlu_abstract_algebra"] == 5
+  from mind_jax.evaluation import results_table
+  paper = results_table(suite).split("As in the MIND paper's table")[1]
+  assert "| GSM8K | MATH | MMLU-STEM | MMLU | General reasoning |" in paper
+  assert paper.strip().splitlines()[-1].count("| -") == 1  # MATH was not prepared
   results, out = run(setup, "jax", "tasks=[gsm8k,arc_easy]", f"data_dir={tmp_path / 'data'}",
                      "num_fewshot=1", "limit=2", "tasks_dir=[]")
   assert {"exact_match,strict-match", "exact_match,flexible-extract"} <= set(results["results"]["gsm8k"])

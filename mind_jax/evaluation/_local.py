@@ -44,15 +44,17 @@ SUBJECT_TASKS: dict[str, tuple[str, dict[str, str] | None, str]] = {
                        "EleutherAI/hendrycks_math (one configuration per subject)"),
 }
 
-# The paper's evaluation as one group (python -m mind_jax.evaluate --tasks mind), from the
-# tasks a data directory holds. Few-shot counts: the settings these benchmarks are usually
-# reported with (GSM8K 8-shot chain of thought as in the Llama reports; MATH 4-shot as in
-# Minerva; MMLU 5-shot as in Hendrycks et al.; the general-reasoning tasks 0-shot, the
-# harness's defaults). Check them against the MIND paper's appendix before comparing numbers
-# with its table: its exact counts are not in this project's notes.
+def _suite() -> dict:
+  """suite.yaml: the few-shot counts (with where each comes from) and the reasoning tasks."""
+  import yaml
+  with open(os.path.join(os.path.dirname(__file__), "suite.yaml")) as f:
+    return yaml.safe_load(f)
+
+
+SUITE = _suite()
 # Set on the leaf tasks (the harness does not carry a count given to a group down to it).
-SUITE_FEWSHOT = {"gsm8k": 8, "math": 4, "mmlu": 5}
-REASONING = ("arc_easy", "arc_challenge", "race", "piqa", "winogrande", "hellaswag")
+SUITE_FEWSHOT: dict[str, int] = SUITE["few_shot"]
+REASONING: tuple[str, ...] = tuple(SUITE["general_reasoning"])
 
 
 def _split_of(name: str) -> str | None:

@@ -215,4 +215,23 @@ def results_table(results: dict) -> str:
       err = f"{stderr:.4f}" if isinstance(stderr, (int, float)) else "n/a"
       lines.append(f"| {task} | {metric}{f' ({filt})' if filt and filt != 'none' else ''} | "
                    f"{value:.4f} | {err} |")
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines) + "\n" + paper_table(results)
+
+
+# The MIND paper's columns: (heading, group or task, metric key), scores shown x 100.
+PAPER_COLUMNS = (("GSM8K", "gsm8k", "exact_match,strict-match"),
+                 ("MATH", "mind_math", "exact_match,none"),
+                 ("MMLU-STEM", "mind_mmlu_stem", "acc,none"), ("MMLU", "mind_mmlu", "acc,none"),
+                 ("General reasoning", "mind_reasoning", "acc,none"))
+
+
+def paper_table(results: dict) -> str:
+  """The row the MIND paper's table has (when the `mind` suite ran), in percent."""
+  scores = results.get("results", {})
+  if "mind" not in scores:
+    return ""
+  cells = [f"{100 * scores[g][k]:.2f}" if isinstance(scores.get(g, {}).get(k), (int, float))
+           else "-" for _, g, k in PAPER_COLUMNS]
+  return ("\nAs in the MIND paper's table (percent; GSM8K strict match):\n\n| "
+          + " | ".join(h for h, _, _ in PAPER_COLUMNS) + " |\n|" + "---|" * len(PAPER_COLUMNS)
+          + "\n| " + " | ".join(cells) + " |\n")
