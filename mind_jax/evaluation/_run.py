@@ -195,7 +195,9 @@ def _run_harness(cfg: EvaluateConfig, model: str, manager) -> dict:
     name, args = "mind_jax", {"pretrained": model, "dtype": cfg.dtype, "seed": cfg.seed,
                               "tensor": cfg.tensor}
   else:
-    name, args = "hf", {"pretrained": model, "dtype": cfg.dtype, "device": "cpu"}
+    import torch
+    name, args = "hf", {"pretrained": model, "dtype": cfg.dtype,
+                        "device": "cuda" if torch.cuda.is_available() else "cpu"}
   return lm_eval.simple_evaluate(
       model=name, model_args=args, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot,
       batch_size=cfg.batch_size, limit=cfg.limit, task_manager=manager, log_samples=True,
