@@ -158,6 +158,8 @@ def run(cfg: TrainConfig) -> dict:
 
   def remove_owned(record):
     del record
+    if host:  # one host deletes; the others would race it on a shared workdir
+      return
     for name in _owned(cfg.workdir):
       path = os.path.join(cfg.workdir, name)
       if os.path.isdir(path):
