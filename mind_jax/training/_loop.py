@@ -170,6 +170,9 @@ def run(cfg: TrainConfig) -> dict:
   claim(cfg.workdir, "train", run_settings(cfg), overwrite=cfg.overwrite, key="workdir",
         remove_owned=remove_owned, foreign=foreign,
         notes={"tokenizer": tokenizer.source, "sources": [s.name for s in mixture.sources]})
+  if hosts > 1:  # nobody looks for checkpoints before host 0 has removed a replaced run's
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("mind_jax.train: workdir claimed")
 
   tx, schedule = optimizer(cfg.optimizer, cfg.steps), learning_rate(cfg.optimizer, cfg.steps)
   trainer = Trainer.create(config, mesh, tx, schedule, microbatches=cfg.microbatches,
