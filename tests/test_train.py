@@ -180,7 +180,7 @@ def _interrupt(workdir, at_step, sig, after_checkpoint=0):
 def _restore_state(path, *overrides):
   """A train state checkpoint restored onto this process's 8 devices."""
   import orbax.checkpoint as ocp
-  from mind_jax.training._loop import model_config
+  from mind_jax.training._config import model_config
   cfg = load_config(TrainConfig, None, [*FAST, *overrides])
   trainer = Trainer.create(model_config(cfg), make_mesh({"data": 8}),
                            optimizer(cfg.optimizer, cfg.steps), learning_rate(cfg.optimizer, cfg.steps))
@@ -284,6 +284,18 @@ def test_the_default_run_lowers_the_loss_and_writes_tensorboard(tmp_path):
   assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 41))
   record = json.loads((workdir / "run.json").read_text())
   assert record["job"] == "train" and record["settings"]["steps"] == 40
+
+
+def test_training_starts_from_a_scanned_orbax_checkpoint(tmp_path):
+  """An Orbax checkpoint stores its layers stacked: the train state follows it unasked."""
+  import mind_jax
+  from flax import nnx
+  from mind_jax.ckpts import save_orbax_model
+  from mind_jax.text import byte_tokenizer
+  model = mind_jax.Llama(mind_jax.preset("tiny", scan_layers=True), rngs=nnx.Rngs(3))
+  save_orbax_model(model, str(tmp_path / "orbax"), byte_tokenizer())
+  done = _run(tmp_path / "run", f"model.path={tmp_path / 'orbax'}", "steps=3")
+  assert "final_loss" in done.stdout and len(read_metrics(tmp_path / "run")) == 3
 
 
 def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):

@@ -96,7 +96,8 @@ def prepare(source: str, data_dir: str) -> list[str]:
   return prepared
 
 
-def _tags(path: str) -> list[str]:
+def load_task_yaml(path: str):
+  """A harness task YAML as plain data; its `!function` tags (code) read as None."""
   import yaml
 
   class Permissive(yaml.SafeLoader):
@@ -104,7 +105,14 @@ def _tags(path: str) -> list[str]:
 
   Permissive.add_multi_constructor("!", lambda loader, suffix, node: None)
   with open(path) as f:
-    tag = (yaml.load(f, Loader=Permissive) or {}).get("tag") or []
+    try:
+      return yaml.load(f, Loader=Permissive) or {}
+    except yaml.YAMLError as e:
+      raise MindJaxError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+
+
+def _tags(path: str) -> list[str]:
+  tag = load_task_yaml(path).get("tag") or []
   return [tag] if isinstance(tag, str) else list(tag)
 
 

@@ -89,19 +89,10 @@ def check_harness() -> None:
 def check_local_data(directories: list[str], tasks: list[str]) -> None:
   """Each requested task of the user's YAMLs whose data are local files: the files exist
   (named in one line), rather than the harness failing on them after the model loaded."""
-  import yaml
-
-  class Permissive(yaml.SafeLoader):
-    pass
-
-  Permissive.add_multi_constructor("!", lambda loader, suffix, node: None)
+  from mind_jax.evaluation._local import load_task_yaml
   for directory in directories:
     for path in sorted(glob.glob(os.path.join(directory, "**", "*.yaml"), recursive=True)):
-      try:
-        with open(path) as f:
-          spec = yaml.load(f, Loader=Permissive) or {}
-      except yaml.YAMLError as e:
-        raise MindJaxError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+      spec = load_task_yaml(path)
       if not isinstance(spec, dict) or spec.get("task") not in tasks:
         continue
       files = (spec.get("dataset_kwargs") or {}).get("data_files") or {}

@@ -22,23 +22,14 @@ from mind_jax._errors import MindJaxError
 from mind_jax._hosts import init_hosts
 from mind_jax._outdir import check_output_dir, claim, dir_fingerprint
 from mind_jax._progress import progress_bar
-from mind_jax.training._config import TrainConfig, data_pipeline, load_tokenizer_for
+from mind_jax.training._config import (TrainConfig, data_pipeline, load_tokenizer_for,
+                                       model_config)
 from mind_jax.training._metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLog
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS, EXPORT = "checkpoints", "hf"
 OWNED = (CHECKPOINTS, METRICS_FILE, TENSORBOARD_DIR, EXPORT)
-
-
-def model_config(cfg: TrainConfig):
-  """The architecture trained, with the run's dtypes, scan and remat."""
-  from mind_jax.nn import preset, read_hf_config
-  overrides = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype or cfg.model.dtype,
-                   scan_layers=bool(cfg.model.scan_layers), remat=cfg.model.remat)
-  if cfg.model.path:
-    return read_hf_config(cfg.model.path, **overrides)
-  return preset(cfg.model.preset or "tiny", **overrides)
 
 
 def run_settings(cfg: TrainConfig) -> dict:
