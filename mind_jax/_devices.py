@@ -1,19 +1,48 @@
-"""Peak dense bf16 FLOP/s of one accelerator chip, by the device_kind JAX reports (for MFU)."""
+"""Accelerator chips: peak dense bf16 FLOP/s, HBM and its bandwidth, by the device_kind JAX
+reports. MFU in training metrics and every prediction of `python -m mind_jax.plan` read this
+one table."""
 
 from __future__ import annotations
 
-# Vendor figures, dense (no sparsity), bf16, per chip. Longer names first: "TPU v5 lite"
-# before "TPU v5", "H100 PCIe" before "H100".
-PEAK_FLOPS: tuple[tuple[str, float], ...] = (
-    ("TPU v6 lite", 918e12), ("TPU v6e", 918e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),
-    ("TPU v5p", 459e12), ("TPU v5", 459e12), ("TPU v4", 275e12),
-    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12),
+import dataclasses
+
+GiB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  kind: str             # a substring of jax's device_kind
+  peak_flops: float     # dense bf16 FLOP/s per chip (no sparsity)
+  hbm_bytes: int        # per chip
+  hbm_bandwidth: float  # bytes/s per chip
+
+
+# Vendor figures per chip (Cloud TPU system architecture pages, NVIDIA data sheets). Longer
+# names first: "TPU v5 lite" before "TPU v5", "H100 PCIe" before "H100".
+CHIPS: tuple[Chip, ...] = (
+    Chip("TPU v6 lite", 918e12, 32 * GiB, 1640e9),
+    Chip("TPU v6e", 918e12, 32 * GiB, 1640e9),
+    Chip("TPU v5 lite", 197e12, 16 * GiB, 819e9),
+    Chip("TPU v5e", 197e12, 16 * GiB, 819e9),
+    Chip("TPU v5p", 459e12, 95 * GiB, 2765e9),
+    Chip("TPU v5", 459e12, 95 * GiB, 2765e9),
+    Chip("TPU v4", 275e12, 32 * GiB, 1228e9),
+    Chip("H100 PCIe", 756e12, 80 * GiB, 2000e9),
+    Chip("H100", 989e12, 80 * GiB, 3350e9),
+    Chip("H200", 989e12, 141 * GiB, 4800e9),
+    Chip("A100", 312e12, 80 * GiB, 2039e9),
 )
+
+
+def chip(device_kind: str) -> Chip | None:
+  """The table's entry for a device, or None (a CPU, an unlisted card)."""
+  for entry in CHIPS:
+    if entry.kind.lower() in device_kind.lower():
+      return entry
+  return None
 
 
 def peak_flops(device_kind: str) -> float | None:
   """The chip's peak, or None where it is not in the table (a CPU: give it yourself)."""
-  for name, flops in PEAK_FLOPS:
-    if name.lower() in device_kind.lower():
-      return flops
-  return None
+  entry = chip(device_kind)
+  return entry.peak_flops if entry else None

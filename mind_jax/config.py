@@ -45,6 +45,10 @@ class ModelSection(Section):
       "stores them; off for HF checkpoints and presets)")
   remat: Literal["none", "full", "dots", "dots_no_batch"] = pydantic.Field(
       "none", description="rematerialisation policy (training)")
+  attention: Literal["auto", "xla", "tpu", "cudnn"] = pydantic.Field(
+      "auto", description="attention implementation: xla (any device), tpu (Pallas splash and "
+      "paged attention kernels), cudnn (GPU flash attention); auto picks by the mesh's devices "
+      "(tpu on TPU, cudnn on GPU, xla on CPU); a kernel the devices cannot run is refused")
   allow_unused_tensors: bool = pydantic.Field(
       False, description="load even if the checkpoint holds tensors the model does not use "
       "(e.g. config.json lists fewer layers than the weights); off: such a load is refused")

@@ -11,7 +11,7 @@ from mind_jax._paths import check_confined
 from mind_jax.ckpts._hf import load_hf_model
 from mind_jax.ckpts._safetensors import SafetensorsReader
 from mind_jax.ckpts._orbax import is_orbax_dir, load_orbax_model, read_marker
-from mind_jax.nn import Llama
+from mind_jax.nn import Llama, LlamaConfig, resolve_attention
 from mind_jax.nn._config import read_hf_config
 from mind_jax.text import Tokenizer, load_tokenizer
 from mind_jax.text._tokenizer import has_tokenizer_files
@@ -38,25 +38,59 @@ def stored_dtype(path: str) -> str:
     return str(reader.info("model.embed_tokens.weight").dtype)
 
 
+def read_config(path: str, dtype: str = "float32", *, param_dtype: str | None = None,
+                scan_layers: bool | None = None, remat: str = "none",
+                key: str | None = None) -> LlamaConfig:
+  """The architecture a model directory holds (config.json only, no weights), with the
+  dtypes, scan and remat a run asks for; layers are scanned, unless `scan_layers` says, as
+  an Orbax checkpoint stores them (an HF checkpoint: not). `key` names the config key that
+  gave `path`, for messages."""
+  require_model_dir(path, key)
+  if scan_layers is None:
+    scan_layers = bool(read_marker(path).get("scan_layers")) if is_orbax_dir(path) else False
+  return read_hf_config(path, dtype=dtype, param_dtype=param_dtype or dtype,
+                        scan_layers=scan_layers, remat=remat)
+
+
+def architecture(section, devices=None) -> LlamaConfig:
+  """The model a config's `model` section describes: its checkpoint's config.json, or its
+  preset (default tiny), with the section's dtypes, scan and remat, and its attention resolved
+  for `devices` (a mesh's or a TPU topology's; default: this job's). Reads no weights."""
+  attention = resolve_attention(section.attention, _devices(devices))
+  if section.path:
+    return read_config(section.path, section.dtype, param_dtype=section.param_dtype,
+                       scan_layers=section.scan_layers, remat=section.remat,
+                       key="model.path").replace(attention=attention)
+  from mind_jax.nn import preset
+  return preset(section.preset or "tiny", dtype=section.dtype,
+                param_dtype=section.param_dtype or section.dtype,
+                scan_layers=bool(section.scan_layers), remat=section.remat, attention=attention)
+
+
+def _devices(devices=None, mesh=None):
+  import jax
+  if devices is not None:
+    return list(devices)
+  return list(jax.devices() if mesh is None else mesh.devices.flat)
+
+
 def load_pretrained(path: str, dtype: str = "float32", *, param_dtype: str | None = None,
                     mesh=None, rules="generate", scan_layers: bool | None = None,
                     remat: str = "none", progress: bool = True,
-                    allow_unused: bool = False) -> tuple[Llama, Tokenizer | None]:
+                    allow_unused: bool = False, attention: str = "auto") -> tuple[Llama, Tokenizer | None]:
   """Loads a model and its tokenizer from an HF directory or a mind_jax Orbax checkpoint.
 
   `dtype` is the compute dtype and, unless `param_dtype` says otherwise, the
   storage dtype. With a `mesh`, parameters are placed by the sharding `rules`
   ("generate" or "train") as they are read. Never downloads: `path` is a
   local directory. Tensors of an HF checkpoint that the model config.json
-  describes does not use are an error unless `allow_unused` (then a warning).
+  describes does not use are an error unless `allow_unused` (then a warning). `attention`
+  (auto, xla, tpu, cudnn) is resolved against the mesh's devices (default: this host's).
   """
   path = os.fspath(path)
-  require_model_dir(path)
+  config = read_config(path, dtype, param_dtype=param_dtype, scan_layers=scan_layers, remat=remat)
+  config = config.replace(attention=resolve_attention(attention, _devices(mesh=mesh)))
   orbax = is_orbax_dir(path)
-  if scan_layers is None:
-    scan_layers = bool(read_marker(path).get("scan_layers")) if orbax else False
-  config = read_hf_config(path, dtype=dtype, param_dtype=param_dtype or dtype,
-                          scan_layers=scan_layers, remat=remat)
   log.info("loading %s (%s, %.1fM parameters, %s)", path, "Orbax" if orbax else "safetensors",
            config.num_params() / 1e6, config.param_dtype)
   if orbax:
@@ -81,23 +115,22 @@ def load_model(section, mesh=None, rules="generate", *, progress: bool = True,
   With `path`, the checkpoint there (`preset` is then unused); without, the `preset`
   architecture with random weights (`seed`) and the byte-level tokenizer: the smoke-test
   generator, named `smoke-test:PRESET-random-seedN`. Every other key takes effect on both:
-  dtype, param_dtype, scan_layers, remat and allow_unused_tensors (checkpoints only: a random
+  dtype, param_dtype, scan_layers, remat, attention and allow_unused_tensors (checkpoints only: a random
   model has no unused tensors). With a mesh, parameters are placed by `rules`.
   """
   if section.path:
     model, tokenizer = load_pretrained(
         section.path, dtype=section.dtype, param_dtype=section.param_dtype, mesh=mesh,
         rules=rules, scan_layers=section.scan_layers, remat=section.remat,
-        allow_unused=section.allow_unused_tensors, progress=progress)
+        allow_unused=section.allow_unused_tensors, progress=progress,
+        attention=section.attention)
     return model, tokenizer, section.path
   from flax import nnx
 
   from mind_jax import sharding
-  from mind_jax.nn import preset
   from mind_jax.text import byte_tokenizer
   name = section.preset or "tiny"
-  config = preset(name, dtype=section.dtype, param_dtype=section.param_dtype or section.dtype,
-                  scan_layers=bool(section.scan_layers), remat=section.remat)
+  config = architecture(section, _devices(mesh=mesh))
   log.warning("SMOKE-TEST MODEL: %s preset with random weights (seed %d) and a byte-level "
               "tokenizer. Its outputs are noise; set model.path to a checkpoint for real ones.",
               name, seed)

@@ -125,7 +125,9 @@ class Engine:
   """
 
   def __init__(self, model: Llama, tokenizer=None, config: EngineConfig = EngineConfig(),
-               mesh: Mesh | None = None):
+               mesh: Mesh | None = None, *, allocate: bool = True):
+    """`allocate=False` builds the programs' structure only (for `lower`): `model` may then be
+    abstract (`nnx.eval_shape`) and the mesh's devices a TPU topology's."""
     self.model = model
     self.tokenizer = tokenizer
     self.config = config
@@ -140,8 +142,9 @@ class Engine:
                          f"axis ({data})")
     self.eos_ids = tuple(model.config.eos_token_ids)
     self._graphdef, self._params = nnx.split(model)
-    self._check_memory()
-    self.state = self._init_state()
+    if allocate:
+      self._check_memory()
+      self.state = self._init_state()
     self._buckets = config.buckets()
     self._seen: set[tuple[str, int]] = set()
     self.stats = collections.Counter()
@@ -193,20 +196,36 @@ class Engine:
                        generated=row, budget=row, active=row, temperature=row, top_k=row,
                        top_p=row, stop_ids=row2)
 
-  def _init_state(self) -> DecodeState:
+  def _empty_state(self) -> DecodeState:
     s, cfg = self.config.slots, self.config
+    z = lambda shape, dt: jnp.zeros(shape, dt)  # noqa: E731
+    return DecodeState(
+        cache=KVCache.empty(self.model_config, s, cfg.max_len, self._cache_dtype),
+        tokens=z(s, jnp.int32),
+        positions=z(s, jnp.int32), keys=z((s, 2), jnp.uint32), generated=z(s, jnp.int32),
+        budget=z(s, jnp.int32), active=z(s, bool), temperature=z(s, jnp.float32),
+        top_k=z(s, jnp.int32), top_p=jnp.ones(s, jnp.float32),
+        stop_ids=jnp.full((s, MAX_STOP_IDS), -1, jnp.int32))
 
-    def zeros():
-      z = lambda shape, dt: jnp.zeros(shape, dt)  # noqa: E731
-      return DecodeState(
-          cache=KVCache.empty(self.model_config, s, cfg.max_len, self._cache_dtype),
-          tokens=z(s, jnp.int32),
-          positions=z(s, jnp.int32), keys=z((s, 2), jnp.uint32), generated=z(s, jnp.int32),
-          budget=z(s, jnp.int32), active=z(s, bool), temperature=z(s, jnp.float32),
-          top_k=z(s, jnp.int32), top_p=jnp.ones(s, jnp.float32),
-          stop_ids=jnp.full((s, MAX_STOP_IDS), -1, jnp.int32))
+  def _init_state(self) -> DecodeState:
+    return jax.jit(self._empty_state, out_shardings=self._state_shardings())()
 
-    return jax.jit(zeros, out_shardings=self._state_shardings())()
+  def lower(self, params, bucket: int | None = None, window: int | None = None) -> dict:
+    """{"prefill": ..., "decode": ...}: the two programs a run compiles, lowered for abstract
+    `params` (ShapeDtypeStructs with shardings) at prompt bucket `bucket` (default the
+    largest) and attention window `window` (default max_len), without allocating anything."""
+    bucket = bucket or self.config.buckets()[-1]
+    window = window or self.config.max_len
+    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                         jax.eval_shape(self._empty_state), self._state_shardings())
+    # Host inputs too carry the mesh's (replicated) sharding: with a TPU topology's devices
+    # nothing may default to this process's own device.
+    host = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=self._replicated())  # noqa: E731
+    prefill = self._prefill_insert.lower(
+        params, state, host((1, bucket), jnp.int32), host((), jnp.int32), host((), jnp.int32),
+        host((2,), jnp.uint32), host((), jnp.int32), host((), jnp.float32), host((), jnp.int32),
+        host((), jnp.float32), host((MAX_STOP_IDS,), jnp.int32))
+    return {"prefill": prefill, "decode": self._generate.lower(params, state, window)}
 
   # --- compiled steps ------------------------------------------------------------------------
 
@@ -221,7 +240,8 @@ class Engine:
       positions = jnp.arange(bucket, dtype=jnp.int32)[None]
       cache = KVCache.empty(self.model_config, 1, bucket, state.cache.k[0].dtype)
       # Only the last prompt position's logits: the first token is sampled from them.
-      last, cache = model(tokens, positions, cache=cache, logits_at=(length - 1)[None])
+      with sharding_lib.activation_layout(self.mesh, "generate"):
+        last, cache = model(tokens, positions, cache=cache, logits_at=(length - 1)[None])
       first = sample(last, token_keys(key[None], jnp.zeros(1, jnp.int32)), temperature[None],
                      top_k[None], top_p[None])[0]
       done = jnp.any(stop_ids == first) | (budget <= 1)
@@ -242,7 +262,8 @@ class Engine:
     graphdef, steps = self._graphdef, self.config.steps_per_call
 
     def one_step(model, state: DecodeState, _):
-      logits, cache = model(state.tokens[:, None], state.positions[:, None], cache=state.cache)
+      with sharding_lib.activation_layout(self.mesh, "generate"):
+        logits, cache = model(state.tokens[:, None], state.positions[:, None], cache=state.cache)
       keys = token_keys(state.keys, state.generated)
       nxt = sample(logits[:, 0], keys, state.temperature, state.top_k, state.top_p)
       active = state.active

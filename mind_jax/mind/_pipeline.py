@@ -157,6 +157,12 @@ def load_model(cfg: GenerateConfig):
   return model, tokenizer, name, mesh
 
 
+def engine_config(cfg: GenerateConfig) -> EngineConfig:
+  """The decode engine's shape for a generate config."""
+  return EngineConfig(slots=cfg.engine.slots, max_len=cfg.sampling.context_limit,
+                      steps_per_call=cfg.engine.steps_per_call, seed=cfg.seed)
+
+
 def unit_id(doc_id: str, chunk_index: int, style_key: str) -> str:
   return f"{doc_id}#{chunk_index}#{style_key}"
 
@@ -385,9 +391,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   # Written once the model has loaded: a load that fails leaves output.dir as it was.
   claim_output(cfg, settings, dry_run=False, tokenizer=tokenizer_source)
   summary["model"] = model_name
-  engine = Engine(model, tokenizer, EngineConfig(
-      slots=cfg.engine.slots, max_len=cfg.sampling.context_limit,
-      steps_per_call=cfg.engine.steps_per_call, seed=cfg.seed), mesh=mesh)
+  engine = Engine(model, tokenizer, engine_config(cfg), mesh=mesh)
   writer = PartWriter(cfg.output.dir, shard[0], cfg.output.format,
                       cfg.output.records_per_part, cfg.output.flush_seconds)
   units: dict[str, Unit] = {}

@@ -2,10 +2,11 @@
 
 from mind_jax.nn._attention import attend, register_attention
 from mind_jax.nn._cache import KVCache
+from mind_jax.nn._kernels import resolve_attention
 from mind_jax.nn._config import PRESETS, LlamaConfig, RopeConfig, preset, read_hf_config
 from mind_jax.nn._llama import Llama, LlamaDecoderLayer
 
 __all__ = [
     "KVCache", "Llama", "LlamaConfig", "LlamaDecoderLayer", "PRESETS", "RopeConfig", "attend",
-    "preset", "read_hf_config", "register_attention",
+    "preset", "read_hf_config", "register_attention", "resolve_attention",
 ]

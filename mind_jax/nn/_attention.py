@@ -7,7 +7,9 @@ Pallas kernel (TPU ragged/paged attention, GPU decode attention) must match.
 Every call mode reduces to the same rule: a query sees a key when both are in
 the same segment and the key's position is not after the query's. Full
 forward, packed sequences and KV-cache decoding differ only in the positions
-and segments they pass.
+and segments they pass. A call without a cache passes one positions array as
+both `q_positions` and `k_positions` (the keys are the queries' own tokens);
+kernels (`_kernels.py`) tell the modes apart by that.
 """
 
 from __future__ import annotations

@@ -9,10 +9,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mind_jax._errors import MindJaxError
+from mind_jax.sharding import constrain
 from mind_jax.nn._attention import get_attention
 from mind_jax.nn._cache import KVCache, write_rows
 from mind_jax.nn._config import LlamaConfig
 from mind_jax.nn._layers import Embed, Linear, RMSNorm, apply_rope, rope_tables
+
+# Hidden states between layers: split by sequence over the batch axes, whole per token.
+ACTIVATION_AXES = ("batch", None, None)
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
@@ -105,7 +109,7 @@ class LlamaModel(nnx.Module):
                         param_dtype=config.param_dtype)
 
   def __call__(self, input_ids, positions, segment_ids, cache: KVCache | None):
-    x = self.embed_tokens(input_ids)
+    x = constrain(self.embed_tokens(input_ids), ACTIVATION_AXES)
     inv_freq = self.config.rope.inv_freq(self.config.resolved_head_dim)
     rope = rope_tables(jnp.asarray(inv_freq), positions)
     layer_fn = _layer_fn(self.config.remat)
@@ -113,7 +117,8 @@ class LlamaModel(nnx.Module):
       graphdef, state = nnx.split(self.layers)
 
       def body(x, state):
-        return layer_fn(graphdef, state, x, rope, positions, segment_ids, None)[0], None
+        x = layer_fn(graphdef, state, x, rope, positions, segment_ids, None)[0]
+        return constrain(x, ACTIVATION_AXES), None
 
       x, _ = jax.lax.scan(body, x, state)
     elif self.config.scan_layers:
@@ -134,6 +139,7 @@ class LlamaModel(nnx.Module):
         graphdef, state = nnx.split(layer)
         kv = None if cache is None else (cache.k[i], cache.v[i])
         x, kv = layer_fn(graphdef, state, x, rope, positions, segment_ids, kv)
+        x = constrain(x, ACTIVATION_AXES)
         if cache is not None:
           new_k.append(kv[0])
           new_v.append(kv[1])
@@ -192,5 +198,7 @@ class Llama(nnx.Module):
 
   def logits(self, hidden):
     if self.config.tie_word_embeddings:
-      return self.model.embed_tokens.attend(hidden)
-    return self.lm_head(hidden)
+      logits = self.model.embed_tokens.attend(hidden)
+    else:
+      logits = self.lm_head(hidden)
+    return constrain(logits, ACTIVATION_AXES[:-1] + ("vocab",)) if logits.ndim == 3 else logits

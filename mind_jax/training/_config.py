@@ -117,21 +117,10 @@ class TrainConfig(config_lib.Section):
 
 
 def model_config(cfg: TrainConfig):
-  """The architecture trained, with the run's dtypes, scan and remat (read from config.json,
-  no weights). Layers are scanned as `model.scan_layers` says, by default as an Orbax
-  checkpoint stores them (the loader's rule, so the train state matches what it loads)."""
-  from mind_jax.nn import preset, read_hf_config
-  scan = cfg.model.scan_layers
-  overrides = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype or cfg.model.dtype,
-                   remat=cfg.model.remat)
-  if cfg.model.path:
-    from mind_jax.ckpts._orbax import is_orbax_dir, read_marker
-    from mind_jax.ckpts._pretrained import require_model_dir
-    require_model_dir(cfg.model.path, "model.path")
-    if scan is None and is_orbax_dir(cfg.model.path):
-      scan = bool(read_marker(cfg.model.path).get("scan_layers"))
-    return read_hf_config(cfg.model.path, scan_layers=bool(scan), **overrides)
-  return preset(cfg.model.preset or "tiny", scan_layers=bool(scan), **overrides)
+  """The architecture trained (config.json or preset, no weights), with the run's dtypes, scan
+  and remat: the loader's rule, so the train state matches what it loads."""
+  from mind_jax.ckpts import architecture
+  return architecture(cfg.model)
 
 
 def load_tokenizer_for(cfg: TrainConfig):

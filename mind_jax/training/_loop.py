@@ -52,7 +52,8 @@ def _owned(workdir: str) -> list[str]:
   return sorted(n for n in os.listdir(workdir) if n in OWNED or n.startswith(f"{EXPORT}-step"))
 
 
-def _check_mesh(cfg: TrainConfig, mesh, hosts: int) -> None:
+def check_batch_divides(cfg: TrainConfig, mesh, hosts: int) -> None:
+  """Refuses a batch that does not split evenly over the mesh's batch axes or the hosts."""
   from mind_jax import sharding
   spec = sharding.data_sharding(mesh, "train", ("batch",)).spec[0]
   axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
@@ -142,7 +143,7 @@ def run(cfg: TrainConfig) -> dict:
   tokenizer = load_tokenizer_for(cfg)
   config = model_config(cfg)
   mesh = cfg.mesh.build()
-  _check_mesh(cfg, mesh, hosts)
+  check_batch_divides(cfg, mesh, hosts)
   mixture, _, dataset = data_pipeline(cfg, host, hosts, tokenizer)
   held_out = data_pipeline(cfg, host, hosts, tokenizer, held_out=True)[2] if cfg.eval.every else None
   foreign = [name for name in _owned(cfg.workdir)]

@@ -97,7 +97,8 @@ class Trainer:
   # --- the step ------------------------------------------------------------------------------
   def _loss(self, params, batch):
     model = merge(self.graphdef, params)
-    logits = model(batch["tokens"], batch["positions"], batch["segment_ids"])
+    with sharding.activation_layout(self.mesh, "train"):
+      logits = model(batch["tokens"], batch["positions"], batch["segment_ids"])
     logits = logits.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]

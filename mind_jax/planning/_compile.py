@@ -1,0 +1,212 @@
+"""Compiles a job's device programs for a TPU slice from abstract inputs, and reads back what
+the TPU compiler says they need: HBM per chip, FLOPs and bytes per step.
+
+Nothing is allocated and no weights are read: parameters, optimizer state, KV cache and
+batches are `jax.ShapeDtypeStruct`s carrying the shardings the real run would give them, so
+the programs compiled are the real run's, on the real compiler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+
+
+# A conversation's mean output length in the paper's data (tokens), and the instruction and
+# chat template around a chunk in a prompt: how a token budget becomes prompts to prefill.
+from mind_jax.mind._pipeline import PAPER_MEAN_OUTPUT_TOKENS
+
+PROMPT_OVERHEAD_TOKENS = 200
+
+
+@dataclasses.dataclass
+class Program:
+  """What the compiler reports for one program, per chip."""
+
+  name: str
+  flops: float
+  bytes_accessed: float
+  argument_bytes: int
+  output_bytes: int
+  alias_bytes: int
+  temp_bytes: int
+  code_bytes: int
+  compile_seconds: float = 0.0
+
+  @property
+  def total_bytes(self) -> int:
+    """Peak HBM the program holds: its inputs, its outputs not written over donated inputs,
+    its temporaries and its code."""
+    return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+
+
+class DoesNotFit(Exception):
+  """The compiler refused a program for want of HBM."""
+
+  def __init__(self, name: str, used: float | None, capacity: float | None, message: str):
+    super().__init__(message)
+    self.name, self.used, self.capacity = name, used, capacity
+    self.named: dict = {}  # the state's per-chip bytes, known without the compiler
+
+
+_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def _bytes(text: str) -> float:
+  number, unit = re.fullmatch(r"([\d.]+)([KMGT]?)", text).groups()
+  return float(number) * _UNITS[unit]
+
+
+def compile_program(name: str, lowered) -> Program:
+  import time
+  start = time.perf_counter()
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # the TPU compiler's out-of-memory is an XlaRuntimeError
+    text = str(e)
+    if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
+      raise
+    # Two forms of the message, depending on where the compiler ran out.
+    used = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", text)
+    temps = re.search(r"HLO temporaries \(([\d.]+[KMGT]?)\) exceeds available HBM \(([\d.]+[KMGT]?)\)", text)
+    found = used or temps
+    raise DoesNotFit(name, _bytes(found.group(1)) if found else None,
+                     _bytes(found.group(2)) if found else None, text.splitlines()[0]) from None
+  seconds = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return Program(name, float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)),
+                 memory.argument_size_in_bytes, memory.output_size_in_bytes,
+                 memory.alias_size_in_bytes, memory.temp_size_in_bytes,
+                 memory.generated_code_size_in_bytes, seconds)
+
+
+def bytes_per_chip(tree) -> int:
+  """Bytes one chip holds of a tree of ShapeDtypeStructs with shardings (the largest shard
+  where shards differ, as on an unevenly split axis)."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+    total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
+  return total
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def _train_step(cfg, config, mesh) -> tuple[Program, dict]:
+  from mind_jax.data._mixture import MODEL_INPUTS
+  from mind_jax.training._optim import learning_rate, optimizer
+  from mind_jax.training._step import Trainer
+  tx, schedule = optimizer(cfg.optimizer, cfg.steps), learning_rate(cfg.optimizer, cfg.steps)
+  trainer = Trainer.create(config, mesh, tx, schedule, microbatches=cfg.microbatches,
+                           z_loss=cfg.z_loss, seed=cfg.seed)
+  state = trainer.abstract_state()
+  shape = (cfg.batch_size, cfg.data.seq_len)
+  batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "loss_weights" else jnp.int32,
+                                   sharding=trainer.batch_sharding) for k in MODEL_INPUTS}
+  named = {"weights": bytes_per_chip(state["params"]),
+           "optimizer_state": bytes_per_chip(state["opt_state"]), "batch": bytes_per_chip(batch)}
+  try:
+    return compile_program("train_step", trainer.step.lower(state, batch)), named
+  except DoesNotFit as e:
+    e.named = named
+    raise
+
+
+def training_programs(cfg, config, mesh, exact_cost: bool = True) -> dict:
+  """The train step of `cfg` (a TrainConfig) for `config` on `mesh`, compiled: its Program,
+  the per-chip bytes of weights, optimizer state and batch, and the step's FLOPs and bytes.
+
+  The compiler's cost analysis counts a loop's body once, whatever its trip count: where
+  the step loops (scanned layers, microbatches), its cost is read from a second compile of
+  one microbatch with the layers unrolled, times the microbatches.
+  """
+  step, named = _train_step(cfg, config, mesh)
+  flops, moved, m = step.flops, step.bytes_accessed, cfg.microbatches
+  if exact_cost and (config.scan_layers or m > 1):
+    one = cfg.model_copy(update={"batch_size": cfg.batch_size // m, "microbatches": 1})
+    unrolled, _ = _train_step(one, config.replace(scan_layers=False), mesh)
+    flops, moved = unrolled.flops * m, unrolled.bytes_accessed * m
+  return {"step": step, "named": named, "flops": flops, "bytes_accessed": moved}
+
+
+# --- generation ---------------------------------------------------------------------------------
+
+
+def abstract_model(config, mesh, rules: str):
+  """(abstract Llama, its parameters as ShapeDtypeStructs with the `rules` shardings)."""
+  from flax import nnx
+
+  from mind_jax import sharding
+  from mind_jax.nn import Llama
+  _, flat, shardings = sharding.abstract_state(lambda: Llama(config, rngs=nnx.Rngs(0)), mesh,
+                                               rules)
+  model = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+  params = nnx.state(model)
+  for path, variable in nnx.to_flat_state(params):
+    variable.set_value(jax.ShapeDtypeStruct(variable.shape, variable.dtype,
+                                            sharding=shardings[path]))
+  return model, params
+
+
+def prompt_bucket(engine_config, chunk_tokens: int) -> int:
+  """The prefill bucket a typical prompt (a chunk, its instruction and template) pads to."""
+  needed = chunk_tokens + PROMPT_OVERHEAD_TOKENS
+  return next((b for b in engine_config.buckets() if b >= needed), engine_config.max_len)
+
+
+def decode_window(engine_config, bucket: int) -> int:
+  """The attention window of a typical decode call: a prompt plus a mean conversation."""
+  window = 128
+  while window < bucket + PAPER_MEAN_OUTPUT_TOKENS:
+    window *= 2
+  return min(window, engine_config.max_len)
+
+
+def generation_state(engine_config, config, mesh, rules: str) -> dict:
+  """The engine over an abstract model, its parameters, and per-chip bytes of the weights and
+  of the KV cache (arithmetic on the shardings: known even when a program does not fit)."""
+  from mind_jax.engine import Engine
+  from mind_jax.nn import KVCache
+  model, params = abstract_model(config, mesh, rules)
+  engine = Engine(model, None, engine_config, mesh, allocate=False)
+  shape = KVCache.layer_shape(config, engine_config.slots, engine_config.max_len)
+  cache = jax.ShapeDtypeStruct(shape, engine._cache_dtype, sharding=engine._cache_sharding())
+  return {"engine": engine, "model": model, "params": params, "weights": bytes_per_chip(params),
+          "kv_cache": 2 * config.num_hidden_layers * bytes_per_chip(cache)}
+
+
+def generation_programs(state: dict, chunk_tokens: int) -> dict:
+  """Prefill at the typical prompt bucket, decode at the full context window (the memory
+  peak) and at the typical window (the speed), compiled."""
+  engine, params = state["engine"], state["params"]
+  bucket = prompt_bucket(engine.config, chunk_tokens)
+  window = decode_window(engine.config, bucket)
+  full = engine.lower(params, bucket=bucket)
+  out = {"prefill": compile_program("prefill", full["prefill"]),
+         "decode_full": compile_program("decode", full["decode"]),
+         "bucket": bucket, "window": window}
+  # The cost of one decode step: the program's scan over steps_per_call counts once in the
+  # compiler's cost analysis, so compile a one-step call at the typical window.
+  from mind_jax.engine import Engine
+  one_step = Engine(state["model"], None, dataclasses.replace(engine.config, steps_per_call=1),
+                    engine.mesh, allocate=False)
+  out["decode"] = compile_program("decode", one_step.lower(params, bucket, window)["decode"])
+  return out
+
+
+def host_devices(devices: list) -> list:
+  """The first host's devices: in per-host mode each host runs its own engine on these."""
+  first = min(d.process_index for d in devices)
+  return [d for d in devices if d.process_index == first]
+
+
+def flops_arithmetic(config, tokens: int, factor: int) -> float:
+  """`factor` x parameters x tokens, the textbook count (6 training, 2 inference)."""
+  return float(factor * config.num_params() * tokens)

@@ -1,0 +1,197 @@
+"""A job's plan for a TPU slice: per-chip HBM against capacity, FLOPs and bytes per step, a
+predicted speed at a stated MFU / MBU, and chip-hours for a token budget.
+
+Memory, FLOPs and bytes come from the TPU compiler (`_compile`); speed is a prediction: the
+compiler's work per step divided by the chip's peak rate times an assumed fraction of it
+(MFU for compute-bound programs, MBU, the fraction of HBM bandwidth, for decoding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from mind_jax._errors import MindJaxError
+from mind_jax.planning import _compile
+from mind_jax.planning._topology import Slice, devices as slice_devices
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Assumptions:
+  mfu: float = 0.45   # training and prefill: model FLOPs / peak
+  mbu: float = 0.6    # decoding: bytes moved / peak HBM bandwidth
+  price: float | None = None  # per chip-hour, the user's currency
+
+  def as_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def _program_row(program: _compile.Program) -> dict:
+  return {"flops_per_chip": program.flops, "bytes_accessed_per_chip": program.bytes_accessed,
+          "total_bytes_per_chip": program.total_bytes, "temp_bytes_per_chip": program.temp_bytes,
+          "compile_seconds": round(program.compile_seconds, 2)}
+
+
+def _memory(capacity: int, programs: dict, named: dict) -> dict:
+  """Per-chip memory: the named state parts, the program temporaries, the total against the
+  chip; the total is the largest program's (they do not run at once)."""
+  peak = max(programs.values(), key=lambda p: p.total_bytes)
+  known = sum(named.values())
+  return {**named, "activations_and_temporaries": peak.temp_bytes,
+          "other": max(peak.total_bytes - peak.temp_bytes - known, 0),
+          "total_bytes_per_chip": peak.total_bytes, "capacity_bytes_per_chip": capacity,
+          "largest_program": peak.name}
+
+
+def _budget(tokens: float, tokens_per_second: float, chips: int, assumptions: Assumptions) -> dict:
+  hours = tokens / tokens_per_second / 3600
+  out = {"tokens": tokens, "hours": hours, "chip_hours": hours * chips}
+  if assumptions.price is not None:
+    out["cost"] = out["chip_hours"] * assumptions.price
+  return out
+
+
+def plan_training(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: Assumptions,
+                  tokens: float | None = None, exact_cost: bool = True) -> dict:
+  """The plan of a TrainConfig's run on `num_slices` x `tpu_slice` (one global program).
+  Without `exact_cost`, FLOPs and bytes per step are the compiler's count for a step whose
+  loops (scanned layers, microbatches) it counts once."""
+  from mind_jax.training._loop import check_batch_divides
+  from mind_jax.training._step import step_flops
+  chips = tpu_slice.chips * num_slices
+  mesh = cfg.mesh.build(slice_devices(tpu_slice, num_slices))
+  check_batch_divides(cfg, mesh, tpu_slice.hosts * num_slices)
+  capacity = tpu_slice.chip.hbm_bytes
+  out = _header("train", tpu_slice, num_slices, mesh, config)
+  try:
+    compiled = _compile.training_programs(cfg, config, mesh, exact_cost)
+  except _compile.DoesNotFit as e:
+    return {**out, **_refused(e, capacity, e.named), "advice": _train_advice(cfg)}
+  step = compiled["step"]
+  model_flops = step_flops(config, cfg.tokens_per_step, cfg.data.seq_len)
+  seconds = model_flops / (chips * tpu_slice.chip.peak_flops * assumptions.mfu)
+  tokens_per_second = cfg.tokens_per_step / seconds
+  memory = _memory(capacity, {"train_step": step}, compiled["named"])
+  out.update(
+      fits=memory["total_bytes_per_chip"] <= capacity, memory=memory,
+      total_bytes_per_chip=memory["total_bytes_per_chip"],
+      programs={"train_step": _program_row(step)},
+      step={"tokens": cfg.tokens_per_step, "model_flops": model_flops,
+            "compiler_flops": compiled["flops"] * chips,
+            "compiler_bytes_accessed": compiled["bytes_accessed"] * chips,
+            "predicted_seconds": seconds,
+            "predicted_tokens_per_second": tokens_per_second,
+            "predicted_tokens_per_second_per_chip": tokens_per_second / chips},
+      budget=_budget(tokens or cfg.budget_tokens, tokens_per_second, chips, assumptions),
+      assumptions=assumptions.as_dict())
+  if not out["fits"]:
+    out["advice"] = _train_advice(cfg)
+  return out
+
+
+def plan_generation(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: Assumptions,
+                    tokens: float | None = None) -> dict:
+  """The plan of a GenerateConfig's run: one engine per host (each host's own mesh and share
+  of the documents), so the model and its KV cache must fit one host's chips. `tokens`:
+  output tokens to generate (default 1e9)."""
+  from mind_jax.mind._pipeline import engine_config
+  devices = _compile.host_devices(slice_devices(tpu_slice, 1))
+  try:
+    mesh = cfg.mesh.build(devices)
+  except MindJaxError as e:
+    raise MindJaxError(f"{e} (generation runs one engine per host, and a {tpu_slice.name} host "
+                       f"has {len(devices)} chips)") from None
+  engines = tpu_slice.hosts * num_slices
+  chips = tpu_slice.chips * num_slices
+  chip = tpu_slice.chip
+  econfig = engine_config(cfg)
+  out = _header("generate", tpu_slice, num_slices, mesh, config)
+  out["engines"] = engines
+  state = _compile.generation_state(econfig, config, mesh, cfg.mesh.rules)
+  named = {"weights": state["weights"], "kv_cache": state["kv_cache"]}
+  try:
+    compiled = _compile.generation_programs(state, cfg.chunking.max_tokens)
+  except _compile.DoesNotFit as e:
+    return {**out, **_refused(e, chip.hbm_bytes, named),
+            "advice": _generate_advice(cfg, econfig, named, mesh, chip.hbm_bytes)}
+  prefill, decode = compiled["prefill"], compiled["decode"]
+
+  def seconds(flops, moved):  # the slower of the compute bound and the memory bound
+    return max(flops / (chip.peak_flops * assumptions.mfu),
+               moved / (chip.hbm_bandwidth * assumptions.mbu))
+
+  step_seconds = seconds(decode.flops, decode.bytes_accessed)
+  prefill_seconds = seconds(prefill.flops, prefill.bytes_accessed)
+  budget = tokens or 1e9
+  prompts = budget / _compile.PAPER_MEAN_OUTPUT_TOKENS
+  engine_seconds = budget / (econfig.slots / step_seconds) + prompts * prefill_seconds
+  tokens_per_second = budget / engine_seconds * engines
+  memory = _memory(chip.hbm_bytes, {"prefill": prefill, "decode": compiled["decode_full"]}, named)
+  out.update(
+      fits=memory["total_bytes_per_chip"] <= chip.hbm_bytes, memory=memory,
+      total_bytes_per_chip=memory["total_bytes_per_chip"],
+      programs={"prefill": _program_row(prefill), "decode": _program_row(decode),
+                "decode_full_window": _program_row(compiled["decode_full"])},
+      step={"slots": econfig.slots, "steps_per_call": econfig.steps_per_call, "prompt_bucket": compiled["bucket"],
+            "decode_window": compiled["window"], "context_limit": econfig.max_len,
+            "predicted_decode_step_seconds": step_seconds,
+            "predicted_prefill_seconds": prefill_seconds,
+            "predicted_tokens_per_second": tokens_per_second,
+            "predicted_tokens_per_second_per_chip": tokens_per_second / chips},
+      budget=_budget(budget, tokens_per_second, chips, assumptions),
+      assumptions={**assumptions.as_dict(),
+                   "output_tokens_per_conversation": _compile.PAPER_MEAN_OUTPUT_TOKENS,
+                   "prompt_tokens": cfg.chunking.max_tokens + _compile.PROMPT_OVERHEAD_TOKENS})
+  if not out["fits"]:
+    out["advice"] = _generate_advice(cfg, econfig, named, mesh, chip.hbm_bytes)
+  return out
+
+
+def _header(job: str, tpu_slice: Slice, num_slices: int, mesh, config) -> dict:
+  return {"job": job, "topology": tpu_slice.name, "num_slices": num_slices,
+          "chips": tpu_slice.chips * num_slices, "hosts": tpu_slice.hosts * num_slices,
+          "chip": tpu_slice.row(), "mesh": dict(mesh.shape),
+          "model": {"parameters": config.num_params(), "layers": config.num_hidden_layers,
+                    "hidden_size": config.hidden_size, "dtype": str(config.dtype),
+                    "param_dtype": str(config.param_dtype), "attention": config.attention}}
+
+
+def _refused(e: _compile.DoesNotFit, capacity: int, named: dict | None = None) -> dict:
+  """A plan whose program the compiler refused: the use it reported (plus the state, where it
+  reported temporaries only) against the chip's capacity."""
+  # The figure the compiler gives is what it failed to place, live inputs included (for a
+  # 70B decode state it equalled weights + KV cache), so it is taken as the total.
+  memory = {**(named or {}), "total_bytes_per_chip": e.used, "capacity_bytes_per_chip": capacity,
+            "largest_program": e.name}
+  return {"fits": False, "total_bytes_per_chip": e.used, "memory": memory, "compiler": str(e)}
+
+
+def _train_advice(cfg) -> list[str]:
+  advice = []
+  per = cfg.batch_size // cfg.microbatches
+  if per > 1:
+    advice.append(f"microbatches={cfg.microbatches * 2} (activations of {per // 2} sequences at "
+                  f"a time instead of {per})")
+  if cfg.model.remat != "full":
+    advice.append("model.remat=full (keep only each layer's input for the backward pass)")
+  advice.append("a larger slice (the fsdp axis splits weights and optimizer state over more chips)")
+  return advice
+
+
+def _generate_advice(cfg, econfig, named: dict, mesh, capacity: int) -> list[str]:
+  advice = []
+  per_slot = named["kv_cache"] / econfig.slots  # per chip
+  data = mesh.shape.get("data", 1)
+  # Leave a tenth of the chip to the programs' temporaries.
+  fit = int((0.9 * capacity - named["weights"]) // (per_slot * data)) * data
+  if fit >= data:
+    advice.append(f"engine.slots={fit} (about that many fit at context_limit={econfig.max_len})")
+  else:
+    advice.append(f"the weights take {named['weights'] / 2 ** 30:.1f} GiB of the chip's "
+                  f"{capacity / 2 ** 30:.0f} GiB: a larger mesh.axes.tensor or a larger host")
+  advice.append(f"a shorter sampling.context_limit (each slot's KV cache takes "
+                f"{per_slot / 2 ** 20:.0f} MiB per chip)")
+  advice.append("a larger mesh.axes.tensor (weights and KV cache split over more chips)")
+  return advice

@@ -1,0 +1,79 @@
+"""A plan as the terminal shows it."""
+
+from __future__ import annotations
+
+from mind_jax.planning._topology import known_topologies, parse_topology
+
+
+def _gib(n) -> str:
+  return f"{n / 2 ** 30:.2f} GiB"
+
+
+def _si(n: float, unit: str = "") -> str:
+  for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if abs(n) >= scale:
+      return f"{n / scale:.2f} {prefix}{unit}"
+  return f"{n:.2f} {unit}".rstrip()
+
+
+def format_topologies() -> str:
+  lines = [f"{'slice':<10}{'chips':>6}  {'layout':<8}{'hosts':>6}{'chips/host':>11}"
+           f"{'HBM/chip':>10}{'bf16 TFLOP/s':>14}{'HBM GB/s':>10}"]
+  for name in known_topologies():
+    r = parse_topology(name).row()
+    lines.append(f"{name:<10}{r['chips']:>6}  {r['layout']:<8}{r['hosts']:>6}{r['chips_per_host']:>11}"
+                 f"{r['hbm_gib_per_chip']:>7.0f} GiB{r['peak_bf16_tflops']:>14.0f}{r['hbm_gbps']:>10.0f}")
+  return "\n".join(lines)
+
+
+def format_plan(p: dict) -> str:
+  m, mem = p["model"], p["memory"]
+  capacity = mem["capacity_bytes_per_chip"]
+  where = f"{p['topology']}" + (f" x {p['num_slices']} slices" if p["num_slices"] > 1 else "")
+  lines = [f"plan: {p['job']} ({p['config']}) on {where}: {p['chips']} chips, {p['hosts']} hosts, "
+           f"mesh {p['mesh']}" + (f", {p['engines']} engines (one per host)" if "engines" in p else ""),
+           f"model: {m['parameters'] / 1e9:.2f}B parameters, {m['layers']} layers, compute "
+           f"{m['dtype']}, weights {m['param_dtype']}, attention {m['attention']}",
+           "", "HBM per chip:"]
+  for key in ("weights", "optimizer_state", "kv_cache", "batch", "activations_and_temporaries", "other"):
+    if key in mem:
+      lines.append(f"  {key.replace('_', ' '):<30}{_gib(mem[key]):>14}")
+  total = mem["total_bytes_per_chip"]
+  if p["fits"]:
+    verdict = "fits"
+  else:
+    verdict = "DOES NOT FIT" + (f", over by {_gib(total - capacity)}" if total else "")
+  shown = _gib(total) if total else "?"
+  lines.append(f"  {'total (' + mem['largest_program'] + ')':<30}{shown:>14} of "
+               f"{_gib(capacity)}: {verdict}")
+  if not p["fits"]:
+    if p.get("compiler"):
+      lines.append(f"  the TPU compiler: {p['compiler']}")
+    lines += ["", "to fit, try:"] + [f"  {a}" for a in p["advice"]]
+    return "\n".join(lines)
+  lines += ["", "per step (compiler's cost analysis, per chip):"]
+  if p["job"] == "train":
+    s = p["step"]
+    lines.append(f"  {'train_step':<20}{_si(s['compiler_flops'] / p['chips'], 'FLOP'):>14}"
+                 f"{_si(s['compiler_bytes_accessed'] / p['chips'], 'B'):>12}   compiled in "
+                 f"{p['programs']['train_step']['compile_seconds']:.1f} s")
+  for name, row in p["programs"].items() if p["job"] == "generate" else ():
+    lines.append(f"  {name:<20}{_si(row['flops_per_chip'], 'FLOP'):>14}{_si(row['bytes_accessed_per_chip'], 'B'):>12}"
+               f"   compiled in {row['compile_seconds']:.1f} s")
+  s, a, b = p["step"], p["assumptions"], p["budget"]
+  lines.append("")
+  if p["job"] == "train":
+    lines.append(f"predicted at {a['mfu']:.0%} MFU: {s['predicted_seconds']:.2f} s per step of "
+                 f"{s['tokens']:,} tokens, {_si(s['predicted_tokens_per_second'], 'tokens/s')} "
+                 f"({s['predicted_tokens_per_second_per_chip']:,.0f} per chip); compiler FLOPs "
+                 f"{s['compiler_flops'] / s['model_flops']:.2f}x the model's count (remat adds, kernels are not counted)")
+  else:
+    lines.append(f"predicted at {a['mfu']:.0%} MFU / {a['mbu']:.0%} MBU: decode step "
+                 f"{s['predicted_decode_step_seconds'] * 1e3:.1f} ms for {s['slots']} slots at a "
+                 f"{s['decode_window']}-token window, prefill {s['predicted_prefill_seconds'] * 1e3:.1f}"
+                 f" ms per {s['prompt_bucket']}-token prompt; {_si(s['predicted_tokens_per_second'], 'tokens/s')}"
+                 f" output ({s['predicted_tokens_per_second_per_chip']:,.0f} per chip)")
+  cost = f", {b['cost']:,.0f} at {a['price']} per chip-hour" if "cost" in b else ""
+  lines.append(f"budget: {b['tokens']:.3g} tokens: {b['hours']:,.1f} hours on the slice, "
+               f"{b['chip_hours']:,.0f} chip-hours{cost}")
+  return "\n".join(lines)

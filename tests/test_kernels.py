@@ -1,0 +1,211 @@
+"""Attention kernels against the XLA `attend`: Pallas TPU kernels in interpret mode on CPU,
+the cuDNN call built exactly as on GPU (run by XLA here), and the TPU kernels compiled for a
+v5e:2x2 topology inside a sharded model."""
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mind_jax import sharding
+from mind_jax._errors import MindJaxError
+from mind_jax.nn import Llama, LlamaConfig, attend, resolve_attention
+from mind_jax.nn import _kernels
+
+TOL = 1e-5
+
+
+def _qkv(b, t, h, kv, d, s=None, seed=0, dtype=jnp.float32):
+  rng = np.random.default_rng(seed)
+  s = s or t
+  q = jnp.asarray(rng.normal(size=(b, t, h, d)), dtype)
+  k = jnp.asarray(rng.normal(size=(b, kv, s, d)), dtype)
+  v = jnp.asarray(rng.normal(size=(b, kv, s, d)), dtype)
+  return q, k, v
+
+
+def _packed(b, t):
+  """Segments of uneven lengths, positions restarting in each; row 0 ends in padding
+  (segment 0, position 0, as the packers write it)."""
+  segments = np.zeros((b, t), np.int32)
+  positions = np.zeros((b, t), np.int32)
+  cut = lambda n: n * t // 256  # noqa: E731
+  for row, cuts in enumerate([(0, cut(37), cut(150), cut(230)), (0, cut(129), cut(200), t)][:b]):
+    for seg, (start, end) in enumerate(zip(cuts, cuts[1:]), 1):
+      segments[row, start:end] = seg
+      positions[row, start:end] = np.arange(end - start)
+  return jnp.asarray(positions), jnp.asarray(segments)
+
+
+def _real(out, segments):
+  """Outputs at real tokens: a padding token's output is unused (zero loss weight, and no real
+  token sees it), and the kernels mask it by index rather than by its constant position."""
+  return jnp.where((segments > 0)[:, :, None, None], out, 0)
+
+
+def _max_diff(a, b):
+  return float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+
+
+# --- TPU kernels, interpret mode --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (4, 1)])
+def test_splash_causal_gqa_matches_xla(heads, kv_heads):
+  q, k, v = _qkv(2, 256, heads, kv_heads, 16)
+  pos = jnp.broadcast_to(jnp.arange(256), (2, 256))
+  out = _kernels.tpu_attend(q, k, v, q_positions=pos, k_positions=pos, interpret=True)
+  assert _max_diff(out, attend(q, k, v, q_positions=pos, k_positions=pos)) <= TOL
+
+
+def test_splash_packed_segments_match_xla():
+  q, k, v = _qkv(2, 256, 4, 2, 16, seed=1)
+  pos, seg = _packed(2, 256)
+  kw = dict(q_positions=pos, k_positions=pos, q_segments=seg, k_segments=seg)
+  out = _kernels.tpu_attend(q, k, v, interpret=True, **kw)
+  assert _max_diff(_real(out, seg), _real(attend(q, k, v, **kw), seg)) <= TOL
+
+
+def test_prefill_uses_splash_only_at_the_cache_entries():
+  q, k, v = _qkv(1, 128, 4, 2, 16, seed=2)
+  entries = jnp.arange(128)[None]
+  for q_pos in (entries, entries + 3):  # the engine's prefill; a shifted one (falls back)
+    kw = dict(q_positions=q_pos, k_positions=jnp.broadcast_to(jnp.arange(128), (1, 128)))
+    out = _kernels.tpu_attend(q, k, v, interpret=True, **kw)
+    assert _max_diff(out, attend(q, k, v, **kw)) <= TOL
+
+
+def test_paged_decode_ragged_lengths_match_xla():
+  """The kernel reads pages as bfloat16: exact against `attend` over bf16-rounded k/v."""
+  q, k, v = _qkv(4, 1, 4, 2, 16, s=256, seed=3)
+  positions = jnp.array([[0], [77], [255], [300]])  # 300: an idle slot past the window
+  slots = jnp.broadcast_to(jnp.arange(256), (4, 256))
+  out = _kernels._paged_decode(q, k, v, positions, interpret=True)
+  rounded = [a.astype(jnp.bfloat16).astype(jnp.float32) for a in (k, v)]
+  ref = attend(q, *rounded, q_positions=positions, k_positions=slots)
+  assert _max_diff(out, ref) <= TOL
+
+
+def test_decode_dispatch_bf16_kernel_fp32_xla():
+  q, k, v = _qkv(2, 1, 4, 2, 16, s=128, seed=4)
+  positions = jnp.array([[5], [127]])
+  kw = dict(q_positions=positions, k_positions=jnp.broadcast_to(jnp.arange(128), (2, 128)))
+  exact = _kernels.tpu_attend(q, k, v, interpret=True, **kw)  # fp32 cache: the XLA path
+  assert _max_diff(exact, attend(q, k, v, **kw)) == 0
+  bf = [a.astype(jnp.bfloat16) for a in (q, k, v)]
+  out = _kernels.tpu_attend(*bf, interpret=True, **kw)
+  assert _max_diff(out, attend(*bf, **kw)) <= 2e-2  # bf16 rounding of the output only
+
+
+def test_tiny_llama_packed_forward_with_interpreted_kernels():
+  base = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                     num_attention_heads=4, num_key_value_heads=2)
+  ref = Llama(base, rngs=nnx.Rngs(0))
+  kern = Llama(base.replace(attention="tpu_interpret"), rngs=nnx.Rngs(0))
+  tokens = jnp.asarray(np.random.default_rng(5).integers(0, 128, (2, 128)))
+  pos, seg = _packed(2, 128)
+  real = (seg > 0)[:, :, None]
+  assert _max_diff(kern(tokens, pos, seg) * real, ref(tokens, pos, seg) * real) <= 1e-4
+
+
+# --- cuDNN: the call as made on GPU, run by XLA on CPU ------------------------------------------
+
+
+def test_cudnn_call_matches_xla(monkeypatch):
+  monkeypatch.setattr(_kernels, "CUDNN_IMPLEMENTATION", None)  # XLA runs the same call
+  q, k, v = _qkv(2, 256, 4, 2, 16, seed=6, dtype=jnp.bfloat16)
+  pos, seg = _packed(2, 256)
+  for kw in (dict(q_positions=pos, k_positions=pos, q_segments=seg, k_segments=seg),
+             dict(q_positions=jnp.broadcast_to(jnp.arange(256), (2, 256)))):
+    kw.setdefault("k_positions", kw["q_positions"])
+    # fp32 inputs in the bf16 call: the masking and layout are checked exactly.
+    q32, k32, v32 = (a.astype(jnp.float32) for a in (q, k, v))
+    monkeypatch.setattr(_kernels, "CUDNN_DTYPES", (jnp.float32,))
+    real = kw.get("q_segments", jnp.ones((2, 256)))
+    assert _max_diff(_real(_kernels.cudnn_attend(q32, k32, v32, **kw), real),
+                     _real(attend(q32, k32, v32, **kw), real)) <= TOL
+    monkeypatch.setattr(_kernels, "CUDNN_DTYPES", (jnp.bfloat16, jnp.float16))
+    assert _max_diff(_kernels.cudnn_attend(q32, k32, v32, **kw), attend(q32, k32, v32, **kw)) == 0
+
+
+# --- resolution and refusal ----------------------------------------------------------------------
+
+
+def test_resolve_attention_by_platform():
+  cpu = jax.devices()
+  assert resolve_attention("auto", cpu) == "xla"
+  assert resolve_attention("xla", cpu) == "xla"
+  for name in ("tpu", "cudnn"):
+    with pytest.raises(MindJaxError, match=f"model.attention={name}"):
+      resolve_attention(name, cpu)
+  topology = _topology()
+  assert resolve_attention("auto", topology) == "tpu"
+  assert resolve_attention("tpu", topology) == "tpu"
+
+
+def test_model_section_attention_takes_effect():
+  from mind_jax.ckpts import load_model
+  from mind_jax.config import ModelSection
+  assert ModelSection().attention == "auto"
+  model, _, _ = load_model(ModelSection(preset="tiny", attention="xla"))
+  assert model.config.attention == "xla"
+  with pytest.raises(MindJaxError, match="model.attention=tpu"):
+    load_model(ModelSection(preset="tiny", attention="tpu"))
+
+
+# --- TPU compile (AOT, v5e:2x2) ------------------------------------------------------------------
+
+
+def _topology():
+  if importlib.util.find_spec("libtpu") is None:
+    pytest.skip("libtpu is not installed: no TPU compiler to AOT-compile for")
+  from jax.experimental import topologies
+  return topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2").devices
+
+
+TPU_TINY = LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=128,
+                       dtype="bfloat16", param_dtype="bfloat16", attention="tpu")
+
+
+def _abstract_params(config, mesh, rules):
+  graphdef, flat, shardings = sharding.abstract_state(
+      lambda: Llama(config, rngs=nnx.Rngs(0)), mesh, rules)
+  state = nnx.State.from_flat_path({
+      path: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[path]) for path, v in flat})
+  return graphdef, state
+
+
+def _kernel_calls(compiled) -> int:
+  return compiled.as_text().count("tpu_custom_call")
+
+
+def test_tpu_kernels_compile_in_sharded_forward():
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, _topology())
+  graphdef, params = _abstract_params(TPU_TINY, mesh, "train")
+  batch = NamedSharding(mesh, P("data", None))
+  ids = jax.ShapeDtypeStruct((4, 256), jnp.int32, sharding=batch)
+
+  def loss(params, tokens, positions, segments):
+    with sharding.activation_layout(mesh, "train"):
+      logits = nnx.merge(graphdef, params)(tokens, positions, segments)
+    return jnp.mean(logits.astype(jnp.float32))
+
+  compiled = jax.jit(jax.value_and_grad(loss)).lower(params, ids, ids, ids).compile()
+  assert _kernel_calls(compiled) >= 2 * TPU_TINY.num_hidden_layers  # splash forward + backward
+
+
+def test_tpu_kernels_compile_in_engine_prefill_and_decode():
+  from mind_jax.engine import Engine, EngineConfig
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, _topology())
+  graphdef, params = _abstract_params(TPU_TINY, mesh, "generate")
+  model = nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros((), s.dtype), params))
+  engine = Engine(model, None, EngineConfig(slots=4, max_len=256, prefill_buckets=(128,)), mesh,
+                  allocate=False)
+  lowered = engine.lower(params, bucket=128, window=256)
+  for name in ("prefill", "decode"):
+    assert _kernel_calls(lowered[name].compile()) >= TPU_TINY.num_hidden_layers, name

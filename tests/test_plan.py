@@ -1,0 +1,186 @@
+"""`python -m mind_jax.plan`: jobs compiled for TPU slices by the real TPU compiler, on CPU.
+
+The compiler comes with the libtpu wheel (`pip install 'mind_jax[tpu]'`, in the test extra);
+where it is absent these tests are skipped, saying so.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import re
+import shlex
+
+import pytest
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # tests may run beside another libtpu user
+
+from mind_jax._errors import MindJaxError  # noqa: E402
+from mind_jax.plan import main, plan  # noqa: E402
+from mind_jax.planning import parse_topology  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="the TPU compiler (libtpu) is not installed: "
+                                  "pip install 'mind_jax[tpu]'")
+
+# Widths that are multiples of 128, so the TPU lays arrays out without padding and the
+# compiler's argument bytes are the arithmetic ones.
+ARCH = dict(vocab_size=1024, hidden_size=512, intermediate_size=2048, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=1, head_dim=128,
+            max_position_embeddings=1024)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  """A config.json only: plan reads no weights."""
+  import transformers
+  path = tmp_path_factory.mktemp("arch")
+  transformers.LlamaConfig(**ARCH).save_pretrained(path)
+  return str(path)
+
+
+def _args(config_path, *overrides, topology="v5e-4", job=None, **flags):
+  import argparse
+  return argparse.Namespace(config=config_path, overrides=list(overrides), topology=topology,
+                            num_slices=flags.get("num_slices", 1), job=job,
+                            preset=flags.get("preset"), tokens=flags.get("tokens"), mfu=0.45,
+                            mbu=0.6, price=flags.get("price"))
+
+
+def _yaml(tmp_path, text) -> str:
+  path = tmp_path / "job.yaml"
+  path.write_text(text)
+  return str(path)
+
+
+def _params(arch) -> int:
+  d, f, L, v, hd = (arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"],
+                    arch["vocab_size"], arch["head_dim"])
+  attention = d * hd * (arch["num_attention_heads"] * 2 + arch["num_key_value_heads"] * 2)
+  return 2 * v * d + L * (attention + 3 * d * f + 2 * d) + d
+
+
+def _train_yaml(tmp_path, model_dir):
+  return _yaml(tmp_path, f"""
+model: {{path: {model_dir}, dtype: float32}}
+mesh: {{axes: {{data: 1, fsdp: -1, tensor: 1}}, rules: train}}
+batch_size: 8
+steps: 100
+data: {{seq_len: 128}}
+""")
+
+
+@needs_libtpu
+def test_a_train_plan_agrees_with_arithmetic(tmp_path, model_dir):
+  p = plan(_args(_train_yaml(tmp_path, model_dir), topology="v5e-4", price=1.2))
+  n, chips, tokens = _params(ARCH), 4, 8 * 128
+  assert p["model"]["parameters"] == n and p["chips"] == chips and p["fits"]
+  # fsdp over 4 chips: every matrix is split 4 ways, the norms are whole on every chip.
+  norms = (2 * ARCH["num_hidden_layers"] + 1) * ARCH["hidden_size"]
+  weights = 4 * ((n - norms) // chips + norms)
+  assert p["memory"]["weights"] == weights
+  assert 2 * weights <= p["memory"]["optimizer_state"] <= 2 * weights + 16  # mu, nu, step counts
+  # The compiler's inputs are exactly the state and the batch.
+  compiled = p["programs"]["train_step"]
+  assert compiled["total_bytes_per_chip"] >= weights * 3
+  # 6 FLOPs per parameter per token (the embedding lookup has none; attention is small here).
+  textbook = 6 * (n - ARCH["vocab_size"] * ARCH["hidden_size"]) * tokens
+  assert abs(p["step"]["compiler_flops"] / textbook - 1) < 0.10
+  assert p["budget"]["tokens"] == 100 * tokens
+  assert math.isclose(p["budget"]["chip_hours"], p["budget"]["hours"] * chips)
+  assert math.isclose(p["budget"]["cost"], p["budget"]["chip_hours"] * 1.2)
+
+
+@needs_libtpu
+def test_a_generate_plan_agrees_with_arithmetic(tmp_path, model_dir):
+  path = _yaml(tmp_path, f"""
+model: {{path: {model_dir}, dtype: float32}}
+mesh: {{axes: {{data: 1, fsdp: 1, tensor: 1}}}}
+engine: {{slots: 64, steps_per_call: 4}}
+sampling: {{context_limit: 256}}
+chunking: {{max_tokens: 32}}
+""")
+  p = plan(_args(path, "mesh.axes.data=-1", topology="v6e-8", tokens=1e6))
+  n = _params(ARCH)
+  assert p["engines"] == 1 and p["mesh"]["data"] == 8 and p["fits"]
+  assert p["memory"]["weights"] == 4 * n  # replicated over data
+  # KV cache: 64 slots over 8 chips, keys and values, every layer, fp32.
+  per_chip = 2 * ARCH["num_hidden_layers"] * (64 // 8) * ARCH["num_key_value_heads"] * 256 * ARCH["head_dim"] * 4
+  assert p["memory"]["kv_cache"] == per_chip
+  # One decode step: 2 FLOPs per parameter per token for the slots on a chip (the head
+  # included; the embedding lookup has none); attention over a short window is small.
+  decode = p["programs"]["decode"]["flops_per_chip"]
+  textbook = 2 * (n - ARCH["vocab_size"] * ARCH["hidden_size"]) * 64 / 8
+  assert abs(decode / textbook - 1) < 0.10
+  assert p["budget"]["tokens"] == 1e6 and p["step"]["predicted_tokens_per_second"] > 0
+
+
+@needs_libtpu
+def test_a_program_that_does_not_fit_says_by_how_much_and_what_to_change(tmp_path, model_dir, capsys):
+  path = _train_yaml(tmp_path, model_dir)
+  # 2 layers at 1024 x 1024 x 8192 sequences per chip is far above a v5e chip's 16 GiB.
+  code = main(["--config", path, "--topology", "v5e-4", "batch_size=4096", "data.seq_len=1024",
+               "--json"])
+  out = json.loads(capsys.readouterr().out)
+  assert code == 1 and out["fits"] is False
+  assert out["total_bytes_per_chip"] > out["memory"]["capacity_bytes_per_chip"]
+  assert any(a.startswith("microbatches=") for a in out["advice"])
+
+
+@needs_libtpu
+def test_json_output_and_exit_status(tmp_path, model_dir, capsys):
+  assert main(["--config", _train_yaml(tmp_path, model_dir), "--topology", "v4-8", "--json"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["fits"] is True and out["total_bytes_per_chip"] > 0
+  assert out["chip"]["chips_per_host"] == 4 and out["topology"] == "v4-8"
+
+
+def test_topology_names_as_users_type_them():
+  assert (parse_topology("v5p-128").chips, parse_topology("v5p-128").hosts) == (64, 16)
+  assert (parse_topology("v6e-8").chips, parse_topology("v6e-8").hosts) == (8, 1)
+  assert (parse_topology("v5e-256").chips, parse_topology("v5e-256").hosts) == (256, 64)
+  assert parse_topology("v4-32").topology_name == "v4:2x2x4"
+  assert parse_topology("v5litepod-16").name == "v5e-16"
+
+
+def test_bad_input_is_one_line_each(tmp_path, model_dir, monkeypatch):
+  with pytest.raises(MindJaxError, match=r"--topology v7-8: unknown TPU slice; known: v4-8, .*v6e-256"):
+    parse_topology("v7-8")
+  path = _train_yaml(tmp_path, model_dir)
+  if importlib.util.find_spec("libtpu") is not None:
+    with pytest.raises(MindJaxError, match=r"mesh.axes: .* needs 8 devices but 4 are available"):
+      plan(_args(path, "mesh.axes.fsdp=8", topology="v5e-4"))
+  import builtins
+  real_import = builtins.__import__
+
+  def no_libtpu(name, *args, **kwargs):
+    if name == "libtpu":
+      raise ImportError(name)
+    return real_import(name, *args, **kwargs)
+  monkeypatch.setattr(builtins, "__import__", no_libtpu)
+  with pytest.raises(MindJaxError, match=r"libtpu.*not installed: pip install 'mind_jax\[tpu\]'"):
+    plan(_args(path, topology="v5e-4"))
+
+
+def _shipped_plans():
+  """(config, plan arguments) of every shipped config that names a TPU target."""
+  found = []
+  for path in sorted([*ROOT.glob("configs/*.yaml"), *ROOT.glob("tpu/configs/*.yaml")]):
+    for line in path.read_text().splitlines():
+      match = re.match(r"#\s*plan:\s*(.*)", line)
+      if match:
+        found.append(pytest.param(str(path.relative_to(ROOT)), shlex.split(match.group(1)),
+                                  id=f"{path.name}:{match.group(1).split()[1]}"))
+  return found
+
+
+@needs_libtpu
+@pytest.mark.slow
+@pytest.mark.parametrize("config,flags", _shipped_plans())
+def test_every_shipped_tpu_config_fits_its_target(config, flags, capsys):
+  code = main(["--config", str(ROOT / config), *flags, "--json", "--no-exact-cost"])
+  out = json.loads(capsys.readouterr().out)
+  assert code == 0 and out["fits"], (config, out.get("memory"), out.get("advice"))
+  assert out["model"]["attention"] == "tpu"  # planned with the kernels the run uses
