@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="assumed HBM bandwidth utilisation of decoding (default 0.6)")
   parser.add_argument("--price", type=float, help="price per chip-hour, for a cost line")
   parser.add_argument("--no-exact-cost", dest="exact_cost", action="store_false",
-                      help="train: skip the second compile (layers unrolled) that the exact "
-                      "FLOPs and bytes per step need; the memory figures are unchanged")
+                      help="skip the extra compile that exact FLOPs and bytes per step need "
+                      "(train: layers unrolled; generate: a one-step decode); memory is unchanged")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   parser.add_argument("--topologies", action="store_true", help="list the known slices and exit")
   parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -115,7 +115,8 @@ def plan(args) -> dict:
     result = plan_training(cfg, config, tpu_slice, args.num_slices, assumptions, args.tokens,
                            exact_cost=getattr(args, "exact_cost", True))
   else:
-    result = plan_generation(cfg, config, tpu_slice, args.num_slices, assumptions, args.tokens)
+    result = plan_generation(cfg, config, tpu_slice, args.num_slices, assumptions, args.tokens,
+                             exact_cost=getattr(args, "exact_cost", True))
   result["config"] = args.config
   return result
 

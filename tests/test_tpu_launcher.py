@@ -30,6 +30,22 @@ def test_create_picks_the_runtime_of_the_tpu_generation():
   assert unknown.stderr.strip() == "tpu/pod.sh: no known runtime version for ACCELERATOR=v9-8; set RUNTIME"
 
 
+def test_create_plans_the_job_first_and_refuses_a_slice_it_does_not_fit(tmp_path):
+  fake = tmp_path / "python"  # stands in for `python -m mind_jax.plan`: records, then answers
+  fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/args\nexit $PLAN_EXIT\n")
+  fake.chmod(0o755)
+  refused = pod("create", "--config", "job.yaml", "steps=10", ACCELERATOR="v5p-128",
+                PYTHON=str(fake), PLAN_EXIT="1")
+  assert refused.returncode == 2 and "gcloud" not in refused.stdout
+  assert refused.stderr.strip() == ("tpu/pod.sh: not creating v5p-128: the job does not fit it "
+                                    "(or could not be planned), see above")
+  assert (tmp_path / "args").read_text().split() == [
+      "-m", "mind_jax.plan", "--topology", "v5p-128", "--config", "job.yaml", "steps=10"]
+  created = pod("create", "--config", "job.yaml", ACCELERATOR="v5p-128", PYTHON=str(fake),
+                PLAN_EXIT="0")
+  assert created.returncode == 0 and "--accelerator-type=v5p-128" in created.stdout
+
+
 def test_missing_settings_and_unknown_commands_fail_in_one_line():
   missing = pod("run", "--", "true", TPU_NAME="")
   assert missing.returncode == 2 and missing.stderr.strip() == "tpu/pod.sh: set TPU_NAME (the TPU VM's name)"

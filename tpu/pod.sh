@@ -2,7 +2,10 @@
 # Runs mind_jax on a Cloud TPU VM or a multi-host pod slice, from your own machine (gcloud).
 #
 #   export TPU_NAME=mind ZONE=europe-west4-a ACCELERATOR=v6e-8     # PROJECT= if not gcloud's default
-#   tpu/pod.sh create                      # the TPU VM / slice (SPOT=1 for a spot one)
+#   tpu/pod.sh create [--config FILE [key=value ...]]
+#                                          # the TPU VM / slice (SPOT=1 for a spot one); with a
+#                                          # job config, only once `python -m mind_jax.plan`
+#                                          # (run here, needs mind_jax[tpu]) says the job fits
 #   tpu/pod.sh setup                       # this checkout (git HEAD) + a venv with jax[tpu] on every host
 #   tpu/pod.sh run -- python -m mind_jax.generate --config configs/generate-llama3.1-8b.yaml
 #   tpu/pod.sh logs [WORKER]               # follow one host's log (worker 0 by default)
@@ -17,7 +20,7 @@
 # DRY_RUN=1 prints the gcloud commands instead of running them.
 set -euo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "tpu/pod.sh: $*" >&2; exit 2; }
 
 REMOTE_DIR=mind_jax
@@ -82,6 +85,13 @@ main() {
       local accelerator="${ACCELERATOR:-v6e-8}" runtime="${RUNTIME:-}"
       [[ -n "$runtime" ]] || runtime=$(runtime_for "$accelerator") \
         || die "no known runtime version for ACCELERATOR=$accelerator; set RUNTIME"
+      if [[ $# -gt 0 ]]; then
+        # A slice is paid for from the moment it exists: compile the job for it first.
+        "${PYTHON:-python3}" -m mind_jax.plan --topology "$accelerator" "$@" \
+          || die "not creating $accelerator: the job does not fit it (or could not be planned), see above"
+      else
+        echo "tpu/pod.sh: creating $accelerator without a plan (pass --config FILE to check the job fits)" >&2
+      fi
       local extra=()
       [[ -n "${SPOT:-}" ]] && extra+=(--spot)
       gcloud_tpu create "$TPU_NAME" --accelerator-type="$accelerator" --version="$runtime" \

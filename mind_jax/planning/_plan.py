@@ -92,7 +92,7 @@ def plan_training(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: A
 
 
 def plan_generation(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: Assumptions,
-                    tokens: float | None = None) -> dict:
+                    tokens: float | None = None, exact_cost: bool = True) -> dict:
   """The plan of a GenerateConfig's run: one engine per host (each host's own mesh and share
   of the documents), so the model and its KV cache must fit one host's chips. `tokens`:
   output tokens to generate (default 1e9)."""
@@ -112,7 +112,7 @@ def plan_generation(cfg, config, tpu_slice: Slice, num_slices: int, assumptions:
   state = _compile.generation_state(econfig, config, mesh, cfg.mesh.rules)
   named = {"weights": state["weights"], "kv_cache": state["kv_cache"]}
   try:
-    compiled = _compile.generation_programs(state, cfg.chunking.max_tokens)
+    compiled = _compile.generation_programs(state, cfg.chunking.max_tokens, exact_cost)
   except _compile.DoesNotFit as e:
     return {**out, **_refused(e, chip.hbm_bytes, named),
             "advice": _generate_advice(cfg, econfig, named, mesh, chip.hbm_bytes)}
@@ -122,7 +122,11 @@ def plan_generation(cfg, config, tpu_slice: Slice, num_slices: int, assumptions:
     return max(flops / (chip.peak_flops * assumptions.mfu),
                moved / (chip.hbm_bandwidth * assumptions.mbu))
 
-  step_seconds = seconds(decode.flops, decode.bytes_accessed)
+  # The one-step program copies the attention window of the cache out and back (read and
+  # write each way); a real call does that once per steps_per_call steps.
+  window_copy = 4 * named["kv_cache"] * compiled["window"] / econfig.max_len
+  moved = decode.bytes_accessed - window_copy * (1 - 1 / econfig.steps_per_call)
+  step_seconds = seconds(decode.flops, moved)
   prefill_seconds = seconds(prefill.flops, prefill.bytes_accessed)
   budget = tokens or 1e9
   prompts = budget / _compile.PAPER_MEAN_OUTPUT_TOKENS
@@ -136,6 +140,7 @@ def plan_generation(cfg, config, tpu_slice: Slice, num_slices: int, assumptions:
                 "decode_full_window": _program_row(compiled["decode_full"])},
       step={"slots": econfig.slots, "steps_per_call": econfig.steps_per_call, "prompt_bucket": compiled["bucket"],
             "decode_window": compiled["window"], "context_limit": econfig.max_len,
+            "decode_bytes_per_step_per_chip": moved,
             "predicted_decode_step_seconds": step_seconds,
             "predicted_prefill_seconds": prefill_seconds,
             "predicted_tokens_per_second": tokens_per_second,
