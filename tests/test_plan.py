@@ -143,6 +143,10 @@ def test_topology_names_as_users_type_them():
   assert (parse_topology("v5e-256").chips, parse_topology("v5e-256").hosts) == (256, 64)
   assert parse_topology("v4-32").topology_name == "v4:2x2x4"
   assert parse_topology("v5litepod-16").name == "v5e-16"
+  # A per-host job compiles for one host: a whole topology of that host's chips.
+  assert parse_topology("v5e-16").host_slice().name == "v5e-4"
+  assert parse_topology("v5p-128").host_slice().name == "v5p-8"
+  assert parse_topology("v6e-8").host_slice().name == "v6e-8"
 
 
 def test_bad_input_is_one_line_each(tmp_path, model_dir, monkeypatch):

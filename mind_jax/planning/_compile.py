@@ -204,12 +204,6 @@ def generation_programs(state: dict, chunk_tokens: int, exact_cost: bool = True)
   return out
 
 
-def host_devices(devices: list) -> list:
-  """The first host's devices: in per-host mode each host runs its own engine on these."""
-  first = min(d.process_index for d in devices)
-  return [d for d in devices if d.process_index == first]
-
-
 def flops_arithmetic(config, tokens: int, factor: int) -> float:
   """`factor` x parameters x tokens, the textbook count (6 training, 2 inference)."""
   return float(factor * config.num_params() * tokens)

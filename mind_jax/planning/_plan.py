@@ -97,7 +97,7 @@ def plan_generation(cfg, config, tpu_slice: Slice, num_slices: int, assumptions:
   of the documents), so the model and its KV cache must fit one host's chips. `tokens`:
   output tokens to generate (default 1e9)."""
   from mind_jax.mind._pipeline import engine_config
-  devices = _compile.host_devices(slice_devices(tpu_slice, 1))
+  devices = slice_devices(tpu_slice.host_slice())
   try:
     mesh = cfg.mesh.build(devices)
   except MindJaxError as e:

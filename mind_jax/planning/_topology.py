@@ -83,6 +83,15 @@ class Slice:
       options["chips_per_host_bounds"] = (2, 2, 1)
     return options
 
+  def host_slice(self) -> Slice:
+    """One host of this slice as a slice of its own (what a per-host job compiles for: the
+    compiler wants a whole topology, not some of a larger one's devices)."""
+    if self.hosts == 1:
+      return self
+    chips = self.chips_per_host
+    return Slice(f"{self.generation.prefix}-{chips * (2 if self.generation.named_by_cores else 1)}",
+                 self.generation, self.generation.grids[chips])
+
   def row(self) -> dict:
     c = self.chip
     return {"topology": self.name, "chips": self.chips, "layout": "x".join(map(str, self.grid)),
