@@ -432,6 +432,25 @@ CASES = [
         "train", [f"workdir={_write(w / 'run' / 'checkpoints' / '3' / 'x', 'old')}".rsplit("/", 3)[0]]),
         r"workdir=\S+/run: holds 1 file\(s\) like this job's output \(checkpoints, ...\) but no "
         r"run.json"),
+    Case("train: a TPU kernel asked for on CPU devices", lambda w: (
+        "train", [f"workdir={w / 'run'}", "model.attention=tpu"]),
+        r"model.attention=tpu: needs TPU devices but the mesh has cpu devices; use auto or xla"),
+    # --- plan: refused before anything compiles
+    Case("plan: an unknown topology", lambda w: (
+        "plan", ["--config", str(_write(w / "t.yaml", "steps: 5\n")), "--topology", "v7-8"]),
+        r"--topology v7-8: unknown TPU slice; known: v4-8, v4-16, .*, v6e-256$"),
+    Case("plan: a mesh the topology's chips do not match", lambda w: (
+        "plan", ["--config", str(_write(w / "t.yaml", "steps: 5\n")), "--topology", "v5e-4",
+                 "mesh.axes={data: 1, fsdp: 8}", "mesh.rules=train"]),
+        r"mesh.axes: mesh \{'data': 1, 'fsdp': 8\} needs 8 devices but 4 are available"),
+    Case("plan: a checkpoint not on this machine and no --preset", lambda w: (
+        "plan", ["--config", str(_write(w / "t.yaml", "steps: 5\n")), "--topology", "v5e-4",
+                 "model.path=/ckpt/Llama-3.1-8B"]),
+        r"model.path=/ckpt/Llama-3.1-8B: not on this machine; pass --preset NAME"),
+    Case("plan: a config that is neither job's", lambda w: (
+        "plan", ["--config", str(_write(w / "t.yaml", "model: {preset: tiny}\n")),
+                 "--topology", "v5e-4"]),
+        r"\S+/t.yaml: cannot tell a train config from a generate config by its keys; pass --job"),
 ]
 
 _DOUBLED_WORD = re.compile(r"\b(\w+) \1\b", re.IGNORECASE)

@@ -118,6 +118,18 @@ chunking: {{max_tokens: 32}}
 
 
 @needs_libtpu
+def test_per_chip_activations_do_not_grow_with_the_fsdp_axis(tmp_path, model_dir):
+  """One sequence per chip on 4 and on 16 chips: the same activations per chip. (Left to XLA,
+  the output head was computed with the whole global batch on every chip under fsdp.)"""
+  temps = {}
+  for topology, chips in (("v5e-4", 4), ("v5e-16", 16)):
+    p = plan(_args(_train_yaml(tmp_path, model_dir), f"batch_size={chips}", "data.seq_len=512",
+                   topology=topology))
+    temps[chips] = p["memory"]["activations_and_temporaries"]
+  assert temps[16] < 1.5 * temps[4], temps
+
+
+@needs_libtpu
 def test_a_program_that_does_not_fit_says_by_how_much_and_what_to_change(tmp_path, model_dir, capsys):
   path = _train_yaml(tmp_path, model_dir)
   # 2 layers at 1024 x 1024 x 8192 sequences per chip is far above a v5e chip's 16 GiB.

@@ -1,0 +1,78 @@
+"""The paper-scale cost sheet: MIND's two TPU stages planned by `python -m mind_jax.plan` from the
+shipped configs, on v5e, v5p and v6e.
+
+- generation: ~64B output tokens (the paper's corpus of conversations) with Llama-3.1-70B-
+  Instruct, one engine per host;
+- continued pretraining: 50B tokens of a Llama-2-7B-shaped model (the paper's run).
+
+Every figure is the plan's: per-chip HBM from the TPU compiler, speed predicted at the stated
+MFU / MBU from the compiler's FLOPs and bytes (generation) or the model's FLOPs (training),
+chip-hours for the budget. Needs the TPU compiler (pip install 'mind_jax[tpu]'); a few CPU
+minutes.
+
+  python benchmarks/cost_sheet.py --out bench_out [--price-v5e P --price-v5p P --price-v6e P]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GENERATE_TOKENS, TRAIN_TOKENS = 64e9, 50e9
+
+# (stage, generation, config, topology, preset, overrides)
+ROWS = [
+    ("generate 70B", "v6e", "configs/generate-llama3.1-70b-pod.yaml", "v6e-8", "llama3.1-70b", []),
+    ("generate 70B", "v5p", "tpu/configs/generate-v5p-32.yaml", "v5p-32", "llama3.1-70b", []),
+    # The v5p config's model on v5e hosts of 4 chips: the weights alone are 35 GB per chip.
+    ("generate 70B", "v5e", "tpu/configs/generate-v5p-32.yaml", "v5e-16", "llama3.1-70b", []),
+    ("train 7B", "v6e", "configs/train-llama2-7b.yaml", "v6e-256", "llama2-7b", ["microbatches=6"]),
+    ("train 7B", "v5p", "configs/train-llama2-7b.yaml", "v5p-128", "llama2-7b", []),
+    ("train 7B", "v5e", "tpu/configs/train-v5e-256.yaml", "v5e-256", "llama2-7b", []),
+]
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--out", required=True)
+  for gen in ("v5e", "v5p", "v6e"):
+    parser.add_argument(f"--price-{gen}", type=float, help=f"price per {gen} chip-hour")
+  args = parser.parse_args()
+  from mind_jax.plan import plan
+  results = []
+  for stage, gen, config, topology, preset, overrides in ROWS:
+    tokens = GENERATE_TOKENS if stage.startswith("generate") else TRAIN_TOKENS
+    ns = argparse.Namespace(config=str(ROOT / config), overrides=overrides, topology=topology,
+                            num_slices=1, job=None, preset=preset, tokens=tokens, mfu=0.45,
+                            mbu=0.6, price=getattr(args, f"price_{gen}"), exact_cost=True)
+    result = plan(ns)
+    result["stage"], result["config"] = stage, config
+    results.append(result)
+    print(_row(result, overrides), flush=True)
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "cost_sheet.json"), "w") as f:
+    json.dump(results, f, indent=2, default=str)
+
+
+def _row(r: dict, overrides) -> str:
+  gib = r["memory"]["total_bytes_per_chip"]
+  gib = f"{gib / 2 ** 30:.1f}" if gib else "?"
+  cap = r["memory"]["capacity_bytes_per_chip"] / 2 ** 30
+  config = r["config"] + (f" {' '.join(overrides)}" if overrides else "")
+  if not r["fits"]:
+    return f"| {r['stage']} | {r['topology']} | `{config}` | {gib} of {cap:.0f}: does not fit | | | |"
+  s, b = r["step"], r["budget"]
+  cost = f"{b['cost']:,.0f}" if "cost" in b else ""
+  return (f"| {r['stage']} | {r['topology']} | `{config}` | {gib} of {cap:.0f} | "
+          f"{s['predicted_tokens_per_second_per_chip']:,.0f} | {b['chip_hours']:,.0f} | {cost} |")
+
+
+if __name__ == "__main__":
+  main()
