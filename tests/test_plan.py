@@ -130,6 +130,13 @@ def test_per_chip_activations_do_not_grow_with_the_fsdp_axis(tmp_path, model_dir
 
 
 @needs_libtpu
+def test_a_multi_slice_plan_spans_the_slices_with_the_data_axis(tmp_path, model_dir):
+  p = plan(_args(_train_yaml(tmp_path, model_dir), topology="v5e-4", num_slices=2))
+  assert (p["chips"], p["hosts"], p["fits"]) == (8, 2, True)
+  assert p["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}  # fsdp within a slice, data across
+
+
+@needs_libtpu
 def test_a_program_that_does_not_fit_says_by_how_much_and_what_to_change(tmp_path, model_dir, capsys):
   path = _train_yaml(tmp_path, model_dir)
   # 2 layers at 1024 x 1024 x 8192 sequences per chip is far above a v5e chip's 16 GiB.
