@@ -147,13 +147,22 @@ def test_shards_cover_every_unit_exactly_once(default_run, tmp_path):
 
 
 def test_hosts_of_a_slice_split_each_job_shard_exactly():
-  from mind_jax.mind._pipeline import host_shard
+  from mind_jax.mind._pipeline import EngineGroup, host_shard
   cfgs = [make_config("/tmp/x", "num_shards=3", f"shard_index={i}") for i in range(3)]
   # 3 jobs x 4 hosts: 12 disjoint shards that cover every document index once.
-  shards = [host_shard(cfg, host, 4) for cfg in cfgs for host in range(4)]
+  shards = [host_shard(cfg, EngineGroup.of(cfg, host, 4)) for cfg in cfgs for host in range(4)]
   assert sorted(index for index, _ in shards) == list(range(12))
   assert {count for _, count in shards} == {12}
-  assert host_shard(cfgs[1], 0, 1) == (1, 3)  # one host: the job's own shard
+  assert host_shard(cfgs[1], EngineGroup.of(cfgs[1], 0, 1)) == (1, 3)  # one host: the job's own
+  # Engines of 2 hosts: both hosts of an engine take its shard; 3 jobs x 2 engines.
+  paired = [make_config("/tmp/x", "num_shards=3", f"shard_index={i}", "engine.hosts=2")
+            for i in range(3)]
+  shards = [host_shard(cfg, EngineGroup.of(cfg, host, 4)) for cfg in paired for host in range(4)]
+  assert shards[0] == shards[1] and shards[2] == shards[3] and shards[0] != shards[2]
+  assert sorted({index for index, _ in shards}) == list(range(6))
+  assert [EngineGroup.of(paired[0], host, 4).rank for host in range(4)] == [0, 1, 0, 1]
+  with pytest.raises(MindJaxError, match=r"engine.hosts=3: does not divide the slice's 4 host"):
+    EngineGroup.of(make_config("/tmp/x", "engine.hosts=3"), 0, 4)
 
 
 @pytest.mark.slow

@@ -73,6 +73,18 @@ class SamplingSection(config_lib.Section):
 class EngineSection(config_lib.Section):
   slots: int = pydantic.Field(8, ge=1)
   steps_per_call: int = pydantic.Field(8, ge=1)
+  hosts: int = pydantic.Field(
+      1, description="hosts one engine spans on a multi-host slice: 1, an engine per host on "
+      "its own chips (the fastest where the model fits a host); -1, one engine over every "
+      "host's chips (a model too large for a host: 70B on v5e or v4); k, engines of k hosts "
+      "side by side, each on its own share of the documents")
+
+  @pydantic.field_validator("hosts")
+  @classmethod
+  def _hosts(cls, value):
+    if value == 0 or value < -1:
+      raise ValueError("must be -1 (every host) or a positive number of hosts")
+    return value
 
 
 class OutputSection(config_lib.Section):
@@ -140,17 +152,43 @@ def load_tokenizer_for(cfg: GenerateConfig):
   return load_tokenizer(tokenizer_name(cfg))
 
 
-def host_shard(cfg: GenerateConfig, host: int, hosts: int) -> tuple[int, int]:
-  """(shard index, shard count) of one host: job shard i of n is split again over the hosts."""
-  return cfg.shard_index * hosts + host, cfg.num_shards * hosts
+@dataclasses.dataclass(frozen=True)
+class EngineGroup:
+  """The hosts that run one engine together (engine.hosts of them), and this host's place."""
+
+  index: int   # which engine of the slice
+  count: int   # engines on the slice
+  rank: int    # this host within its engine: rank 0 writes the engine's part files
+  size: int    # hosts per engine
+
+  @classmethod
+  def of(cls, cfg: GenerateConfig, host: int, hosts: int) -> EngineGroup:
+    size = hosts if cfg.engine.hosts == -1 else cfg.engine.hosts
+    if hosts % size:
+      raise MindJaxError(f"engine.hosts={cfg.engine.hosts}: does not divide the slice's {hosts} "
+                         "host(s)")
+    return cls(host // size, hosts // size, host % size, size)
+
+  def devices(self) -> list:
+    """Every chip of this engine's hosts, in process order (the same list on each of them)."""
+    import jax
+    first = self.index * self.size
+    return sorted((d for d in jax.devices() if first <= d.process_index < first + self.size),
+                  key=lambda d: (d.process_index, d.id))
 
 
-def load_model(cfg: GenerateConfig):
+def host_shard(cfg: GenerateConfig, group: EngineGroup) -> tuple[int, int]:
+  """(shard index, shard count) of one engine: job shard i of n is split again over the
+  slice's engines (one per host, or one per engine.hosts hosts)."""
+  return cfg.shard_index * group.count + group.index, cfg.num_shards * group.count
+
+
+def load_model(cfg: GenerateConfig, group: EngineGroup | None = None):
   """(model, tokenizer, model name, mesh): the checkpoint or preset `cfg.model` names, placed
-  on this host's devices by `cfg.mesh`."""
+  by `cfg.mesh` on the devices of this host's engine (default: this host's own)."""
   import jax
   from mind_jax.ckpts import load_model as load
-  mesh = cfg.mesh.build(jax.local_devices())
+  mesh = cfg.mesh.build(group.devices() if group else jax.local_devices())
   model, tokenizer, name = load(cfg.model, mesh, cfg.mesh.rules)
   if tokenizer is None:
     raise MindJaxError(f"model.path={cfg.model.path}: the generator needs its tokenizer files")
@@ -333,15 +371,14 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   settings = run_settings(cfg, styles, loaded[2] if loaded else None)
   tokenizer_source = tokenizer_name(cfg, loaded[1] if loaded else None)
   claim_output(cfg, settings, dry_run=True, tokenizer=tokenizer_source)
-  host, hosts = init_hosts(cfg.distributed)
+  group = EngineGroup.of(cfg, *init_hosts(cfg.distributed))
   cfg.runtime.apply()
   if not loaded:  # the engine would say so too, but only after the model has loaded
-    import jax
-    data = cfg.mesh.build(jax.local_devices()).shape.get("data", 1)
+    data = cfg.mesh.build(group.devices()).shape.get("data", 1)
     if cfg.engine.slots % data:
       raise MindJaxError(f"engine.slots={cfg.engine.slots} must be a multiple of the mesh's data "
                          f"axis ({data} here; set mesh.axes.data or engine.slots)")
-  shard = host_shard(cfg, host, hosts)
+  shard = host_shard(cfg, group)
   tokenizer = loaded[1] if loaded else load_tokenizer_for(cfg)
   max_new = cfg.sampling.max_new_tokens or cfg.sampling.context_limit
   sampling = SamplingParams(max_new_tokens=max_new, temperature=cfg.sampling.temperature,
@@ -387,13 +424,16 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
     _print_summary(summary, "dry run: nothing generated")
     return summary
 
-  model, tokenizer, model_name, mesh = loaded or load_model(cfg)
+  model, tokenizer, model_name, mesh = loaded or load_model(cfg, group)
   # Written once the model has loaded: a load that fails leaves output.dir as it was.
   claim_output(cfg, settings, dry_run=False, tokenizer=tokenizer_source)
   summary["model"] = model_name
   engine = Engine(model, tokenizer, engine_config(cfg), mesh=mesh)
+  # Every host of an engine sees every result (the engine's tokens come back replicated);
+  # one of them writes the engine's part files.
   writer = PartWriter(cfg.output.dir, shard[0], cfg.output.format,
-                      cfg.output.records_per_part, cfg.output.flush_seconds)
+                      cfg.output.records_per_part, cfg.output.flush_seconds,
+                      enabled=group.rank == 0)
   units: dict[str, Unit] = {}
 
   def requests():
@@ -406,7 +446,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   last_log = time.monotonic()
   gen_start = time.perf_counter()
   interactive = sys.stderr.isatty()
-  with progress_bar(todo, "generate", unit="conv", enabled=True) as bar:
+  with progress_bar(todo, "generate", unit="conv", enabled=group.rank == 0) as bar:
     for result in engine.generate(requests()):
       unit = units.pop(result.id)
       writer.add(_record(unit, result, model_name, sampling, cfg.seed))

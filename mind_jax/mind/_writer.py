@@ -48,11 +48,19 @@ class PartWriter:
   """Buffers records and writes them as `part-SSSSS-NNNNNN.<format>` files."""
 
   def __init__(self, out_dir: str, shard_index: int, fmt: str = "jsonl",
-               records_per_part: int = 1000, flush_seconds: float = 300.0):
+               records_per_part: int = 1000, flush_seconds: float = 300.0,
+               enabled: bool = True):
+    """`enabled=False`: a host of a multi-host engine that is not its writer; it touches no
+    file (not even the stale temporaries, which the writer may be writing)."""
     if fmt not in RECORD_FORMATS:
       raise MindJaxError(f"output format must be one of {', '.join(RECORD_FORMATS)}, got {fmt!r}")
     self.out_dir, self.shard, self.fmt = out_dir, shard_index, fmt
     self.records_per_part, self.flush_seconds = records_per_part, flush_seconds
+    self.enabled = enabled
+    self.buffer: list[dict] = []
+    self.written = 0
+    if not enabled:
+      return
     self.root = epath.Path(out_dir)
     self.root.mkdir(parents=True, exist_ok=True)
     prefix = f"part-{shard_index:05d}-"
@@ -62,17 +70,19 @@ class PartWriter:
                 for p in self.root.glob(prefix + "*") if not p.name.endswith(".tmp")]
     self.next_part = max(existing, default=-1) + 1
     self._rebuild_manifest()
-    self.buffer: list[dict] = []
     self.last_flush = time.monotonic()
-    self.written = 0
 
   def add(self, record: dict) -> None:
+    if not self.enabled:
+      return
     self.buffer.append(record)
     if (len(self.buffer) >= self.records_per_part
         or time.monotonic() - self.last_flush >= self.flush_seconds):
       self.flush()
 
   def flush(self) -> str | None:
+    if not self.enabled:
+      return None
     self.last_flush = time.monotonic()
     if not self.buffer:
       return None

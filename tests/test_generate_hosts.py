@@ -1,0 +1,112 @@
+"""Generation across hosts: one engine over every host's chips (engine.hosts=-1), run for real
+as two JAX processes on this machine (4 CPU devices each, gloo collectives)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mind_jax.mind import part_files, read_records
+
+ARGS = ["input.limit=2", "sampling.max_new_tokens=12", "engine.slots=8", "engine.steps_per_call=4",
+        "sampling.context_limit=512", "output.records_per_part=2", "mesh.axes.data=4",
+        "mesh.axes.tensor=2", "runtime.compile_cache=null"]
+
+
+def records(out_dir):
+  return sorted((r for p in part_files(str(out_dir)) for r in read_records(p)),
+                key=lambda r: r["id"])
+
+
+def _single(out_dir):
+  return subprocess.run([sys.executable, "-m", "mind_jax.generate", f"output.dir={out_dir}", *ARGS],
+                        capture_output=True, text=True,
+                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+
+
+def _two_processes(out_dir):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  return [subprocess.Popen(
+      [sys.executable, "-m", "mind_jax.generate", f"output.dir={out_dir}", *ARGS,
+       "distributed=on", "engine.hosts=-1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      text=True, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+                      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+                      "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("single")
+  done = _single(out)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return out
+
+
+@pytest.mark.slow
+def test_two_processes_run_one_engine_and_write_the_single_process_dataset(single_run, tmp_path):
+  for process in _two_processes(tmp_path):
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+  ours, theirs = records(tmp_path), records(single_run)
+  assert len(theirs) > 8 and ours == theirs
+  assert len({r["id"] for r in ours}) == len(ours)  # no duplicates
+  # One engine, one writer: every part is shard 0's, written by process 0.
+  assert {os.path.basename(p).split("-")[1] for p in part_files(str(tmp_path))} == {"00000"}
+
+
+@pytest.mark.slow
+def test_both_processes_killed_mid_run_and_rerun_end_with_the_same_dataset(single_run, tmp_path):
+  processes = _two_processes(tmp_path)
+  deadline = time.time() + 300
+  while len(part_files(str(tmp_path))) < 2 and time.time() < deadline:
+    time.sleep(0.05)
+  for process in processes:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  partial = len(records(tmp_path))
+  assert 0 < partial < len(records(single_run)), "the kill must land mid-run"
+  for process in _two_processes(tmp_path):
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+  assert records(tmp_path) == records(single_run)
+  assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_the_scheduler_decides_the_same_whatever_the_timing(monkeypatch):
+  """Hosts of one engine each run the host-side scheduler: fed the same requests, they must
+  put the same request in the same slot at the same call, however long each call takes."""
+  import itertools
+
+  from flax import nnx
+
+  from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
+  from mind_jax.engine import _engine
+  from mind_jax.nn import Llama, preset
+
+  model = Llama(preset("tiny", dtype="float32"), rngs=nnx.Rngs(0))
+  requests = [Request(f"r{i}", list(range(1, 4 + 3 * i)), SamplingParams(max_new_tokens=3 + i % 5))
+              for i in range(12)]
+
+  def decisions(clock):
+    monkeypatch.setattr(_engine.time, "perf_counter", clock)
+    monkeypatch.setattr(_engine.time, "monotonic", clock)
+    engine = Engine(model, None, EngineConfig(slots=4, max_len=64, steps_per_call=2))
+    made, insert = [], engine._insert
+
+    def recorded(request, slot):
+      made.append((engine.stats["generate_calls"], request.id, slot))
+      return insert(request, slot)
+    engine._insert = recorded
+    finished = [(r.id, r.token_ids) for r in engine.generate(iter(requests))]
+    return made, finished
+
+  steady = itertools.count(0.0, 0.01)
+  erratic = (t * t * 7.3 % 1000 for t in itertools.count(1.0))  # jumps, even backwards
+  first, second = decisions(lambda: next(steady)), decisions(lambda: next(erratic))
+  assert first == second and len(first[0]) == len(requests)
