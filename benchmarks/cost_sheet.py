@@ -10,7 +10,7 @@ MFU / MBU from the compiler's FLOPs and bytes (generation) or the model's FLOPs 
 chip-hours for the budget. Needs the TPU compiler (pip install 'mind_jax[tpu]'); a few CPU
 minutes.
 
-  python benchmarks/cost_sheet.py --out bench_out [--price-v5e P --price-v5p P --price-v6e P]
+  python benchmarks/cost_sheet.py --out bench_out [--price-v4 P --price-v5e P --price-v5p P --price-v6e P]
 """
 
 from __future__ import annotations
@@ -30,8 +30,15 @@ GENERATE_TOKENS, TRAIN_TOKENS = 64e9, 50e9
 ROWS = [
     ("generate 70B", "v6e", "configs/generate-llama3.1-70b-pod.yaml", "v6e-8", "llama3.1-70b", []),
     ("generate 70B", "v5p", "tpu/configs/generate-v5p-32.yaml", "v5p-32", "llama3.1-70b", []),
-    # The v5p config's model on v5e hosts of 4 chips: the weights alone are 35 GB per chip.
-    ("generate 70B", "v5e", "tpu/configs/generate-v5p-32.yaml", "v5e-16", "llama3.1-70b", []),
+    ("generate 70B", "v5p", "tpu/configs/generate-v5p-32.yaml", "v5p-8", "llama3.1-70b", []),
+    ("generate 70B", "v4", "tpu/configs/generate-v4-32.yaml", "v4-32", "llama3.1-70b", []),
+    # 70B on v5e: one engine over the slice, weights over fsdp x tensor (8 kv heads stop tensor
+    # parallelism at 8 chips, 16.4 GiB of weights each).
+    ("generate 70B", "v5e", "tpu/configs/generate-v5p-32.yaml", "v5e-16", "llama3.1-70b",
+     ["engine.hosts=-1", "mesh.axes={data: 1, fsdp: 2, tensor: 8}", "mesh.rules=train",
+      "engine.slots=32"]),
+    ("generate 70B", "v5e", "tpu/configs/generate-v5p-32.yaml", "v5e-32", "llama3.1-70b",
+     ["engine.hosts=-1", "mesh.axes={data: 1, fsdp: 4, tensor: 8}", "mesh.rules=train"]),
     ("train 7B", "v6e", "configs/train-llama2-7b.yaml", "v6e-256", "llama2-7b", ["microbatches=6"]),
     ("train 7B", "v5p", "configs/train-llama2-7b.yaml", "v5p-128", "llama2-7b", []),
     ("train 7B", "v5e", "tpu/configs/train-v5e-256.yaml", "v5e-256", "llama2-7b", []),
@@ -42,7 +49,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", required=True)
-  for gen in ("v5e", "v5p", "v6e"):
+  for gen in ("v4", "v5e", "v5p", "v6e"):
     parser.add_argument(f"--price-{gen}", type=float, help=f"price per {gen} chip-hour")
   args = parser.parse_args()
   from mind_jax.plan import plan
@@ -51,7 +58,8 @@ def main() -> None:
     tokens = GENERATE_TOKENS if stage.startswith("generate") else TRAIN_TOKENS
     ns = argparse.Namespace(config=str(ROOT / config), overrides=overrides, topology=topology,
                             num_slices=1, job=None, preset=preset, tokens=tokens, mfu=0.45,
-                            mbu=0.6, price=getattr(args, f"price_{gen}"), exact_cost=True)
+                            mbu=0.6, price=getattr(args, f"price_{gen}"), exact_cost=True,
+                            compare_modes=False)  # each mode is a row of its own here
     result = plan(ns)
     result["stage"], result["config"] = stage, config
     results.append(result)

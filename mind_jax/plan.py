@@ -116,7 +116,8 @@ def plan(args) -> dict:
                            exact_cost=getattr(args, "exact_cost", True))
   else:
     result = plan_generation(cfg, config, tpu_slice, args.num_slices, assumptions, args.tokens,
-                             exact_cost=getattr(args, "exact_cost", True))
+                             exact_cost=getattr(args, "exact_cost", True),
+                             compare_modes=getattr(args, "compare_modes", True))
   result["config"] = args.config
   return result
 

@@ -256,7 +256,7 @@ CASES = [
         r"^\S+/c.yaml: line \d+ invalid YAML"),
     Case("generate: slots the mesh does not divide", lambda w: (
         "generate", [*GEN, f"output.dir={w / 'out'}", "engine.slots=3"]),
-        r"^engine.slots=3 must be a multiple of the mesh's data axis \(8 here"),
+        r"^engine.slots=3 must be a multiple of the mesh's batch axes \(8 here"),
     Case("generate: shard index out of range", lambda w: (
         "generate", [f"output.dir={w / 'out'}", "num_shards=2", "shard_index=2"]),
         r"^shard_index=2 must be < num_shards=2$"),

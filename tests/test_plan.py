@@ -137,6 +137,24 @@ def test_a_multi_slice_plan_spans_the_slices_with_the_data_axis(tmp_path, model_
 
 
 @needs_libtpu
+def test_a_generate_plan_on_a_multi_host_slice_compares_engines_per_host_and_over_the_slice(
+    tmp_path, model_dir):
+  path = _yaml(tmp_path, f"""
+model: {{path: {model_dir}, dtype: bfloat16}}
+mesh: {{axes: {{data: 4, fsdp: 1, tensor: 1}}}}
+engine: {{slots: 16, steps_per_call: 4}}
+sampling: {{context_limit: 256}}
+chunking: {{max_tokens: 32}}
+""")
+  p = plan(_args(path, "engine.hosts=1", topology="v5e-16"))
+  assert (p["engines"], p["engine_chips"], p["mesh"]["data"]) == (4, 4, 4)
+  per_host, whole = p["modes"]
+  assert per_host["engine_hosts"] == 1 and whole["engine_hosts"] == -1
+  assert whole["engines"] == 1 and whole["mesh"] == {"data": 16, "fsdp": 1, "tensor": 1}
+  assert per_host["fits"] and whole["fits"]
+
+
+@needs_libtpu
 def test_a_program_that_does_not_fit_says_by_how_much_and_what_to_change(tmp_path, model_dir, capsys):
   path = _train_yaml(tmp_path, model_dir)
   # 2 layers at 1024 x 1024 x 8192 sequences per chip is far above a v5e chip's 16 GiB.

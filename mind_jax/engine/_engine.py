@@ -125,9 +125,11 @@ class Engine:
   """
 
   def __init__(self, model: Llama, tokenizer=None, config: EngineConfig = EngineConfig(),
-               mesh: Mesh | None = None, *, allocate: bool = True):
+               mesh: Mesh | None = None, *, allocate: bool = True, rules: str = "generate"):
     """`allocate=False` builds the programs' structure only (for `lower`): `model` may then be
-    abstract (`nnx.eval_shape`) and the mesh's devices a TPU topology's."""
+    abstract (`nnx.eval_shape`) and the mesh's devices a TPU topology's. `rules` lay out the
+    decode slots and activations as the model's weights are laid out ("train": slots over
+    data x fsdp, for an engine whose weights are split over fsdp too)."""
     self.model = model
     self.tokenizer = tokenizer
     self.config = config
@@ -136,10 +138,11 @@ class Engine:
       log.warning("max_len %d exceeds the model's max_position_embeddings %d", config.max_len,
                   model.config.max_position_embeddings)
     self.mesh = mesh or sharding_lib.one_device_mesh()
-    data = self.mesh.shape.get("data", 1)
-    if config.slots % data:
-      raise MindJaxError(f"engine slots={config.slots} must be a multiple of the mesh's data "
-                         f"axis ({data})")
+    self.rules = rules
+    ways = slot_ways(self.mesh, rules)
+    if config.slots % ways:
+      raise MindJaxError(f"engine slots={config.slots} must be a multiple of the mesh's batch "
+                         f"axes ({ways})")
     self.eos_ids = tuple(model.config.eos_token_ids)
     self._graphdef, self._params = nnx.split(model)
     if allocate:
@@ -171,18 +174,19 @@ class Engine:
              _human(per_slot), _human(total), self.config.slots, self.config.max_len,
              self._cache_dtype.name, _human(per_device))
     if free is not None and per_device > KV_CACHE_MEMORY_FRACTION * free:
-      fit = slots_that_fit(self.model_config, self.mesh, self.config.max_len, self._cache_dtype)
+      fit = slots_that_fit(self.model_config, self.mesh, self.config.max_len, self._cache_dtype,
+                           rules=self.rules)
       raise MindJaxError(
           f"the KV cache needs {_human(per_device)} per device but only {_human(free)} is free: "
           f"use fewer slots (about {fit} fit at max_len={self.config.max_len}) or a shorter "
           "max_len")
 
   def _cache_sharding(self) -> NamedSharding:
-    return sharding_lib.data_sharding(self.mesh, "generate", CACHE_AXES)
+    return sharding_lib.data_sharding(self.mesh, self.rules, CACHE_AXES)
 
   def _row_sharding(self, extra_dims=0) -> NamedSharding:
     spec = sharding_lib.logical_to_spec(("cache_batch",) + (None,) * extra_dims,
-                                        sharding_lib.GENERATE_RULES, self.mesh)
+                                        sharding_lib.resolve_rules(self.rules), self.mesh)
     return NamedSharding(self.mesh, spec)
 
   def _replicated(self) -> NamedSharding:
@@ -240,7 +244,7 @@ class Engine:
       positions = jnp.arange(bucket, dtype=jnp.int32)[None]
       cache = KVCache.empty(self.model_config, 1, bucket, state.cache.k[0].dtype)
       # Only the last prompt position's logits: the first token is sampled from them.
-      with sharding_lib.activation_layout(self.mesh, "generate"):
+      with sharding_lib.activation_layout(self.mesh, self.rules):
         last, cache = model(tokens, positions, cache=cache, logits_at=(length - 1)[None])
       first = sample(last, token_keys(key[None], jnp.zeros(1, jnp.int32)), temperature[None],
                      top_k[None], top_p[None])[0]
@@ -262,7 +266,7 @@ class Engine:
     graphdef, steps = self._graphdef, self.config.steps_per_call
 
     def one_step(model, state: DecodeState, _):
-      with sharding_lib.activation_layout(self.mesh, "generate"):
+      with sharding_lib.activation_layout(self.mesh, self.rules):
         logits, cache = model(state.tokens[:, None], state.positions[:, None], cache=state.cache)
       keys = token_keys(state.keys, state.generated)
       nxt = sample(logits[:, 0], keys, state.temperature, state.top_k, state.top_p)
@@ -475,20 +479,27 @@ def one_prefill_bucket(lengths: list[int], max_len: int) -> tuple[int, ...] | No
 
 
 def slots_that_fit(model_config, mesh: Mesh, max_len: int, cache_dtype=None,
-                   fraction: float = KV_CACHE_MEMORY_FRACTION) -> int | None:
+                   fraction: float = KV_CACHE_MEMORY_FRACTION, rules: str = "generate") -> int | None:
   """How many decode slots' KV cache fit in `fraction` of a device's free memory, as a
-  multiple of the mesh's data axis (the cache is split over slots there and over kv-heads on
+  multiple of the mesh's batch axes (the cache is split over slots there and over kv-heads on
   `tensor`); None if the free memory cannot be read. Call it with the weights in place."""
   free = _free_device_bytes(mesh.devices.flat[0])
   if free is None:
     return None
-  data = mesh.shape.get("data", 1)
+  data = slot_ways(mesh, rules)
   dtype = jnp.dtype(cache_dtype or model_config.dtype)
   shape = KVCache.layer_shape(model_config, data, max_len)
-  cache = sharding_lib.data_sharding(mesh, "generate", CACHE_AXES)
+  cache = sharding_lib.data_sharding(mesh, rules, CACHE_AXES)
   ways = math.prod(shape) // math.prod(cache.shard_shape(shape))
   per_device = KVCache.nbytes_for(model_config, data, max_len, dtype) / ways  # one slot per row
   return int(fraction * free // per_device) * data
+
+
+def slot_ways(mesh: Mesh, rules: str = "generate") -> int:
+  """How many ways the decode slots split over `mesh` under `rules` (slots must divide)."""
+  spec = sharding_lib.data_sharding(mesh, rules, ("cache_batch",)).spec[0]
+  axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+  return math.prod(mesh.shape[a] for a in axes)
 
 
 def _free_device_bytes(device) -> int | None:

@@ -116,8 +116,8 @@ class GenerateConfig(config_lib.Section):
   dry_run: bool = pydantic.Field(False, description="print the plan and token estimate only")
   distributed: config_lib.OnOffAuto = pydantic.Field(
       "auto",
-      description="multi-host slices: each host runs its own engine on its own chips over its "
-      "own share of the documents (auto: when the TPU runtime lists several hosts)")
+      description="multi-host slices: start JAX's distributed runtime (auto: when the TPU "
+      "runtime lists several hosts); engines then span engine.hosts hosts each")
 
   @pydantic.model_validator(mode="after")
   def _shard_in_range(self):
@@ -374,10 +374,11 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   group = EngineGroup.of(cfg, *init_hosts(cfg.distributed))
   cfg.runtime.apply()
   if not loaded:  # the engine would say so too, but only after the model has loaded
-    data = cfg.mesh.build(group.devices()).shape.get("data", 1)
-    if cfg.engine.slots % data:
-      raise MindJaxError(f"engine.slots={cfg.engine.slots} must be a multiple of the mesh's data "
-                         f"axis ({data} here; set mesh.axes.data or engine.slots)")
+    from mind_jax.engine._engine import slot_ways
+    ways = slot_ways(cfg.mesh.build(group.devices()), cfg.mesh.rules)
+    if cfg.engine.slots % ways:
+      raise MindJaxError(f"engine.slots={cfg.engine.slots} must be a multiple of the mesh's batch "
+                         f"axes ({ways} here; set mesh.axes.data or engine.slots)")
   shard = host_shard(cfg, group)
   tokenizer = loaded[1] if loaded else load_tokenizer_for(cfg)
   max_new = cfg.sampling.max_new_tokens or cfg.sampling.context_limit
@@ -428,7 +429,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   # Written once the model has loaded: a load that fails leaves output.dir as it was.
   claim_output(cfg, settings, dry_run=False, tokenizer=tokenizer_source)
   summary["model"] = model_name
-  engine = Engine(model, tokenizer, engine_config(cfg), mesh=mesh)
+  engine = Engine(model, tokenizer, engine_config(cfg), mesh=mesh, rules=cfg.mesh.rules)
   # Every host of an engine sees every result (the engine's tokens come back replicated);
   # one of them writes the engine's part files.
   writer = PartWriter(cfg.output.dir, shard[0], cfg.output.format,

@@ -175,7 +175,7 @@ def generation_state(engine_config, config, mesh, rules: str) -> dict:
   from mind_jax.engine import Engine
   from mind_jax.nn import KVCache
   model, params = abstract_model(config, mesh, rules)
-  engine = Engine(model, None, engine_config, mesh, allocate=False)
+  engine = Engine(model, None, engine_config, mesh, allocate=False, rules=rules)
   shape = KVCache.layer_shape(config, engine_config.slots, engine_config.max_len)
   cache = jax.ShapeDtypeStruct(shape, engine._cache_dtype, sharding=engine._cache_sharding())
   return {"engine": engine, "model": model, "params": params, "weights": bytes_per_chip(params),
@@ -199,7 +199,7 @@ def generation_programs(state: dict, chunk_tokens: int, exact_cost: bool = True)
     return out
   from mind_jax.engine import Engine
   one_step = Engine(state["model"], None, dataclasses.replace(engine.config, steps_per_call=1),
-                    engine.mesh, allocate=False)
+                    engine.mesh, allocate=False, rules=engine.rules)
   out["decode"] = compile_program("decode", one_step.lower(params, bucket, window)["decode"])
   return out
 

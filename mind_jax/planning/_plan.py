@@ -92,30 +92,74 @@ def plan_training(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: A
 
 
 def plan_generation(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: Assumptions,
-                    tokens: float | None = None, exact_cost: bool = True) -> dict:
-  """The plan of a GenerateConfig's run: one engine per host (each host's own mesh and share
-  of the documents), so the model and its KV cache must fit one host's chips. `tokens`:
-  output tokens to generate (default 1e9)."""
+                    tokens: float | None = None, exact_cost: bool = True,
+                    compare_modes: bool = True) -> dict:
+  """The plan of a GenerateConfig's run: engines of engine.hosts hosts each (1: an engine per
+  host, on its own chips and share of the documents; -1: one engine over the whole slice),
+  each holding the model and its KV cache on its chips. `tokens`: output tokens to generate
+  (default 1e9). On a multi-host slice, `compare_modes` also plans the other mode (per host
+  or whole slice, the mesh's data axis scaled to its chips) and reports both under "modes"."""
+  out = _plan_engines(cfg, config, tpu_slice, num_slices, assumptions, tokens, exact_cost)
+  if compare_modes and tpu_slice.hosts > 1:
+    other = 1 if cfg.engine.hosts != 1 else -1
+    modes = [_mode_row(cfg.engine.hosts, out)]
+    try:
+      alt = _with_engine_hosts(cfg, other, tpu_slice)
+      modes.append(_mode_row(other, _plan_engines(alt, config, tpu_slice, num_slices,
+                                                  assumptions, tokens, exact_cost)))
+    except MindJaxError as e:
+      modes.append({"engine_hosts": other, "fits": False, "reason": str(e)})
+    out["modes"] = modes
+  return out
+
+
+def _with_engine_hosts(cfg, hosts: int, tpu_slice: Slice):
+  """`cfg` with engines of `hosts` hosts and its mesh's data axis scaled to their chips."""
+  now = tpu_slice.engine_slice(cfg.engine.hosts).chips
+  then = tpu_slice.engine_slice(hosts).chips
+  axes = dict(cfg.mesh.axes)
+  if -1 not in axes.values():
+    data = axes.get("data", 1) * then
+    if data % now:
+      raise MindJaxError(f"mesh.axes={axes} needs {now} chips; an engine of engine.hosts={hosts} "
+                         f"has {then}")
+    axes["data"] = data // now
+  return cfg.model_copy(update={
+      "engine": cfg.engine.model_copy(update={"hosts": hosts}),
+      "mesh": cfg.mesh.model_copy(update={"axes": axes})})
+
+
+def _mode_row(hosts: int, p: dict) -> dict:
+  row = {"engine_hosts": hosts, "engines": p.get("engines"), "mesh": p["mesh"], "fits": p["fits"],
+         "total_bytes_per_chip": p["total_bytes_per_chip"]}
+  if p["fits"]:
+    row["predicted_tokens_per_second"] = p["step"]["predicted_tokens_per_second"]
+  return row
+
+
+def _plan_engines(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: Assumptions,
+                  tokens: float | None, exact_cost: bool) -> dict:
   from mind_jax.mind._pipeline import engine_config
-  devices = slice_devices(tpu_slice.host_slice())
+  engine_slice = tpu_slice.engine_slice(cfg.engine.hosts)
+  devices = slice_devices(engine_slice)
   try:
     mesh = cfg.mesh.build(devices)
   except MindJaxError as e:
-    raise MindJaxError(f"{e} (generation runs one engine per host, and a {tpu_slice.name} host "
+    raise MindJaxError(f"{e} (an engine of engine.hosts={cfg.engine.hosts} on {tpu_slice.name} "
                        f"has {len(devices)} chips)") from None
-  engines = tpu_slice.hosts * num_slices
+  engines = tpu_slice.chips // engine_slice.chips * num_slices
   chips = tpu_slice.chips * num_slices
   chip = tpu_slice.chip
   econfig = engine_config(cfg)
   out = _header("generate", tpu_slice, num_slices, mesh, config)
-  out["engines"] = engines
+  out.update(engines=engines, engine_hosts=cfg.engine.hosts, engine_chips=engine_slice.chips)
   state = _compile.generation_state(econfig, config, mesh, cfg.mesh.rules)
   named = {"weights": state["weights"], "kv_cache": state["kv_cache"]}
   try:
     compiled = _compile.generation_programs(state, cfg.chunking.max_tokens, exact_cost)
   except _compile.DoesNotFit as e:
     return {**out, **_refused(e, chip.hbm_bytes, named),
-            "advice": _generate_advice(cfg, econfig, named, mesh, chip.hbm_bytes)}
+            "advice": _generate_advice(cfg, econfig, named, mesh, chip.hbm_bytes, e.used)}
   prefill, decode = compiled["prefill"], compiled["decode"]
 
   def seconds(flops, moved):  # the slower of the compute bound and the memory bound
@@ -150,7 +194,8 @@ def plan_generation(cfg, config, tpu_slice: Slice, num_slices: int, assumptions:
                    "output_tokens_per_conversation": _compile.PAPER_MEAN_OUTPUT_TOKENS,
                    "prompt_tokens": cfg.chunking.max_tokens + _compile.PROMPT_OVERHEAD_TOKENS})
   if not out["fits"]:
-    out["advice"] = _generate_advice(cfg, econfig, named, mesh, chip.hbm_bytes)
+    out["advice"] = _generate_advice(cfg, econfig, named, mesh, chip.hbm_bytes,
+                                     memory["total_bytes_per_chip"])
   return out
 
 
@@ -185,12 +230,16 @@ def _train_advice(cfg) -> list[str]:
   return advice
 
 
-def _generate_advice(cfg, econfig, named: dict, mesh, capacity: int) -> list[str]:
+def _generate_advice(cfg, econfig, named: dict, mesh, capacity: int,
+                     used: float | None = None) -> list[str]:
+  from mind_jax.engine._engine import slot_ways
   advice = []
   per_slot = named["kv_cache"] / econfig.slots  # per chip
-  data = mesh.shape.get("data", 1)
-  # Leave a tenth of the chip to the programs' temporaries.
-  fit = int((0.9 * capacity - named["weights"]) // (per_slot * data)) * data
+  data = slot_ways(mesh, cfg.mesh.rules)
+  # What is not KV cache stays (the compiler's figure where it gave one; else the weights and
+  # a tenth of the chip for temporaries); the rest holds slots.
+  rest = used - named["kv_cache"] if used else named["weights"] + 0.1 * capacity
+  fit = int((0.95 * capacity - rest) // (per_slot * data)) * data
   if fit >= data:
     advice.append(f"engine.slots={fit} (about that many fit at context_limit={econfig.max_len})")
   else:

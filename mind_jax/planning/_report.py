@@ -26,12 +26,31 @@ def format_topologies() -> str:
   return "\n".join(lines)
 
 
+def _modes(p: dict) -> list[str]:
+  if "modes" not in p:
+    return []
+  lines = ["", "modes on this slice:"]
+  for m in p["modes"]:
+    name = "an engine per host" if m["engine_hosts"] == 1 else (
+        "one engine over the slice" if m["engine_hosts"] == -1 else f"engines of {m['engine_hosts']} hosts")
+    if "reason" in m:
+      lines.append(f"  {name:<28}cannot be planned: {m['reason']}")
+    elif m["fits"]:
+      lines.append(f"  {name:<28}fits ({_gib(m['total_bytes_per_chip'])} per chip, mesh {m['mesh']}): "
+                   f"{_si(m['predicted_tokens_per_second'], 'tokens/s')}")
+    else:
+      total = m["total_bytes_per_chip"]
+      lines.append(f"  {name:<28}does not fit ({_gib(total) if total else '?'} per chip, mesh {m['mesh']})")
+  return lines
+
+
 def format_plan(p: dict) -> str:
   m, mem = p["model"], p["memory"]
   capacity = mem["capacity_bytes_per_chip"]
   where = f"{p['topology']}" + (f" x {p['num_slices']} slices" if p["num_slices"] > 1 else "")
   lines = [f"plan: {p['job']} ({p['config']}) on {where}: {p['chips']} chips, {p['hosts']} hosts, "
-           f"mesh {p['mesh']}" + (f", {p['engines']} engines (one per host)" if "engines" in p else ""),
+           f"mesh {p['mesh']}" + (f", {p['engines']} engine(s) of {p['engine_chips']} chips "
+                                  f"(engine.hosts={p['engine_hosts']})" if "engines" in p else ""),
            f"model: {m['parameters'] / 1e9:.2f}B parameters, {m['layers']} layers, compute "
            f"{m['dtype']}, weights {m['param_dtype']}, attention {m['attention']}",
            "", "HBM per chip:"]
@@ -49,7 +68,7 @@ def format_plan(p: dict) -> str:
   if not p["fits"]:
     if p.get("compiler"):
       lines.append(f"  the TPU compiler: {p['compiler']}")
-    lines += ["", "to fit, try:"] + [f"  {a}" for a in p["advice"]]
+    lines += ["", "to fit, try:"] + [f"  {a}" for a in p["advice"]] + _modes(p)
     return "\n".join(lines)
   lines += ["", "per step (compiler's cost analysis, per chip):"]
   if p["job"] == "train":
@@ -76,4 +95,5 @@ def format_plan(p: dict) -> str:
   cost = f", {b['cost']:,.0f} at {a['price']} per chip-hour" if "cost" in b else ""
   lines.append(f"budget: {b['tokens']:.3g} tokens: {b['hours']:,.1f} hours on the slice, "
                f"{b['chip_hours']:,.0f} chip-hours{cost}")
+  lines += _modes(p)
   return "\n".join(lines)

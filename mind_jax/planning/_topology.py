@@ -46,6 +46,7 @@ class Slice:
   name: str
   generation: Generation
   grid: tuple[int, ...]
+  host_chips: int | None = None  # chips per host where it is not the slice size's usual
 
   @property
   def chips(self) -> int:
@@ -53,6 +54,8 @@ class Slice:
 
   @property
   def chips_per_host(self) -> int:
+    if self.host_chips:
+      return self.host_chips
     # Single-host v5e/v6e machines hold up to 8 chips; every multi-host slice has 4 per host.
     if not self.generation.named_by_cores and self.chips <= 8:
       return self.chips
@@ -79,18 +82,30 @@ class Slice:
       options["wrap"] = tuple(d % 4 == 0 for d in self.grid)
     if self.chips_per_host == self.chips:
       options["chips_per_host_bounds"] = self.grid + (1,) * (3 - len(self.grid))
-    elif self.generation.prefix == "v5p":
+    elif self.generation.prefix == "v5p" or self.host_chips:
       options["chips_per_host_bounds"] = (2, 2, 1)
     return options
 
-  def host_slice(self) -> Slice:
-    """One host of this slice as a slice of its own (what a per-host job compiles for: the
-    compiler wants a whole topology, not some of a larger one's devices)."""
-    if self.hosts == 1:
+  def engine_slice(self, hosts: int = 1) -> Slice:
+    """The chips of `hosts` hosts (-1: all) as a slice of their own: what one engine of a
+    generate job compiles for (the compiler wants a whole topology, not some of a larger
+    one's devices)."""
+    hosts = self.hosts if hosts == -1 else hosts
+    if hosts >= self.hosts:
       return self
-    chips = self.chips_per_host
-    return Slice(f"{self.generation.prefix}-{chips * (2 if self.generation.named_by_cores else 1)}",
-                 self.generation, self.generation.grids[chips])
+    chips = self.chips_per_host * hosts
+    if chips not in self.generation.grids:
+      raise MindJaxError(f"engine.hosts={hosts}: {chips} chips of {self.name} are not a slice "
+                         "shape the TPU compiler knows")
+    sub = Slice(f"{self.generation.prefix}-{chips * (2 if self.generation.named_by_cores else 1)}",
+                self.generation, self.generation.grids[chips])
+    # A sub-slice of a multi-host slice keeps its 4-chip hosts (a v5e-8 alone is one host).
+    return sub if sub.chips_per_host == self.chips_per_host else dataclasses.replace(
+        sub, host_chips=self.chips_per_host)
+
+  def host_slice(self) -> Slice:
+    """One host of this slice as a slice of its own."""
+    return self.engine_slice(1)
 
   def row(self) -> dict:
     c = self.chip
