@@ -192,36 +192,38 @@ def test_cache_size_is_reported_and_an_impossible_cache_fails_clearly(loaded):
     Engine(model, tokenizer, EngineConfig(slots=1024, max_len=10**9))
 
 
-def test_sharded_engine_equals_one_device(hf_checkpoints, loaded):
+def _one_device_reference(loaded):
+  """(tokenizer, requests, their results on one device) for the sharded-engine tests."""
   model, tokenizer = loaded["llama3.1-gqa"]
   prompts = random_prompts([5, 17, 3, 30, 9, 12], seed=4)
   params = SamplingParams(max_new_tokens=16, temperature=0.8, top_p=0.9, ignore_eos=True)
-  single = Engine(model, tokenizer, EngineConfig(slots=4, max_len=64)).generate_all(
-      Request(i, p, params) for i, p in enumerate(prompts))
+  requests = [Request(i, p, params) for i, p in enumerate(prompts)]
+  single = Engine(model, tokenizer, EngineConfig(slots=4, max_len=64)).generate_all(requests)
+  return tokenizer, requests, single
+
+
+def test_sharded_engine_equals_one_device(hf_checkpoints, loaded):
+  tokenizer, requests, single = _one_device_reference(loaded)
   mesh = mind_jax.make_mesh({"data": 4, "fsdp": 1, "tensor": 2})
   sharded_model, _ = mind_jax.load_pretrained(hf_checkpoints["llama3.1-gqa"][0], mesh=mesh,
                                               progress=False)
   engine = Engine(sharded_model, tokenizer, EngineConfig(slots=4, max_len=64), mesh=mesh)
   assert engine.state.cache.k[0].sharding.spec[:2] == ("data", "tensor")
-  sharded = engine.generate_all(Request(i, p, params) for i, p in enumerate(prompts))
+  sharded = engine.generate_all(requests)
   assert [r.token_ids for r in sharded] == [r.token_ids for r in single]
 
 
 def test_an_engine_with_fsdp_weights_splits_its_slots_over_data_and_fsdp(hf_checkpoints, loaded):
   """mesh.rules=train for generation: weights split over fsdp too (a model too large for
   tensor parallelism alone), decode slots and KV cache over data x fsdp."""
-  model, tokenizer = loaded["llama3.1-gqa"]
-  prompts = random_prompts([5, 17, 3, 30, 9, 12], seed=4)
-  params = SamplingParams(max_new_tokens=16, temperature=0.8, top_p=0.9, ignore_eos=True)
-  single = Engine(model, tokenizer, EngineConfig(slots=4, max_len=64)).generate_all(
-      Request(i, p, params) for i, p in enumerate(prompts))
+  tokenizer, requests, single = _one_device_reference(loaded)
   mesh = mind_jax.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   sharded_model, _ = mind_jax.load_pretrained(hf_checkpoints["llama3.1-gqa"][0], mesh=mesh,
                                               rules="train", progress=False)
   engine = Engine(sharded_model, tokenizer, EngineConfig(slots=4, max_len=64), mesh=mesh,
                   rules="train")
   assert engine.state.cache.k[0].sharding.spec[:2] == (("data", "fsdp"), "tensor")
-  sharded = engine.generate_all(Request(i, p, params) for i, p in enumerate(prompts))
+  sharded = engine.generate_all(requests)
   assert [r.token_ids for r in sharded] == [r.token_ids for r in single]
   with pytest.raises(mind_jax.MindJaxError, match=r"slots=2 must be a multiple of the mesh's batch axes \(4\)"):
     Engine(sharded_model, tokenizer, EngineConfig(slots=2, max_len=64), mesh=mesh, rules="train")
