@@ -161,12 +161,10 @@ def prompt_bucket(engine_config, chunk_tokens: int) -> int:
   return next((b for b in engine_config.buckets() if b >= needed), engine_config.max_len)
 
 
-def decode_window(engine_config, bucket: int) -> int:
-  """The attention window of a typical decode call: a prompt plus a mean conversation."""
-  window = 128
-  while window < bucket + PAPER_MEAN_OUTPUT_TOKENS:
-    window *= 2
-  return min(window, engine_config.max_len)
+def decode_window(engine, bucket: int) -> int:
+  """The attention window of a typical decode call (a prompt plus a mean conversation), as
+  the engine picks it."""
+  return engine._window_for(bucket + PAPER_MEAN_OUTPUT_TOKENS)
 
 
 def generation_state(engine_config, config, mesh, rules: str) -> dict:
@@ -187,7 +185,7 @@ def generation_programs(state: dict, chunk_tokens: int, exact_cost: bool = True)
   peak) and at the typical window (the speed), compiled."""
   engine, params = state["engine"], state["params"]
   bucket = prompt_bucket(engine.config, chunk_tokens)
-  window = decode_window(engine.config, bucket)
+  window = decode_window(engine, bucket)
   full = engine.lower(params, bucket=bucket)
   out = {"prefill": compile_program("prefill", full["prefill"]),
          "decode_full": compile_program("decode", full["decode"]),

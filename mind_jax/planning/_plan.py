@@ -166,10 +166,17 @@ def _plan_engines(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: A
     return max(flops / (chip.peak_flops * assumptions.mfu),
                moved / (chip.hbm_bandwidth * assumptions.mbu))
 
-  # The one-step program copies the attention window of the cache out and back (read and
-  # write each way); a real call does that once per steps_per_call steps.
-  window_copy = 4 * named["kv_cache"] * compiled["window"] / econfig.max_len
-  moved = decode.bytes_accessed - window_copy * (1 - 1 / econfig.steps_per_call)
+  if config.attention == "tpu":
+    # The engine gives the paged kernel the whole cache (no window to copy), and the compiler
+    # does not count what a Pallas kernel reads: each row's live cache, on average a prompt
+    # and half a conversation.
+    live = compiled["bucket"] + _compile.PAPER_MEAN_OUTPUT_TOKENS / 2
+    moved = decode.bytes_accessed + named["kv_cache"] * min(live / econfig.max_len, 1.0)
+  else:
+    # The one-step program copies the attention window of the cache out and back (read and
+    # write each way); a real call does that once per steps_per_call steps.
+    window_copy = 4 * named["kv_cache"] * compiled["window"] / econfig.max_len
+    moved = decode.bytes_accessed - window_copy * (1 - 1 / econfig.steps_per_call)
   step_seconds = seconds(decode.flops, moved)
   prefill_seconds = seconds(prefill.flops, prefill.bytes_accessed)
   budget = tokens or 1e9
