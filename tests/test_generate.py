@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,6 +16,8 @@ from mind_jax.testing import byte_tokenizer
 RECORD_KEYS = {"id", "doc_id", "chunk_index", "style", "style_name", "source", "conversation",
                "prompt_tokens", "output_tokens", "finish_reason", "error", "model",
                "temperature", "top_p", "top_k", "max_new_tokens", "seed"}
+KILLED_AFTER_PARTS = os.path.join(os.path.dirname(__file__), "helpers",
+                                  "generate_killed_after_parts.py")
 FAST = ["sampling.max_new_tokens=6", "engine.slots=8", "engine.steps_per_call=4",
         "output.records_per_part=5"]
 
@@ -168,17 +169,14 @@ def test_hosts_of_a_slice_split_each_job_shard_exactly():
 @pytest.mark.slow
 def test_sigkill_then_restart_gives_the_uninterrupted_dataset(default_run, tmp_path):
   out, _ = default_run
-  cmd = [sys.executable, "-m", "mind_jax.generate", f"output.dir={tmp_path}", "input.limit=2",
-         *FAST[:-1], "output.records_per_part=2"]
-  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 120
-  while len(part_files(str(tmp_path))) < 3 and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  args = [f"output.dir={tmp_path}", "input.limit=2", *FAST[:-1], "output.records_per_part=2"]
+  killed = subprocess.run([sys.executable, KILLED_AFTER_PARTS, "3", *args],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  assert killed.returncode == -signal.SIGKILL
   partial = len(all_records(tmp_path))
   assert 0 < partial < len(all_records(out)), "the kill must land mid-run"
-  subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  subprocess.run([sys.executable, "-m", "mind_jax.generate", *args], check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   assert all_records(tmp_path) == all_records(out)
   assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 

@@ -6,12 +6,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from mind_jax.mind import part_files, read_records
 
+KILLED_AFTER_PARTS = os.path.join(os.path.dirname(__file__), "helpers",
+                                  "generate_killed_after_parts.py")
 ARGS = ["input.limit=2", "sampling.max_new_tokens=12", "engine.slots=8", "engine.steps_per_call=4",
         "sampling.context_limit=512", "output.records_per_part=2", "mesh.axes.data=4",
         "mesh.axes.tensor=2", "runtime.compile_cache=null"]
@@ -28,12 +29,16 @@ def _single(out_dir):
                         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
 
 
-def _two_processes(out_dir):
+def _two_processes(out_dir, kill_writer_after_parts=None):
+  """Process 0 (the engine's writer) SIGKILLs itself after that many parts, if given."""
+  job = ["-m", "mind_jax.generate"]
+  writer = [KILLED_AFTER_PARTS, str(kill_writer_after_parts)] if kill_writer_after_parts else job
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   return [subprocess.Popen(
-      [sys.executable, "-m", "mind_jax.generate", f"output.dir={out_dir}", *ARGS,
+      [sys.executable, *(writer if i == 0 else job),
+       f"output.dir={out_dir}", *ARGS,
        "distributed=on", "engine.hosts=-1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
       text=True, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
                       "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
@@ -62,13 +67,10 @@ def test_two_processes_run_one_engine_and_write_the_single_process_dataset(singl
 
 @pytest.mark.slow
 def test_both_processes_killed_mid_run_and_rerun_end_with_the_same_dataset(single_run, tmp_path):
-  processes = _two_processes(tmp_path)
-  deadline = time.time() + 300
-  while len(part_files(str(tmp_path))) < 2 and time.time() < deadline:
-    time.sleep(0.05)
-  for process in processes:
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+  writer, other = _two_processes(tmp_path, kill_writer_after_parts=2)
+  assert writer.wait(timeout=300) == -signal.SIGKILL
+  other.send_signal(signal.SIGKILL)  # it waits on a collective its peer will never join
+  other.wait()
   partial = len(records(tmp_path))
   assert 0 < partial < len(records(single_run)), "the kill must land mid-run"
   for process in _two_processes(tmp_path):
