@@ -147,11 +147,11 @@ def _read_yaml(path: str) -> dict:
     return parse_yaml(f.read(), path)
 
 
-def _deep_merge(base: dict, update: dict) -> dict:
+def deep_merge(base: dict, update: dict) -> dict:
   merged = dict(base)
   for key, value in update.items():
     if isinstance(value, dict) and isinstance(merged.get(key), dict):
-      merged[key] = _deep_merge(merged[key], value)
+      merged[key] = deep_merge(merged[key], value)
     else:
       merged[key] = value
   return merged
@@ -164,7 +164,7 @@ def load_config(schema: type[Section], path: str | None = None,
   Layers merge key by key: defaults, then the file, then the command line, so
   `mesh.axes.tensor=4` changes one axis and keeps the others.
   """
-  data = _deep_merge(schema().model_dump(), _read_yaml(path) if path else {})
+  data = deep_merge(schema().model_dump(), _read_yaml(path) if path else {})
   from_command_line = set()
   for text in overrides:
     keys, value = _parse_override(text)

@@ -1,0 +1,149 @@
+"""Runs the recipe: checks everything it will read and write, then each stage in order."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import yaml
+
+from mind_jax._errors import MindJaxError
+from mind_jax._outdir import check_output_dir, claim, read_run_record
+from mind_jax.experiment import _stages
+from mind_jax.experiment._config import RecipeConfig
+
+log = logging.getLogger("mind_jax.recipe")
+
+RESOLVED_CONFIG = "recipe.yaml"
+# What a recipe writes at the top of its workdir (besides run.json).
+OWNED = ("stages", "generate", "filter", "train", "evaluate", "report", RESOLVED_CONFIG)
+
+
+def _check_workdir(cfg: RecipeConfig) -> None:
+  if "://" in cfg.workdir:
+    raise MindJaxError(f"workdir={cfg.workdir}: the recipe writes through the file system; "
+                       "mount the bucket (gcsfuse) or a shared disk and give that path")
+  check_output_dir(cfg.workdir, "workdir", [cfg.generate.input.source])
+  record = read_run_record(cfg.workdir)
+  if record is None:
+    return
+  if record.get("job") != "recipe":
+    raise MindJaxError(f"workdir={cfg.workdir}: holds the output of mind_jax.{record.get('job')}, "
+                       "not an experiment; give the recipe a directory of its own")
+  other = record["settings"].get("experiment")
+  if other != cfg.experiment:
+    raise MindJaxError(f"workdir={cfg.workdir}: holds the experiment {other!r}; continue it "
+                       f"with experiment={other}, or give {cfg.experiment!r} its own workdir")
+
+
+def _check_inputs(stages: list[_stages.Stage]) -> None:
+  """Every path the stages read that exists before the recipe starts (models, corpora,
+  tokenizers, evaluation files) is checked now, not when its stage comes (hours later)."""
+  from mind_jax.ckpts._pretrained import require_model_dir
+  from mind_jax.data._readers import expand
+  from mind_jax.mind._pipeline import check_model_path
+  from mind_jax.mind._styles import check_style_keys, load_styles
+  produced = [s.directory for s in stages]
+  for stage in stages:
+    cfg, where = stage.config, stage.name
+    try:
+      if stage.kind == "generate":
+        check_model_path(cfg)
+        check_style_keys(load_styles(cfg.prompt.styles_file), cfg.prompt.styles)
+        expand(cfg.input.source)
+      elif stage.kind == "filter":
+        for path in cfg.decontaminate.files:
+          expand(path)
+        if cfg.tokenizer and cfg.tokenizer != "byte":
+          require_model_dir(cfg.tokenizer, "tokenizer")
+      elif stage.kind == "train":
+        if cfg.model.path:
+          require_model_dir(cfg.model.path, "model.path")
+        if cfg.data.tokenizer and cfg.data.tokenizer != "byte":
+          require_model_dir(cfg.data.tokenizer, "data.tokenizer")
+        for key, sources in (("data.sources", cfg.data.sources), ("eval.sources", cfg.eval.sources)):
+          for index, source in enumerate(sources):
+            if source.path not in produced:
+              try:
+                expand(source.path)
+              except MindJaxError as e:
+                raise MindJaxError(f"{key}[{index}].path: {e}") from None
+      elif stage.kind == "evaluate":
+        for key, path in [("data_dir", cfg.data_dir)] + [("tasks_dir", p) for p in cfg.tasks_dir]:
+          if path and not os.path.isdir(path):
+            raise MindJaxError(f"{key}={path}: no such directory")
+    except MindJaxError as e:
+      raise MindJaxError(f"{where}: {e}") from None
+
+
+def _job(stage: _stages.Stage, cfg: RecipeConfig, stages, records) -> dict:
+  """Runs the stage's command through its library function; returns a JSON-able summary."""
+  if stage.kind == "generate":
+    from mind_jax.mind._pipeline import run
+    return run(stage.config)
+  if stage.kind == "filter":
+    from mind_jax.curation import run_filter
+    return run_filter(stage.config)
+  if stage.kind == "report":
+    from mind_jax.curation import run_report
+    report = run_report(stage.config)
+    return {"records": report["all"]["records"], "kept": report["all"]["kept"]}
+  if stage.kind == "train":
+    from mind_jax.mix import describe_mix
+    from mind_jax.training._loop import run
+    # What the variant trains on, measured on its first batches, for the report.
+    mix = describe_mix(stage.config, batches=8, progress=False)
+    mix.pop("examples", None)
+    return {**run(stage.config), "mix": mix}
+  if stage.kind == "evaluate":
+    from mind_jax.evaluation import evaluate
+    from mind_jax.evaluation._compare import scores
+    results = evaluate(stage.config)
+    return {f"{task} / {metric}": value for (task, metric), (value, _) in scores(results).items()}
+  from mind_jax.experiment._report import write_report
+  return write_report(cfg.workdir, cfg, stages, records)
+
+
+def run(cfg: RecipeConfig, only: list[str] | None = None) -> dict:
+  """Runs (or resumes) the experiment; `only` restricts it to those stages (their inputs must
+  be done). Returns {stage: what was done}."""
+  _check_workdir(cfg)
+  stages = _stages.plan(cfg)
+  names = [s.name for s in stages]
+  for name in only or []:
+    if name not in names:
+      raise MindJaxError(f"--stages: unknown stage {name!r}; this experiment's: {', '.join(names)}")
+  _check_inputs(stages)
+  decisions = _stages.decide(cfg.workdir, stages)
+  if only:
+    for stage in stages:
+      if stage.name in only:
+        missing = [a for a in stage.after if a not in only and decisions[a] != "skip"]
+        if missing:
+          raise MindJaxError(f"--stages: {stage.name} reads {', '.join(missing)}, not done yet; "
+                             "run that first (or with it)")
+  claim(cfg.workdir, "recipe", {"experiment": cfg.experiment}, overwrite=False, key="workdir",
+        remove_owned=None, foreign=[n for n in os.listdir(cfg.workdir) if n in OWNED]
+        if os.path.isdir(cfg.workdir) else [])
+  with open(os.path.join(cfg.workdir, RESOLVED_CONFIG), "w") as f:
+    yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
+  records = {s.name: _stages.read_record(cfg.workdir, s) or {} for s in stages}
+  done = {}
+  for index, stage in enumerate(stages, 1):
+    decision = decisions[stage.name]
+    if only and stage.name not in only:
+      continue
+    if decision == "skip":
+      log.info("[%d/%d] %s: done earlier, skipped (%s)", index, len(stages), stage.name,
+               os.path.relpath(stage.directory, cfg.workdir))
+      done[stage.name] = "skipped"
+      continue
+    if decision == "redo":
+      _stages.remove_output(cfg.workdir, stage)
+    log.info("[%d/%d] %s: %s -> %s", index, len(stages), stage.name,
+             {"run": "running", "resume": "resuming", "redo": "redoing"}[decision],
+             os.path.relpath(stage.directory, cfg.workdir))
+    records[stage.name] = _stages.run_stage(
+        cfg.workdir, stage, lambda s: _job(s, cfg, stages, records))
+    done[stage.name] = {"run": "ran", "resume": "resumed", "redo": "redone"}[decision]
+  return done

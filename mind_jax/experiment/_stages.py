@@ -1,0 +1,255 @@
+"""The recipe's stages: what each one runs, where it writes, what it depends on, and when a
+finished one may be skipped.
+
+Every stage has a fingerprint: the settings that decide its output (its section less the keys
+that only change how fast it runs, e.g. mesh, slots, workers) and the fingerprints of the
+stages it reads. WORKDIR/stages/NAME.json records it when the stage starts and again, marked
+done, when it ends. A rerun skips a done stage with the same fingerprint, resumes an unfinished
+one through the job's own resume logic, and redoes (after deleting its directory, which only
+the recipe wrote) a stage whose fingerprint changed, and with it everything downstream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+from mind_jax._atomic import write_json
+from mind_jax._errors import MindJaxError
+from mind_jax._outdir import differences, dir_fingerprint, flatten
+from mind_jax._paths import is_within
+from mind_jax.experiment import _config as rc
+
+log = logging.getLogger("mind_jax.recipe")
+
+STAGES_DIR = "stages"
+
+# Keys that change how a stage runs, not what it writes (each job's own resume accepts a
+# change of them too).
+FREE_KEYS = {
+    "generate": ("output", "engine", "mesh", "runtime", "distributed", "dry_run", "num_shards",
+                 "shard_index"),
+    "filter": ("input", "out", "workers", "scratch", "overwrite"),
+    "report": ("dir", "out", "workers"),
+    "train": ("workdir", "overwrite", "mesh", "runtime", "microbatches", "distributed",
+              "peak_flops", "checkpoint", "export.every", "data.workers", "data.prefetch",
+              "model.remat", "model.scan_layers", "model.attention"),
+    "evaluate": ("model", "out", "overwrite", "batch_size", "tensor"),
+}
+
+
+@dataclasses.dataclass
+class Stage:
+  name: str                      # generate, filter-chunk200, train/mind, ...
+  kind: str                      # generate | filter | report | train | evaluate | compare
+  directory: str                 # where it writes, inside WORKDIR
+  config: Any                    # the job's own config, paths filled in (compare: None)
+  after: list[str]               # names of the stages it reads
+  variants: list[str]            # the variants it serves
+  settings: dict = dataclasses.field(default_factory=dict)
+  fingerprint: str = ""
+
+  @property
+  def record_path(self) -> str:
+    return self.name.replace("/", ".") + ".json"
+
+
+def _without(data: dict, keys) -> dict:
+  data = json.loads(json.dumps(data, default=str))
+  for dotted in keys:
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+      node = node.get(key, {})
+    node.pop(last, None)
+  return data
+
+
+def _model_content(section) -> str | None:
+  path = getattr(section, "path", None)
+  return dir_fingerprint(path) if path and os.path.isdir(path) else None
+
+
+def _result_settings(kind: str, config) -> dict:
+  """What decides a stage's output (see FREE_KEYS); a local model is known by its content."""
+  settings = _without(config.model_dump(), FREE_KEYS[kind])
+  if kind in ("generate", "train") and _model_content(config.model):
+    settings["model"]["content"] = _model_content(config.model)
+  return settings
+
+
+def plan(cfg: rc.RecipeConfig) -> list[Stage]:
+  """Every stage of the experiment, upstream first, with its directory and fingerprint."""
+  root = cfg.workdir
+  stages: dict[str, Stage] = {}
+  conversations: dict[str, tuple[Stage, Stage]] = {}  # variant -> (generate, filter)
+  base = {kind: _result_settings(kind, getattr(cfg, kind)) for kind in ("generate", "filter")}
+
+  def shared(kind: str, variant, settings: dict, after: list[str], make) -> Stage:
+    """One stage per distinct settings: `kind` when they are the base's, else kind-VARIANT
+    after the first variant that needs them."""
+    key = json.dumps([settings, after], sort_keys=True)
+    for stage in stages.values():
+      if stage.kind == kind and json.dumps([stage.settings, stage.after], sort_keys=True) == key:
+        stage.variants.append(variant.name)
+        return stage
+    is_base = settings == base[kind] and all("-" not in a for a in after)
+    name = kind if is_base else f"{kind}-{variant.name}"
+    stage = make(name)
+    stage.settings, stage.after, stage.variants = settings, after, [variant.name]
+    stages[name] = stage
+    return stage
+
+  for variant in cfg.variants:
+    train = rc.stage_config(cfg, "train", variant)
+    used = {s.path for s in [*train.data.sources, *train.eval.sources]}
+    if not used & {rc.GENERATED, rc.CONVERSATIONS}:
+      if variant.generate or variant.filter:
+        raise MindJaxError(f"variants ({variant.name}): overrides generate or filter but trains "
+                           f"on neither {rc.GENERATED} nor {rc.CONVERSATIONS}")
+      continue
+    generate_cfg = rc.stage_config(cfg, "generate", variant)
+    generate = shared("generate", variant, _result_settings("generate", generate_cfg), [],
+                      lambda name: Stage(name, "generate", os.path.join(root, name),
+                                         generate_cfg.model_copy(deep=True), [], []))
+    generate.config.output.dir = generate.directory
+    filter_cfg = rc.stage_config(cfg, "filter", variant)
+    filtered = shared("filter", variant, _result_settings("filter", filter_cfg), [generate.name],
+                      lambda name: Stage(name, "filter", os.path.join(root, name),
+                                         filter_cfg.model_copy(deep=True), [], []))
+    filtered.config.input, filtered.config.out = generate.directory, filtered.directory
+    report_name = "dataset-report" + filtered.name.removeprefix("filter")
+    if report_name not in stages:
+      report_cfg = cfg.report.model_copy(deep=True)
+      report_cfg.dir = filtered.directory
+      report_cfg.out = os.path.join(filtered.directory, "report")
+      stages[report_name] = Stage(report_name, "report", report_cfg.out, report_cfg,
+                                  [filtered.name], filtered.variants,
+                                  settings=_result_settings("report", report_cfg))
+    conversations[variant.name] = (generate, filtered)
+
+  for variant in cfg.variants:
+    train = rc.stage_config(cfg, "train", variant).model_copy(deep=True)
+    train.workdir = os.path.join(root, "train", variant.name)
+    made = conversations.get(variant.name)
+    for sources, key in ((train.data.sources, "data.sources"), (train.eval.sources, "eval.sources")):
+      for index, source in enumerate(sources):
+        where = f"variants ({variant.name}).train.{key}[{index}].path"
+        if source.path == rc.CORPUS:
+          source.path = cfg.generate.input.source
+          source.text_field = source.text_field or cfg.generate.input.text_field
+          source.split, source.data_dir = cfg.generate.input.split, cfg.generate.input.data_dir
+        elif source.path in (rc.GENERATED, rc.CONVERSATIONS):
+          source.path = made[0 if source.path == rc.GENERATED else 1].directory
+        elif source.path.startswith("@"):
+          raise MindJaxError(f"{where}={source.path}: unknown; the recipe's paths are "
+                             f"{', '.join(rc.SYMBOLS)}")
+    after = [made[1].name] if made else []
+    stages[f"train/{variant.name}"] = Stage(
+        f"train/{variant.name}", "train", train.workdir, train, after, [variant.name],
+        settings=_result_settings("train", train))
+  for variant in cfg.variants:
+    evaluate = cfg.evaluate.model_copy(deep=True)
+    evaluate.model = os.path.join(root, "train", variant.name, "hf")
+    evaluate.out = os.path.join(root, "evaluate", variant.name)
+    stages[f"evaluate/{variant.name}"] = Stage(
+        f"evaluate/{variant.name}", "evaluate", evaluate.out, evaluate, [f"train/{variant.name}"],
+        [variant.name], settings=_result_settings("evaluate", evaluate))
+  names = [v.name for v in cfg.variants]
+  stages["compare"] = Stage(
+      "compare", "compare", os.path.join(root, "report"), None,
+      [f"evaluate/{n}" for n in names] + [s for s in stages if s.startswith("dataset-report")], names,
+      settings={"baseline": cfg.baseline_name, "variants": names,
+                "descriptions": [v.description for v in cfg.variants]})
+
+  for stage in stages.values():  # upstream first: each fingerprint covers its inputs'
+    stage.settings = {**stage.settings, "after": {a: stages[a].fingerprint for a in stage.after}}
+    stage.fingerprint = hashlib.sha256(
+        json.dumps(stage.settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+  return list(stages.values())
+
+
+def read_record(workdir: str, stage: Stage) -> dict | None:
+  path = os.path.join(workdir, STAGES_DIR, stage.record_path)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise MindJaxError(f"{path}: unreadable stage record ({e}); move {stage.directory} and it "
+                       "aside to redo the stage") from None
+
+
+def write_record(workdir: str, stage: Stage, record: dict) -> None:
+  os.makedirs(os.path.join(workdir, STAGES_DIR), exist_ok=True)
+  write_json(os.path.join(workdir, STAGES_DIR, stage.record_path), record)
+
+
+def decide(workdir: str, stages: list[Stage]) -> dict[str, str]:
+  """{stage: skip | resume | run | redo}, with the reason of each redo logged."""
+  decisions = {}
+  for stage in stages:
+    record = read_record(workdir, stage)
+    if record is None:
+      decisions[stage.name] = "run"
+    elif record["fingerprint"] == stage.fingerprint:
+      decisions[stage.name] = "skip" if record.get("done") else "resume"
+    else:
+      changed = [c for c in differences(record["settings"], flatten(stage.settings))
+                 if not c.startswith("after.")]
+      upstream = [a for a in stage.after if decisions.get(a) == "redo"]
+      why = (f"settings changed: {', '.join(changed)}" if changed else
+             f"its input {', '.join(upstream) or 'changed'} is redone")
+      log.warning("%s: %s; redoing it and what reads it", stage.name, why)
+      decisions[stage.name] = "redo"
+  return decisions
+
+
+def remove_output(workdir: str, stage: Stage) -> None:
+  """Deletes a stage's directory before it is redone: the recipe wrote it (its record says
+  so) and it lies inside the workdir."""
+  if not is_within(os.path.realpath(stage.directory), os.path.realpath(workdir)):
+    raise MindJaxError(f"{stage.directory}: outside the workdir; not deleting it")
+  if os.path.isdir(stage.directory):
+    shutil.rmtree(stage.directory)
+
+
+def device_count(stage: Stage) -> int:
+  """Accelerator devices the stage holds (for device time): the JAX jobs hold all of them."""
+  if stage.kind in ("generate", "train") or (stage.kind == "evaluate" and
+                                             stage.config.backend == "jax"):
+    import jax
+    return jax.device_count()
+  return 0
+
+
+def run_stage(workdir: str, stage: Stage, job: Callable[[Stage], dict]) -> dict:
+  """Runs one stage, recording its start and (with the job's summary) its end."""
+  previous = read_record(workdir, stage) or {}
+  same = previous.get("fingerprint") == stage.fingerprint
+  record = {"stage": stage.name, "kind": stage.kind, "fingerprint": stage.fingerprint,
+            "settings": flatten(stage.settings), "directory": os.path.relpath(stage.directory, workdir),
+            "after": stage.after, "variants": stage.variants, "done": False,
+            "attempts": (previous.get("attempts", 0) if same else 0) + 1,
+            "wall_seconds": previous.get("wall_seconds", 0.0) if same else 0.0,
+            "device_seconds": previous.get("device_seconds", 0.0) if same else 0.0}
+  write_record(workdir, stage, record)
+  began = time.perf_counter()
+  # A killed attempt's time is lost; what is recorded is the time of attempts that ended.
+  summary = job(stage)
+  seconds = time.perf_counter() - began
+  devices = device_count(stage)
+  import jax
+  record.update(done=True, summary=json.loads(json.dumps(summary, default=str)),
+                wall_seconds=record["wall_seconds"] + seconds,
+                device_seconds=record["device_seconds"] + seconds * devices,
+                devices=devices, device_kind=jax.devices()[0].device_kind if devices else None)
+  write_record(workdir, stage, record)
+  return record
