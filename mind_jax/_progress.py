@@ -22,8 +22,10 @@ def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True):
 
 
 def setup_logging(verbose: bool = False) -> None:
+  # force: importing grain or orbax already gave the root logger a handler at WARNING, which
+  # would otherwise keep this configuration (and every INFO line of the job) out.
   logging.basicConfig(
-      level=logging.DEBUG if verbose else logging.INFO,
+      level=logging.DEBUG if verbose else logging.INFO, force=True,
       format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
   # absl and jax are chatty at INFO about compilation and backends.
   for noisy in ("jax", "absl", "orbax", "httpx", "urllib3"):

@@ -3,6 +3,7 @@
   python -m mind_jax.plan --config configs/train-llama3.1-8b.yaml --topology v5p-128
   python -m mind_jax.plan --config configs/generate-llama3.1-70b-pod.yaml --topology v6e-8 --tokens 64e9
   python -m mind_jax.plan --config configs/train-llama2-7b.yaml --topology v6e-256 --num-slices 2 --json
+  python -m mind_jax.plan --config configs/recipe-mind-7b.yaml --job train --variant mind --topology v5p-128
   python -m mind_jax.plan --topologies            # the known slices and their chips
 
 It compiles the programs the job would run (the train step; or the engine's prefill and
@@ -46,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="slices joined by the data-center network (train: the data axis "
                       "spans them; generate: one engine per host on each)")
   parser.add_argument("--job", choices=("train", "generate"),
-                      help="which job the config is for (default: from its keys)")
+                      help="which job the config is for (default: from its keys; a recipe "
+                      "config needs it)")
+  parser.add_argument("--variant", help="a recipe config: the variant whose generate or train "
+                      "section is planned (default: the first variant)")
   parser.add_argument("--preset", help="the architecture to plan when model.path is not on this "
                       "machine (e.g. llama3.1-8b, llama3.1-70b, llama2-7b)")
   parser.add_argument("--tokens", type=float, help="the budget: output tokens to generate "
@@ -65,10 +69,18 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _is_recipe(path: str) -> bool:
+  from mind_jax.config import _read_yaml
+  return "variants" in _read_yaml(path) or {"generate", "train"} <= set(_read_yaml(path))
+
+
 def job_kind(path: str, given: str | None) -> str:
   if given:
     return given
   from mind_jax.config import _read_yaml
+  if _is_recipe(path):
+    raise MindJaxError(f"{path}: a recipe config; pass --job generate or --job train (and "
+                       "--variant NAME) to plan one of its stages")
   keys = set(_read_yaml(path))
   train, generate = keys & _TRAIN_KEYS, keys & _GENERATE_KEYS
   if bool(train) == bool(generate):
@@ -77,17 +89,30 @@ def job_kind(path: str, given: str | None) -> str:
   return "train" if train else "generate"
 
 
-def load_job(path: str, overrides, job: str, preset: str | None, devices):
+def load_job(path: str, overrides, job: str, preset: str | None, devices,
+             variant: str | None = None):
   """(config, architecture) of the job; the architecture from model.path's config.json, or
   `preset` where model.path is not on this machine, with attention resolved for `devices`
-  (the slice's: model.attention=auto plans with the TPU kernels)."""
+  (the slice's: model.attention=auto plans with the TPU kernels). A recipe config gives the
+  `job` section of `variant` (default: its first)."""
   from mind_jax import config as config_lib
   from mind_jax.ckpts import architecture
-  if job == "train":
-    from mind_jax.training import TrainConfig as schema
+  if _is_recipe(path):
+    from mind_jax.experiment import RecipeConfig, stage_config
+    recipe = config_lib.load_config(RecipeConfig, path, list(overrides))
+    chosen = [v for v in recipe.variants if v.name == (variant or recipe.variants[0].name)]
+    if not chosen:
+      raise MindJaxError(f"--variant {variant}: not a variant of {path} "
+                         f"({', '.join(v.name for v in recipe.variants)})")
+    cfg = stage_config(recipe, job, chosen[0])
   else:
-    from mind_jax.mind._pipeline import GenerateConfig as schema
-  cfg = config_lib.load_config(schema, path, list(overrides))
+    if variant:
+      raise MindJaxError(f"--variant: {path} is not a recipe config")
+    if job == "train":
+      from mind_jax.training import TrainConfig as schema
+    else:
+      from mind_jax.mind._pipeline import GenerateConfig as schema
+    cfg = config_lib.load_config(schema, path, list(overrides))
   section = cfg.model
   if section.path and not os.path.isdir(section.path):
     if not preset:
@@ -109,7 +134,8 @@ def plan(args) -> dict:
     raise MindJaxError(f"--num-slices {args.num_slices}: must be at least 1")
   tpu_slice = parse_topology(args.topology)
   job = job_kind(args.config, args.job)
-  cfg, config = load_job(args.config, args.overrides, job, args.preset, devices(tpu_slice))
+  cfg, config = load_job(args.config, args.overrides, job, args.preset, devices(tpu_slice),
+                         getattr(args, "variant", None))
   assumptions = Assumptions(mfu=args.mfu, mbu=args.mbu, price=args.price)
   if job == "train":
     result = plan_training(cfg, config, tpu_slice, args.num_slices, assumptions, args.tokens,

@@ -32,10 +32,15 @@ from mind_jax import config as config_lib
 from mind_jax._errors import run_cli
 from mind_jax._progress import setup_logging
 from mind_jax.experiment import RecipeConfig
+from mind_jax.experiment._config import OWNED_KEYS
 
 
 def main(argv=None) -> int:
   parser = config_lib.argument_parser("python -m mind_jax.recipe", __doc__, RecipeConfig)
+  # The keys the recipe sets itself (each stage's directories) are refused, so not listed.
+  owned = {f"{stage}.{key}" for stage, keys in OWNED_KEYS.items() for key in keys}
+  parser.epilog = "\n".join(line for line in parser.epilog.splitlines()
+                            if line.strip().split(" = ")[0] not in owned)
   parser.add_argument("--workdir", help="same as workdir=DIR")
   parser.add_argument("--stages", help="comma-separated stages to run (their inputs must be "
                       "done): e.g. generate on the generation slice, train/mind on the training "

@@ -225,3 +225,20 @@ def test_every_shipped_tpu_config_fits_its_target(config, flags, capsys):
   out = json.loads(capsys.readouterr().out)
   assert code == 0 and out["fits"], (config, out.get("memory"), out.get("advice"))
   assert out["model"]["attention"] == "tpu"  # planned with the kernels the run uses
+
+
+def test_plan_reads_a_stage_of_a_recipe_config(tmp_path):
+  from mind_jax.plan import job_kind, load_job
+  from mind_jax.planning import devices, parse_topology
+  path = tmp_path / "recipe.yaml"
+  path.write_text("train: {steps: 7, batch_size: 4}\nvariants:\n"
+                  "  - {name: raw, train: {data: {sources: [{path: '@corpus'}]}}}\n"
+                  "  - {name: mind, train: {steps: 9, data: {sources: [{path: '@conversations'}]}}}\n")
+  with pytest.raises(MindJaxError, match=r"a recipe config; pass --job generate or --job train"):
+    job_kind(str(path), None)
+  pytest.importorskip("libtpu", reason="the TPU compiler: pip install 'mind_jax[tpu]'")
+  chips = devices(parse_topology("v5e-4"))
+  assert load_job(str(path), [], "train", None, chips)[0].steps == 7  # the first variant's
+  assert load_job(str(path), [], "train", None, chips, "mind")[0].steps == 9
+  with pytest.raises(MindJaxError, match=r"--variant nope: not a variant of .* \(raw, mind\)"):
+    load_job(str(path), [], "train", None, chips, "nope")

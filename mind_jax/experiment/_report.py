@@ -14,6 +14,8 @@ import json
 import os
 import subprocess
 
+import yaml
+
 from mind_jax._atomic import write_bytes, write_json
 
 TIME_SECTION = "Time per stage"
@@ -112,7 +114,7 @@ def _loss_plot(report: dict) -> bytes:
       ax.plot(x, y, color=color, label=f"{variant} (train)")
     if run["eval_curve"]:
       x, y = zip(*run["eval_curve"])
-      ax.plot(x, y, "o--", color=color, label=f"{variant} (held-out)")
+      ax.plot(x, y, "o--", color=color, label=f"{variant} (eval sources)")
   ax.set_xlabel("training tokens")
   ax.set_ylabel("loss")
   ax.legend()
@@ -161,13 +163,22 @@ def _blocks(report: dict, compare_table: str) -> list[tuple]:
                 [[s["name"], s["path"], s["use"], _number(s["weight"], 3), _number(s["share"], 3),
                   _number(s["documents"]), _number(s["tokens"]), _number(s["epochs"], 2)]
                  for s in sources])]
+  base_eval = report["training"].get(baseline, {}).get("eval_loss")
+
+  def held_out(t):
+    if t["eval_loss"] is None or base_eval is None or t is report["training"][baseline]:
+      return _number(t["eval_loss"])
+    return f"{_number(t['eval_loss'])} ({t['eval_loss'] - base_eval:+.4f})"
   blocks += [("h2", "Training"), ("img", "loss.png", "loss against training tokens"),
-             ("table", ["variant", "steps", "tokens", "final train loss", "held-out loss",
-                        "HF export"],
+             ("table", ["variant", "steps", "tokens", "final train loss",
+                        f"eval loss on train.eval.sources (delta against {baseline})", "HF export"],
               [[v, _number(t["steps"]), _number(t["tokens"]), _number(t["final_loss"]),
-                _number(t["eval_loss"]), t["export"]] for v, t in report["training"].items()])]
+                held_out(t), t["export"]] for v, t in report["training"].items()])]
   blocks += [("h2", f"Evaluation (deltas against {baseline})"), ("md", compare_table),
              ("img", "compare.png", "evaluation scores")]
+  blocks += [("h2", "Config"),
+             ("p", "As run (the work dir left out), in python -m mind_jax.recipe's schema:"),
+             ("pre", yaml.safe_dump(report["config"], sort_keys=False))]
   blocks += [("h2", TIME_SECTION),
              ("table", ["stage", "wall time (s)", "devices", "device time (device-s)",
                         "attempts"],
@@ -187,6 +198,8 @@ def _markdown(blocks) -> str:
       lines += [rest[0], ""]
     elif kind == "md":
       lines += [rest[0].rstrip("\n"), ""]
+    elif kind == "pre":
+      lines += ["```yaml", rest[0].rstrip("\n"), "```", ""]
     elif kind == "img":
       lines += [f"![{rest[1]}]({rest[0]})", ""]
     elif kind == "table":
@@ -218,6 +231,8 @@ def _html(blocks, images: dict[str, bytes], title: str) -> str:
       page.append(f"<{kind}>{html.escape(rest[0])}</{kind}>")
     elif kind == "p":
       page.append(f"<p>{html.escape(rest[0])}</p>")
+    elif kind == "pre":
+      page.append(f"<details><summary>config</summary><pre>{html.escape(rest[0])}</pre></details>")
     elif kind == "md":
       rows = _markdown_table_rows(rest[0])
       page.append(table(rows[0], rows[1:]) if rows else "")

@@ -16,7 +16,8 @@ log = logging.getLogger("mind_jax.recipe")
 
 RESOLVED_CONFIG = "recipe.yaml"
 # What a recipe writes at the top of its workdir (besides run.json).
-OWNED = ("stages", "generate", "filter", "train", "evaluate", "report", RESOLVED_CONFIG)
+OWNED = ("stages", "generate", "filter", "train", "evaluate", "report", "superseded",
+         RESOLVED_CONFIG)
 
 
 def _check_workdir(cfg: RecipeConfig) -> None:
@@ -69,6 +70,10 @@ def _check_inputs(stages: list[_stages.Stage]) -> None:
               except MindJaxError as e:
                 raise MindJaxError(f"{key}[{index}].path: {e}") from None
       elif stage.kind == "evaluate":
+        import importlib.util
+        if importlib.util.find_spec("lm_eval") is None:
+          raise MindJaxError("needs EleutherAI's lm-evaluation-harness: pip install "
+                             "'mind_jax[eval]'")
         for key, path in [("data_dir", cfg.data_dir)] + [("tasks_dir", p) for p in cfg.tasks_dir]:
           if path and not os.path.isdir(path):
             raise MindJaxError(f"{key}={path}: no such directory")
@@ -139,7 +144,7 @@ def run(cfg: RecipeConfig, only: list[str] | None = None) -> dict:
       done[stage.name] = "skipped"
       continue
     if decision == "redo":
-      _stages.remove_output(cfg.workdir, stage)
+      _stages.set_aside(cfg.workdir, stage, records[stage.name]["fingerprint"])
     log.info("[%d/%d] %s: %s -> %s", index, len(stages), stage.name,
              {"run": "running", "resume": "resuming", "redo": "redoing"}[decision],
              os.path.relpath(stage.directory, cfg.workdir))

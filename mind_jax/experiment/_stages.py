@@ -28,7 +28,7 @@ from mind_jax.experiment import _config as rc
 
 log = logging.getLogger("mind_jax.recipe")
 
-STAGES_DIR = "stages"
+STAGES_DIR, SUPERSEDED = "stages", "superseded"
 
 # Keys that change how a stage runs, not what it writes (each job's own resume accepts a
 # change of them too).
@@ -85,8 +85,21 @@ def _result_settings(kind: str, config) -> dict:
 
 
 def plan(cfg: rc.RecipeConfig) -> list[Stage]:
-  """Every stage of the experiment, upstream first, with its directory and fingerprint."""
-  root = cfg.workdir
+  """Every stage of the experiment, upstream first, with its directory and fingerprint.
+
+  Fingerprints are those of a plan rooted at a placeholder, so a work dir moved or copied
+  elsewhere is still done."""
+  anywhere = {s.name: s for s in _plan_at(cfg, WORKDIR)}
+  stages = _plan_at(cfg, cfg.workdir)
+  for stage in stages:
+    stage.settings, stage.fingerprint = anywhere[stage.name].settings, anywhere[stage.name].fingerprint
+  return stages
+
+
+WORKDIR = "WORKDIR"
+
+
+def _plan_at(cfg: rc.RecipeConfig, root: str) -> list[Stage]:
   stages: dict[str, Stage] = {}
   conversations: dict[str, tuple[Stage, Stage]] = {}  # variant -> (generate, filter)
   base = {kind: _result_settings(kind, getattr(cfg, kind)) for kind in ("generate", "filter")}
@@ -212,13 +225,21 @@ def decide(workdir: str, stages: list[Stage]) -> dict[str, str]:
   return decisions
 
 
-def remove_output(workdir: str, stage: Stage) -> None:
-  """Deletes a stage's directory before it is redone: the recipe wrote it (its record says
-  so) and it lies inside the workdir."""
+def set_aside(workdir: str, stage: Stage, old_fingerprint: str) -> str | None:
+  """Moves a stage's earlier output to WORKDIR/superseded/NAME.FINGERPRINT/ before the stage is
+  redone: a changed key must not cost weeks of generation by mistake (the recipe wrote the
+  directory, its record says so, and it lies inside the workdir). Delete it when sure."""
+  if not os.path.isdir(stage.directory):
+    return None
   if not is_within(os.path.realpath(stage.directory), os.path.realpath(workdir)):
-    raise MindJaxError(f"{stage.directory}: outside the workdir; not deleting it")
-  if os.path.isdir(stage.directory):
-    shutil.rmtree(stage.directory)
+    raise MindJaxError(f"{stage.directory}: outside the workdir; not moving it")
+  target = os.path.join(workdir, SUPERSEDED, f"{stage.record_path[:-5]}.{old_fingerprint}")
+  if os.path.exists(target):  # the same settings set aside before: the same output again
+    shutil.rmtree(target)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  os.rename(stage.directory, target)
+  log.warning("%s: its earlier output is kept in %s", stage.name, os.path.relpath(target, workdir))
+  return target
 
 
 def device_count(stage: Stage) -> int:

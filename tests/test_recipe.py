@@ -1,0 +1,235 @@
+"""python -m mind_jax.recipe: the stages of one experiment, shared generation, resume after a
+kill, a changed filter redoing only what reads it, and bad input refused before anything runs."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from mind_jax import MindJaxError, config
+from mind_jax.experiment import RecipeConfig, plan, run
+from mind_jax.experiment import _stages
+
+KILLED_IN_TRAINING = os.path.join(os.path.dirname(__file__), "helpers",
+                                  "recipe_killed_in_training.py")
+CONVERSATIONS = "{data: {sources: [{path: '@conversations'}]}}"
+
+
+def recipe(workdir, *overrides):
+  return config.load_config(RecipeConfig, None, [f"workdir={workdir}", *overrides])
+
+
+def names(stages):
+  return [s.name for s in stages]
+
+
+# --- the plan -----------------------------------------------------------------------------------
+
+
+def test_the_default_plan_generates_once_for_the_mind_variant_and_trains_both(tmp_path):
+  stages = {s.name: s for s in plan(recipe(tmp_path))}
+  assert list(stages) == ["generate", "filter", "dataset-report", "train/raw", "train/mind",
+                          "evaluate/raw", "evaluate/mind", "compare"]
+  assert stages["train/raw"].after == []  # raw text: it reads no conversations
+  assert stages["train/mind"].after == ["filter"]
+  mind = stages["train/mind"].config
+  assert mind.data.sources[0].path == str(tmp_path / "filter")
+  assert mind.workdir == str(tmp_path / "train" / "mind")
+  assert stages["train/raw"].config.data.sources[0].path == "champ"  # @corpus: generate's input
+  assert stages["evaluate/mind"].config.model == str(tmp_path / "train" / "mind" / "hf")
+
+
+def test_variants_needing_the_same_conversations_share_their_generation(tmp_path):
+  variants = ("variants=[{name: raw, train: {data: {sources: [{path: '@corpus'}]}}},"
+              f"{{name: mind, train: {CONVERSATIONS}}},"
+              "{name: longest, train: {data: {sources: [{path: '@conversations', "
+              "select: longest_per_chunk}]}}},"
+              f"{{name: chunk200, generate: {{chunking: {{max_tokens: 200}}}}, train: {CONVERSATIONS}}},"
+              f"{{name: strict, filter: {{min_tokens: 80}}, train: {CONVERSATIONS}}}]")
+  stages = {s.name: s for s in plan(recipe(tmp_path, variants))}
+  assert [n for n in stages if n.startswith(("generate", "filter"))] == [
+      "generate", "filter", "generate-chunk200", "filter-chunk200", "filter-strict"]
+  assert stages["generate"].variants == ["mind", "longest", "strict"]
+  assert stages["filter"].variants == ["mind", "longest"]
+  assert stages["filter-strict"].after == ["generate"]  # another filter of the same generation
+  assert stages["generate-chunk200"].config.chunking.max_tokens == 200
+  assert stages["generate-chunk200"].config.output.dir == str(tmp_path / "generate-chunk200")
+  assert stages["train/chunk200"].after == ["filter-chunk200"]
+
+
+def test_fingerprints_do_not_depend_on_where_the_workdir_is(tmp_path):
+  here, there = plan(recipe(tmp_path / "a")), plan(recipe(tmp_path / "b"))
+  assert [s.fingerprint for s in here] == [s.fingerprint for s in there]
+
+
+def test_a_changed_filter_setting_redoes_the_filter_and_what_reads_it(tmp_path):
+  stages = plan(recipe(tmp_path))
+  for stage in stages:
+    _stages.write_record(str(tmp_path), stage, {"fingerprint": stage.fingerprint, "done": True,
+                                                "settings": _stages.flatten(stage.settings)})
+  assert set(_stages.decide(str(tmp_path), stages).values()) == {"skip"}
+  decisions = _stages.decide(str(tmp_path), plan(recipe(tmp_path, "filter.min_tokens=80")))
+  assert decisions == {"generate": "skip", "filter": "redo", "dataset-report": "redo",
+                       "train/raw": "skip", "train/mind": "redo", "evaluate/raw": "skip",
+                       "evaluate/mind": "redo", "compare": "redo"}
+  # A setting that changes how a stage runs, not what it writes, redoes nothing.
+  decisions = _stages.decide(str(tmp_path), plan(recipe(tmp_path, "train.mesh.axes.data=1",
+                                                         "generate.engine.slots=4")))
+  assert set(decisions.values()) == {"skip"}
+
+
+# --- bad input: one line, before anything runs -------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["variants=[{name: raw, train: {steps: 5, stepz: 6}}]"],
+     r"variants\[0\] \(raw\).train.stepz: unknown key"),
+    (["variants=[{name: raw, train: {data: {sources: [{path: '@corpus', wieght: 2}]}}}]"],
+     r"variants\[0\] \(raw\).train.data.sources.0.wieght: unknown key"),
+    (["variants=[{name: raw, trian: {}}]"], r"variants.0.trian: unknown key"),
+    (["variants=[{name: a}, {name: b}, {name: a}]"],
+     r"variants\[2\].name='a': two variants with the same name \(variants\[0\] too\)"),
+    (["variants=[{name: a/b}]"], r"variants\[0\].name='a/b': use letters"),
+    (["variants=[]"], r"at least one variant"),
+    (["baseline=nope"], r"baseline='nope': not a variant \(raw, mind\)"),
+    (["train.workdir=/tmp/elsewhere"], r"train.workdir: set by the recipe"),
+    (["variants=[{name: a, generate: {output: {dir: x}}, train: " + CONVERSATIONS + "}]"],
+     r"variants\[0\] \(a\).generate.output.dir: set by the recipe"),
+    (["variants=[{name: a, train: {data: {sources: [{path: '@filtered'}]}}}]"],
+     r"variants \(a\).train.data.sources\[0\].path=@filtered: unknown; the recipe's paths are "
+     "@corpus, @generated, @conversations"),
+    (["variants=[{name: a, filter: {min_tokens: 9}}]"],
+     r"variants \(a\): overrides generate or filter but trains on neither"),
+    (["generate.model.path=/no/such/model"], r"generate: model.path=/no/such/model: model directory does not exist"),
+    (["variants=[{name: a, train: {data: {sources: [{path: /no/such.jsonl}]}}}]"],
+     r"train/a: data.sources\[0\].path: .*/no/such.jsonl"),
+])
+def test_bad_recipes_are_refused_in_one_line_before_anything_runs(tmp_path, overrides, message):
+  workdir = tmp_path / "exp"
+  with pytest.raises(MindJaxError, match=message) as error:
+    run(recipe(workdir, *overrides))
+  assert "\n" not in str(error.value)
+  assert not workdir.exists()
+
+
+def test_a_workdir_holding_something_else_is_refused(tmp_path):
+  (tmp_path / "train").mkdir()
+  (tmp_path / "train" / "run.json").write_text(json.dumps({"job": "train", "settings": {}}))
+  with pytest.raises(MindJaxError, match=r"holds the output of mind_jax.train, not an experiment"):
+    run(recipe(tmp_path / "train"))
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "run.json").write_text(json.dumps({"job": "recipe", "settings": {"experiment": "x"}}))
+  with pytest.raises(MindJaxError, match=r"holds the experiment 'x'; continue it with experiment=x"):
+    run(recipe(other))
+  loose = tmp_path / "loose"
+  (loose / "train").mkdir(parents=True)  # a recipe's layout with no record vouching for it
+  with pytest.raises(MindJaxError, match=r"no run.json that says mind_jax.recipe wrote them"):
+    run(recipe(loose))
+  assert sorted(os.listdir(loose)) == ["train"]
+
+
+def test_stages_run_alone_only_once_their_inputs_are_done(tmp_path):
+  with pytest.raises(MindJaxError, match=r"--stages: train/mind reads filter, not done yet"):
+    run(recipe(tmp_path / "exp"), only=["train/mind"])
+  with pytest.raises(MindJaxError, match=r"--stages: unknown stage 'train/nope'; this "
+                     r"experiment's: generate, filter"):
+    run(recipe(tmp_path / "exp"), only=["train/nope"])
+  assert not (tmp_path / "exp").exists()
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def _recipe(workdir, *overrides, helper=None):
+  command = [sys.executable, *(helper or ["-m", "mind_jax.recipe"]), f"workdir={workdir}",
+             *overrides]
+  return subprocess.run(command, capture_output=True, text=True)
+
+
+def _report_without_timings(workdir):
+  text = (workdir / "report" / "report.md").read_text()
+  return text.split("## Time per stage")[0]
+
+
+def _fingerprint(workdir, record):
+  return json.loads((workdir / "stages" / f"{record}.json").read_text())["fingerprint"]
+
+
+def _mtimes(*directories):
+  return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+          for directory in directories for d, _, files in os.walk(directory) for f in files}
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("recipe") / "exp"
+  done = _recipe(workdir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return workdir
+
+
+@pytest.mark.slow
+def test_the_default_recipe_runs_every_stage_and_reports_both_variants(default_run):
+  for path in ["generate/manifest-00000.json", "filter/filter-summary.json",
+               "filter/report/report.html", "train/raw/hf/model.safetensors",
+               "train/mind/hf/model.safetensors", "train/mind/metrics.jsonl",
+               "evaluate/raw/results.json", "evaluate/mind/results.json",
+               "report/index.html", "report/report.md", "report/loss.png", "recipe.yaml"]:
+    assert (default_run / path).exists(), path
+  records = {p.stem: json.loads(p.read_text()) for p in (default_run / "stages").glob("*.json")}
+  assert len(records) == 8 and all(r["done"] for r in records.values())
+  report = json.loads((default_run / "report" / "report.json").read_text())
+  assert list(report["training"]) == ["raw", "mind"]
+  assert report["training"]["mind"]["steps"] == 60
+  assert set(report["evaluation"]) == {"raw", "mind"}
+  markdown = (default_run / "report" / "report.md").read_text()
+  assert "| task | metric | raw | mind |" in markdown and "| champ | exact_match |" in markdown
+  page = (default_run / "report" / "index.html").read_text()
+  assert page.count("data:image/png;base64,") == 2 and "<td>mind</td>" in page
+
+
+@pytest.mark.slow
+def test_killed_while_training_the_second_variant_and_rerun(default_run, tmp_path):
+  workdir = tmp_path / "exp"
+  killed = _recipe(workdir, helper=[KILLED_IN_TRAINING, "mind", "25"])
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  record = json.loads((workdir / "stages" / "train.mind.json").read_text())
+  assert not record["done"] and not (workdir / "evaluate").exists()
+  before = _mtimes(workdir / "generate", workdir / "filter", workdir / "train" / "raw")
+  done = _recipe(workdir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert _mtimes(workdir / "generate", workdir / "filter", workdir / "train" / "raw") == before
+  assert "resuming from" in done.stderr  # training went on from its checkpoint
+  assert _report_without_timings(workdir) == _report_without_timings(default_run)
+
+
+@pytest.mark.slow
+def test_a_changed_filter_reruns_filter_and_what_reads_it_only(default_run, tmp_path):
+  workdir = tmp_path / "exp"
+  shutil.copytree(default_run, workdir)  # copy2: modification times kept
+  kept = _mtimes(workdir / "generate", workdir / "train" / "raw", workdir / "evaluate" / "raw")
+  redone = _mtimes(workdir / "filter", workdir / "train" / "mind", workdir / "evaluate" / "mind")
+  done = _recipe(workdir, "filter.min_tokens=90")
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "filter: settings changed: min_tokens (50 -> 90)" in done.stderr
+  assert [line.strip() for line in done.stdout.splitlines()
+          if re.fullmatch(r"  \S+: (ran|skipped|resumed|redone)", line)] == [
+      "generate: skipped", "filter: redone", "dataset-report: redone", "train/raw: skipped",
+      "train/mind: redone", "evaluate/raw: skipped", "evaluate/mind: redone", "compare: redone"]
+  assert _mtimes(workdir / "generate", workdir / "train" / "raw", workdir / "evaluate" / "raw") == kept
+  after = _mtimes(workdir / "filter", workdir / "train" / "mind", workdir / "evaluate" / "mind")
+  assert all(after.get(path) != mtime for path, mtime in redone.items() if path in after)
+  summary = json.loads((workdir / "filter" / "filter-summary.json").read_text())
+  assert summary["config"]["min_tokens"] == 90
+  # What was redone is set aside, not deleted (a changed key must not cost a generation).
+  assert sorted(n.split(".")[0] for n in os.listdir(workdir / "superseded")) == [
+      "compare", "evaluate", "filter", "train"]
+  old = json.loads((workdir / "superseded" / f"filter.{_fingerprint(default_run, 'filter')}"
+                    / "filter-summary.json").read_text())
+  assert old["config"]["min_tokens"] == 50
