@@ -51,14 +51,17 @@ def test_repository_configs_validate():
   import os
   from mind_jax.curation import FilterConfig
   from mind_jax.mind import GenerateConfig
+  from mind_jax.experiment import RecipeConfig, plan
   from mind_jax.training import TrainConfig
   schemas = {"smoke": SmokeConfig, "generate": GenerateConfig, "filter": FilterConfig,
-             "train": TrainConfig}
+             "train": TrainConfig, "recipe": RecipeConfig}
   root = os.path.join(os.path.dirname(__file__), "..", "configs")
   files = sorted(glob.glob(os.path.join(root, "*.yaml")))
   assert {os.path.basename(f).split("-")[0].split(".")[0] for f in files} == set(schemas)
   for path in files:
-    config.load_config(schemas[os.path.basename(path).split("-")[0].split(".")[0]], path)
+    cfg = config.load_config(schemas[os.path.basename(path).split("-")[0].split(".")[0]], path)
+    if isinstance(cfg, RecipeConfig):
+      plan(cfg)  # the variants' overrides, validated against their stages' schemas
 
 
 def test_help_shows_each_jobs_own_defaults_of_a_shared_section():
