@@ -53,7 +53,7 @@ def test_variants_needing_the_same_conversations_share_their_generation(tmp_path
               f"{{name: strict, filter: {{min_tokens: 80}}, train: {CONVERSATIONS}}}]")
   stages = {s.name: s for s in plan(recipe(tmp_path, variants))}
   assert [n for n in stages if n.startswith(("generate", "filter"))] == [
-      "generate", "filter", "generate-chunk200", "filter-chunk200", "filter-strict"]
+      "generate", "generate-chunk200", "filter", "filter-chunk200", "filter-strict"]
   assert stages["generate"].variants == ["mind", "longest", "strict"]
   assert stages["filter"].variants == ["mind", "longest"]
   assert stages["filter-strict"].after == ["generate"]  # another filter of the same generation

@@ -181,7 +181,9 @@ def _plan_at(cfg: rc.RecipeConfig, root: str) -> list[Stage]:
       settings={"baseline": cfg.baseline_name, "variants": names,
                 "descriptions": [v.description for v in cfg.variants]})
 
-  for stage in stages.values():  # upstream first: each fingerprint covers its inputs'
+  order = ("generate", "filter", "report", "train", "evaluate", "compare")  # upstream first
+  stages = {s.name: s for s in sorted(stages.values(), key=lambda s: order.index(s.kind))}
+  for stage in stages.values():  # each fingerprint covers its inputs'
     stage.settings = {**stage.settings, "after": {a: stages[a].fingerprint for a in stage.after}}
     stage.fingerprint = hashlib.sha256(
         json.dumps(stage.settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
