@@ -7,9 +7,11 @@ conversations, say), export each to Hugging Face format, evaluate each, and comp
   python -m mind_jax.recipe --config configs/recipe-mind-7b.yaml --stages generate
   python -m mind_jax.recipe filter.min_tokens=80  # redoes filter and what reads it
 
-The default: 8 CHAMP problems, the tiny model, variants `raw` (the corpus as raw text) and
-`mind` (the kept conversations), the offline CHAMP task and the held-out loss. Its numbers
-are noise by design; it proves the machinery and the report.
+The default (mind_jax/experiment/default.yaml): 8 CHAMP problems, the tiny model, variants
+`raw` (the corpus as raw text) and `mind` (the kept conversations), the offline CHAMP task
+and the loss on CHAMP. Its numbers are noise by design; it proves the machinery and the
+report. A --config replaces it: keys the file leaves out take each command's own defaults
+(listed below).
 
 Sections generate, filter, report, train and evaluate are those commands' own configs (see
 their --help); the recipe sets their directories. `variants` is a list of
@@ -31,12 +33,13 @@ import sys
 from mind_jax import config as config_lib
 from mind_jax._errors import run_cli
 from mind_jax._progress import setup_logging
-from mind_jax.experiment import RecipeConfig
+from mind_jax.experiment import DEFAULT_CONFIG, RecipeConfig
 from mind_jax.experiment._config import OWNED_KEYS
 
 
 def main(argv=None) -> int:
-  parser = config_lib.argument_parser("python -m mind_jax.recipe", __doc__, RecipeConfig)
+  parser = config_lib.argument_parser("python -m mind_jax.recipe", __doc__, RecipeConfig,
+                                      default_config=DEFAULT_CONFIG)
   # The keys the recipe sets itself (each stage's directories) are refused, so not listed.
   owned = {f"{stage}.{key}" for stage, keys in OWNED_KEYS.items() for key in keys}
   parser.epilog = "\n".join(line for line in parser.epilog.splitlines()

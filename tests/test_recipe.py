@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from mind_jax import MindJaxError, config
-from mind_jax.experiment import RecipeConfig, plan, run
+from mind_jax import MindJaxError
+from mind_jax.experiment import load, plan, run
 from mind_jax.experiment import _stages
 
 KILLED_IN_TRAINING = os.path.join(os.path.dirname(__file__), "helpers",
@@ -21,7 +21,8 @@ CONVERSATIONS = "{data: {sources: [{path: '@conversations'}]}}"
 
 
 def recipe(workdir, *overrides):
-  return config.load_config(RecipeConfig, None, [f"workdir={workdir}", *overrides])
+  """The embedded default recipe, in `workdir`."""
+  return load(overrides=[f"workdir={workdir}", *overrides])
 
 
 def names(stages):
@@ -42,6 +43,16 @@ def test_the_default_plan_generates_once_for_the_mind_variant_and_trains_both(tm
   assert mind.workdir == str(tmp_path / "train" / "mind")
   assert stages["train/raw"].config.data.sources[0].path == "champ"  # @corpus: generate's input
   assert stages["evaluate/mind"].config.model == str(tmp_path / "train" / "mind" / "hf")
+
+
+def test_a_config_file_replaces_the_embedded_default(tmp_path):
+  path = tmp_path / "mine.yaml"
+  path.write_text("workdir: exp\ngenerate: {input: {source: corpus.jsonl}}\n")
+  mine = load(str(path))
+  # Keys the file leaves out take each command's own defaults, not the demo's small ones.
+  assert mine.evaluate.limit is None and mine.train.steps == 200
+  assert [v.name for v in mine.variants] == ["raw", "mind"]
+  assert load().evaluate.limit == 40 and load().train.steps == 60
 
 
 def test_variants_needing_the_same_conversations_share_their_generation(tmp_path):

@@ -10,8 +10,8 @@ A variant's train section names its data with three symbolic paths, resolved per
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Any
 
 import pydantic
 
@@ -25,23 +25,15 @@ from mind_jax.training import TrainConfig
 CORPUS, GENERATED, CONVERSATIONS = "@corpus", "@generated", "@conversations"
 SYMBOLS = (CORPUS, GENERATED, CONVERSATIONS)
 
-# The embedded default: a few CHAMP problems, the tiny model, raw text against conversations.
-# Numbers from it are noise by design; it proves the machinery and its report.
-DEFAULTS: dict[str, Any] = {
-    "generate": {"input": {"limit": 8}, "sampling": {"max_new_tokens": 96},
-                 "output": {"records_per_part": 100}},
-    "train": {"steps": 60, "batch_size": 8, "data": {"seq_len": 256, "shuffle_window": 256},
-              "optimizer": {"learning_rate": 1e-3, "warmup_steps": 6},
-              "checkpoint": {"every": 20},
-              "eval": {"every": 20, "batches": 2, "sources": [{"path": "champ", "name": "champ"}]}},
-    "evaluate": {"limit": 40},
-    "variants": [
-        {"name": "raw", "description": "math text only",
-         "train": {"data": {"sources": [{"path": CORPUS, "name": "corpus"}]}}},
-        {"name": "mind", "description": "all conversations",
-         "train": {"data": {"sources": [{"path": CONVERSATIONS, "name": "conversations"}]}}},
-    ],
-}
+# python -m mind_jax.recipe with no --config runs this file.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "default.yaml")
+# A config that names no variants compares these two.
+DEFAULT_VARIANTS = [
+    {"name": "raw", "description": "math text only",
+     "train": {"data": {"sources": [{"path": CORPUS, "name": "corpus"}]}}},
+    {"name": "mind", "description": "all conversations",
+     "train": {"data": {"sources": [{"path": CONVERSATIONS, "name": "conversations"}]}}},
+]
 
 # Keys the recipe sets itself (where each stage writes and what it reads): giving one is
 # refused rather than ignored.
@@ -56,11 +48,6 @@ SCHEMAS = {"generate": GenerateConfig, "filter": FilterConfig, "report": ReportC
            "train": TrainConfig, "evaluate": EvaluateConfig}
 VARIANT_STAGES = ("generate", "filter", "train")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-
-
-def _with_defaults(schema, stage: str):
-  return lambda: schema.model_validate(
-      config_lib.deep_merge(schema().model_dump(), DEFAULTS.get(stage, {})))
 
 
 class VariantSection(config_lib.Section):
@@ -83,13 +70,13 @@ class RecipeConfig(config_lib.Section):
       "mind", description="the experiment's name: a workdir holding another one is refused")
   baseline: str | None = pydantic.Field(
       None, description="variant the others are compared with (default: the first)")
-  generate: GenerateConfig = pydantic.Field(default_factory=_with_defaults(GenerateConfig, "generate"))
-  filter: FilterConfig = pydantic.Field(default_factory=_with_defaults(FilterConfig, "filter"))
-  report: ReportConfig = pydantic.Field(default_factory=_with_defaults(ReportConfig, "report"))
-  train: TrainConfig = pydantic.Field(default_factory=_with_defaults(TrainConfig, "train"))
-  evaluate: EvaluateConfig = pydantic.Field(default_factory=_with_defaults(EvaluateConfig, "evaluate"))
+  generate: GenerateConfig = pydantic.Field(default_factory=GenerateConfig)
+  filter: FilterConfig = pydantic.Field(default_factory=FilterConfig)
+  report: ReportConfig = pydantic.Field(default_factory=ReportConfig)
+  train: TrainConfig = pydantic.Field(default_factory=TrainConfig)
+  evaluate: EvaluateConfig = pydantic.Field(default_factory=EvaluateConfig)
   variants: list[VariantSection] = pydantic.Field(
-      default_factory=lambda: [VariantSection(**v) for v in DEFAULTS["variants"]],
+      default_factory=lambda: [VariantSection(**v) for v in DEFAULT_VARIANTS],
       description="named overrides of the generate, filter and train sections; data paths "
       "@corpus, @generated and @conversations name the variant's own inputs")
 
@@ -161,5 +148,6 @@ def stage_config(cfg: RecipeConfig, stage: str, variant: VariantSection | None =
     raise MindJaxError(f"{where}.{key}: {message.removeprefix('Value error, ')}") from None
 
 
-def load(path: str | None, overrides) -> RecipeConfig:
-  return config_lib.load_config(RecipeConfig, path, overrides)
+def load(path: str | None = DEFAULT_CONFIG, overrides=()) -> RecipeConfig:
+  """The recipe of `path` (default: the embedded one) with key=value `overrides`."""
+  return config_lib.load_config(RecipeConfig, path, list(overrides))
