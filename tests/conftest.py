@@ -5,6 +5,7 @@ tests run on a real (if small) mesh.
 """
 
 import json
+import logging
 import os
 import tempfile
 
@@ -137,3 +138,20 @@ def read_dir(directory):
       r = json.loads(line)
       out[r["id"]] = r
   return out
+
+
+@pytest.fixture
+def mind_jax_log():
+  """The records mind_jax's loggers emit during the test (INFO and above). caplog sees only what
+  reaches the root logger, and a command-line tool run in-process stops mind_jax's lines there
+  (setup_logging: they are printed once, by its own handler)."""
+  records = []
+  handler = logging.Handler(logging.INFO)
+  handler.emit = records.append
+  log = logging.getLogger("mind_jax")
+  level = log.level
+  log.setLevel(logging.INFO)
+  log.addHandler(handler)
+  yield records
+  log.removeHandler(handler)
+  log.setLevel(level)
