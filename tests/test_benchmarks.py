@@ -1,4 +1,4 @@
-"""The device benchmark runs as one prepared command on a lent GPU: it must not rot meanwhile."""
+"""The device benchmarks run as prepared commands on a lent GPU: they must not rot meanwhile."""
 
 import json
 import os
@@ -33,6 +33,21 @@ def test_decode_gpu_benchmark_runs_on_cpu_and_counts_the_bytes_a_step_reads(tmp_
     assert row["kv_bytes_per_step"] == row["slots"] * kv_per_slot
     assert row["bandwidth_utilisation"] == pytest.approx(row["bytes_per_s"] / 1e10)
     assert row["tokens_per_s"] == pytest.approx(row["slots"] / (row["step_ms"] / 1e3))
+
+
+@pytest.mark.slow
+def test_train_gpu_benchmark_runs_on_cpu_and_counts_the_step_flops(tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": ""}
+  subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_gpu.py"), "--preset", "tiny",
+                  "--batch", "2", "--seq", "128", "--steps", "2", "--peak-flops", "1e11",
+                  "--out", str(tmp_path)], check=True, capture_output=True, text=True, env=env)
+  result = json.loads((tmp_path / "train_gpu.json").read_text())
+  from mind_jax.training._step import step_flops
+  cfg = mind_jax.preset("tiny")
+  assert result["step_flops"] == step_flops(cfg, 2 * 128, 128)
+  assert result["mfu"] == pytest.approx(result["step_flops"] / result["step_s"] / 1e11)
+  assert result["tokens_per_s"] == pytest.approx(256 / result["step_s"])
+  assert 0 < result["final_loss"] < 20
 
 
 def test_peak_bandwidth_names_the_card_variant_before_its_family():
