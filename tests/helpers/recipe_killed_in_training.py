@@ -1,12 +1,16 @@
 """Runs `python -m mind_jax.recipe ARGS...` and SIGKILLs this process once the training of
-VARIANT has logged STEP: `python recipe_killed_in_training.py VARIANT STEP ARGS...`.
+VARIANT has logged STEP and an earlier checkpoint of it is complete:
+`python recipe_killed_in_training.py VARIANT STEP ARGS...`.
 
-The kill lands inside the job at a known point, so a test of the rerun does not race it."""
+The kill lands inside the job at a known point, so a test of the rerun does not race it: not
+before the step, and not while an asynchronous save (which a fast machine may still be writing
+a few steps later) is unfinished, so the rerun always has a checkpoint to resume from."""
 
 import os
 import runpy
 import signal
 import sys
+import time
 
 from mind_jax.training import _metrics
 
@@ -17,6 +21,10 @@ write = _metrics.MetricsLog.write
 def write_then_die(self, step, metrics):
   write(self, step, metrics)
   if step == kill_step and os.path.basename(os.path.dirname(self.path)) == variant:
+    checkpoints = os.path.join(os.path.dirname(self.path), "checkpoints")
+    deadline = time.monotonic() + 120
+    while not any(n.isdigit() for n in os.listdir(checkpoints)) and time.monotonic() < deadline:
+      time.sleep(0.01)  # Orbax renames a checkpoint to its step once it is complete
     os.kill(os.getpid(), signal.SIGKILL)
 
 
