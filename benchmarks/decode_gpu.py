@@ -8,7 +8,7 @@ generate calls only (prefill excluded).
 Bandwidth utilisation = bytes a decode step must read (every weight once, less
 the embedding table of which it reads a row per slot, plus the KV cache window
 every slot attends over) / step time / the card's peak memory bandwidth
-(--peak-bandwidth where the card is not in PEAK_BANDWIDTH). Decode is
+(--peak-bandwidth where the card is not in mind_jax/_devices.py). Decode is
 memory-bound, so this is the figure to push up. Results are written to
 OUT/decode_gpu.json after each batch size.
 
@@ -28,23 +28,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 import mind_jax
+from mind_jax._devices import peak_bandwidth
 from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
-
-# Peak memory bandwidth (bytes/s) by a part of `device_kind`, from the vendors' data sheets.
-# The first match wins, so a variant comes before its family: an H100 PCIe card has 2.0 TB/s
-# where the SXM part ("NVIDIA H100 80GB HBM3") has 3.35.
-PEAK_BANDWIDTH = [("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12),
-                  ("H200", 4.8e12), ("A100-PCIE-40GB", 1.555e12), ("A100", 2.039e12),
-                  ("L4", 0.3e12), ("TPU v4", 1.2e12), ("TPU v5 lite", 0.819e12),
-                  ("TPU v5e", 0.819e12), ("TPU v5p", 2.765e12), ("TPU v5", 2.765e12),
-                  ("TPU v6 lite", 1.64e12), ("TPU v6e", 1.64e12)]
-
-
-def peak_bandwidth(device_kind: str) -> float | None:
-  for name, bandwidth in PEAK_BANDWIDTH:
-    if name.lower() in device_kind.lower():
-      return bandwidth
-  return None
 
 
 def random_model(preset: str) -> mind_jax.Llama:
@@ -99,7 +84,7 @@ def main():
   parser.add_argument("--calls", type=int, default=4)
   parser.add_argument("--peak-bandwidth", type=float, default=None,
                       help="the card's peak memory bandwidth in bytes/s, where its name is not "
-                      "in PEAK_BANDWIDTH or the table's figure is not this card's")
+                      "in mind_jax/_devices.py or the table's figure is not this card's")
   args = parser.parse_args()
   device = jax.devices()[0]
   peak = args.peak_bandwidth or peak_bandwidth(device.device_kind)

@@ -51,6 +51,7 @@ def run_mind_jax(model_dir, data):
   import jax
   from mind_jax.ckpts import load_model
   from mind_jax.config import ModelSection
+  from mind_jax.data import whole_document_rows
   from mind_jax.sharding import make_mesh
   from mind_jax.training._config import OptimizerSection
   from mind_jax.training._optim import learning_rate, optimizer
@@ -63,14 +64,8 @@ def run_mind_jax(model_dir, data):
   del model
   times = []
   for tokens in data:
-    targets = np.zeros_like(tokens)
-    targets[:, :-1] = tokens[:, 1:]
-    weights = np.ones(tokens.shape, np.float32)
-    weights[:, -1] = 0
-    batch = {"tokens": tokens, "segment_ids": np.ones_like(tokens),
-             "positions": np.broadcast_to(np.arange(SEQ), tokens.shape).astype(np.int32),
-             "targets": targets, "loss_weights": weights}
-    batch = {k: jax.device_put(v, trainer.batch_sharding) for k, v in batch.items()}
+    batch = {k: jax.device_put(v, trainer.batch_sharding)
+             for k, v in whole_document_rows(tokens).items()}
     start = time.perf_counter()
     state, metrics = trainer.step(state, batch)
     host_metrics(metrics)

@@ -38,6 +38,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   from mind_jax._devices import peak_flops
   from mind_jax.config import ModelSection
+  from mind_jax.data import whole_document_rows
   from mind_jax.ckpts import architecture
   from mind_jax.sharding import make_mesh
   from mind_jax.training._config import OptimizerSection
@@ -56,12 +57,8 @@ def main(argv=None):
   times = []
   for _ in range(2 + args.steps):
     tokens = rs.randint(0, config.vocab_size, (args.batch, args.seq)).astype(np.int32)
-    weights = np.ones(tokens.shape, np.float32)
-    weights[:, -1] = 0
-    batch = {"tokens": tokens, "segment_ids": np.ones_like(tokens),
-             "positions": np.broadcast_to(np.arange(args.seq), tokens.shape).astype(np.int32),
-             "targets": np.roll(tokens, -1, axis=1), "loss_weights": weights}
-    batch = {k: jax.device_put(v, trainer.batch_sharding) for k, v in batch.items()}
+    batch = {k: jax.device_put(v, trainer.batch_sharding)
+             for k, v in whole_document_rows(tokens).items()}
     start = time.perf_counter()
     state, metrics = trainer.step(state, batch)
     metrics = host_metrics(metrics)  # waits for the step

@@ -1,6 +1,6 @@
 """Accelerator chips: peak dense bf16 FLOP/s, HBM and its bandwidth, by the device_kind JAX
-reports. MFU in training metrics and every prediction of `python -m mind_jax.plan` read this
-one table."""
+reports. MFU in training metrics, every prediction of `python -m mind_jax.plan` and the GPU
+benchmarks read this one table."""
 
 from __future__ import annotations
 
@@ -28,9 +28,12 @@ CHIPS: tuple[Chip, ...] = (
     Chip("TPU v5", 459e12, 95 * GiB, 2765e9),
     Chip("TPU v4", 275e12, 32 * GiB, 1228e9),
     Chip("H100 PCIe", 756e12, 80 * GiB, 2000e9),
+    Chip("H100 NVL", 835e12, 94 * GiB, 3900e9),
     Chip("H100", 989e12, 80 * GiB, 3350e9),
     Chip("H200", 989e12, 141 * GiB, 4800e9),
+    Chip("A100-PCIE-40GB", 312e12, 40 * GiB, 1555e9),
     Chip("A100", 312e12, 80 * GiB, 2039e9),
+    Chip("L4", 121e12, 24 * GiB, 300e9),
 )
 
 
@@ -46,3 +49,9 @@ def peak_flops(device_kind: str) -> float | None:
   """The chip's peak, or None where it is not in the table (a CPU: give it yourself)."""
   entry = chip(device_kind)
   return entry.peak_flops if entry else None
+
+
+def peak_bandwidth(device_kind: str) -> float | None:
+  """The chip's HBM bandwidth in bytes/s, or None where it is not in the table."""
+  entry = chip(device_kind)
+  return entry.hbm_bandwidth if entry else None

@@ -50,14 +50,14 @@ def test_train_gpu_benchmark_runs_on_cpu_and_counts_the_step_flops(tmp_path):
   assert 0 < result["final_loss"] < 20
 
 
-def test_peak_bandwidth_names_the_card_variant_before_its_family():
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  try:
-    from decode_gpu import peak_bandwidth
-  finally:
-    sys.path.remove(str(ROOT / "benchmarks"))
+def test_the_chip_table_names_the_card_variant_before_its_family():
+  from mind_jax._devices import peak_bandwidth, peak_flops
   assert peak_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
   assert peak_bandwidth("NVIDIA H100 PCIe") == 2.0e12
+  assert peak_bandwidth("NVIDIA H100 NVL") == 3.9e12
+  assert peak_bandwidth("NVIDIA A100-PCIE-40GB") == 1.555e12
+  assert peak_bandwidth("NVIDIA A100-SXM4-80GB") == 2.039e12
+  assert peak_flops("NVIDIA H100 PCIe") == 756e12
   assert peak_bandwidth("NVIDIA H200") == 4.8e12
   assert peak_bandwidth("TPU v5 lite") == 0.819e12
   assert peak_bandwidth("cpu") is None

@@ -11,7 +11,7 @@ _TRAINING = {
     "Mixture": "_mixture", "SourceSize": "_mixture", "TokenMix": "_mixture",
     "model_inputs": "_mixture", "resolve_mixture": "_mixture", "source_size": "_mixture",
     "training_dataset": "_mixture", "host_dataset": "_mixture", "DocumentStream": "_sources", "Source": "_sources",
-    "SourceSection": "_sources",
+    "SourceSection": "_sources", "whole_document_rows": "_mixture",
 }
 
 

@@ -185,6 +185,15 @@ def model_inputs(packed: dict) -> dict:
           "loss_weights": weights, "source": packed["source"].astype(np.int32)}
 
 
+def whole_document_rows(tokens: np.ndarray) -> dict:
+  """Rows that are each one document (the benchmarks' random tokens) as the train step reads
+  them: model_inputs of a batch with nothing packed."""
+  positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+  inputs = model_inputs({"tokens": tokens, "tokens_segment_ids": np.ones_like(tokens),
+                         "tokens_positions": positions, "source": np.zeros_like(tokens)})
+  return {k: inputs[k] for k in MODEL_INPUTS}
+
+
 def host_dataset(data: DataSection, mixture: Mixture, framing: Framing, *, batch_size: int,
                  seed: int, host: int = 0, hosts: int = 1) -> grain.IterDataset:
   """This host's part of each global batch of `batch_size`: the batches of its data shards
