@@ -7,6 +7,13 @@ import os
 _DISTRIBUTED_STARTED: list[bool] = []
 
 
+def wants_distributed(distributed: str) -> bool:
+  """Whether init_hosts(distributed) starts jax.distributed here (it tells without JAX)."""
+  several = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or bool(
+      os.environ.get("JAX_COORDINATOR_ADDRESS"))
+  return distributed == "on" or (distributed == "auto" and several)
+
+
 def init_hosts(distributed: str = "auto") -> tuple[int, int]:
   """(this host's index, host count). `distributed`: "on" starts jax.distributed, "auto" does
   when the TPU runtime lists several hosts (or a coordinator address is set), "off" never.
@@ -17,10 +24,7 @@ def init_hosts(distributed: str = "auto") -> tuple[int, int]:
   one program over every host's chips, each host loading its own share of the data.
   """
   import jax
-  several = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or bool(
-      os.environ.get("JAX_COORDINATOR_ADDRESS"))
-  wanted = distributed == "on" or (distributed == "auto" and several)
-  if wanted and not _DISTRIBUTED_STARTED:
+  if wants_distributed(distributed) and not _DISTRIBUTED_STARTED:
     # Off a TPU slice (several processes on CPU or GPU machines) the process count and index
     # come from the environment, beside JAX's own JAX_COORDINATOR_ADDRESS.
     given = {key: int(os.environ[name]) for key, name in

@@ -154,6 +154,44 @@ def test_stages_run_alone_only_once_their_inputs_are_done(tmp_path):
   assert not (tmp_path / "exp").exists()
 
 
+def test_on_a_slice_host_0_alone_writes_the_recipes_files(tmp_path, monkeypatch):
+  """Started on every host of a slice, the recipe runs a train or generate stage as one job of
+  all hosts; only host 0 claims the workdir, records stages and sets a redone stage aside, and
+  the hosts meet before a stage's job starts. (The two-host job itself is tested in
+  test_train and test_generate_hosts.)"""
+  from mind_jax.experiment import _run
+  workdir = tmp_path / "exp"
+  met, jobs = [], []
+  monkeypatch.setattr(_run, "_sync", lambda hosts, why: met.append(why))
+
+  def as_host(host, *overrides, only=("train/raw",)):
+    monkeypatch.setattr(_run, "_hosts", lambda stages: (host, 2))
+
+    def job(stage, *_):  # the training job (every host takes part; host 0 writes its files)
+      jobs.append(host)
+      if host == 0:
+        (workdir / "train" / "raw").mkdir(parents=True, exist_ok=True)
+      return {}
+    monkeypatch.setattr(_run, "_job", job)
+    return run(recipe(workdir, *overrides), only=list(only))
+
+  assert as_host(1) == {"train/raw": "ran"} and jobs == [1]
+  assert not workdir.exists()
+  assert met == ["stages decided", "train/raw set up"]
+  as_host(0)
+  record = (workdir / "stages" / "train.raw.json").read_text()
+  assert json.loads(record)["done"]
+  assert (workdir / "run.json").exists() and (workdir / "recipe.yaml").exists()
+  assert as_host(1, "train.steps=61") == {"train/raw": "redone"}  # host 1 moves nothing
+  assert not (workdir / "superseded").exists()
+  assert (workdir / "stages" / "train.raw.json").read_text() == record
+  as_host(0, "train.steps=61")
+  assert len(os.listdir(workdir / "superseded")) == 1
+  with pytest.raises(MindJaxError, match=r"^filter, dataset-report: single-host stages, and this "
+                     r"run spans 2 hosts; run them on one host"):
+    as_host(0, only=("generate", "filter", "dataset-report"))
+
+
 # --- end to end ---------------------------------------------------------------------------------
 
 
@@ -203,6 +241,8 @@ def test_the_default_recipe_runs_every_stage_and_reports_both_variants(default_r
   assert "| task | metric | raw | mind |" in markdown and "| champ | exact_match |" in markdown
   page = (default_run / "report" / "index.html").read_text()
   assert page.count("data:image/png;base64,") == 2 and "<td>mind</td>" in page
+  assert '<a href="../filter/report/report.html">' in page  # the dataset report, from report/
+  assert (default_run / "report" / "../filter/report/report.html").exists()
 
 
 @pytest.mark.slow

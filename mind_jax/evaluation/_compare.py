@@ -36,16 +36,13 @@ def scores(results: dict) -> dict[tuple[str, str], tuple[float, float | None]]:
   return out
 
 
-def compare(directories: list[str], out: str | None = None) -> str:
-  """The Markdown table (first run as the baseline: deltas against it), also written with a
-  bar chart to `out` when given."""
-  if len(directories) < 2:
-    raise MindJaxError("compare: give at least two evaluation output directories")
+def comparison(directories: list[str]) -> tuple[list[str], list[list[str]], list, list]:
+  """The runs side by side as a table (header, rows of cells; the first run is the baseline,
+  deltas against it), with each run's (name, scores) and the (task, metric) keys."""
   runs = [(os.path.basename(os.path.normpath(d)), scores(read_results(d))) for d in directories]
   keys = sorted(set().union(*(s.keys() for _, s in runs)))
-  header = "| task | metric | " + " | ".join(name for name, _ in runs) + " |"
-  lines = [header, "|" + "---|" * (2 + len(runs))]
   base = runs[0][1]
+  rows = []
   for key in keys:
     cells = []
     for index, (_, run) in enumerate(runs):
@@ -57,8 +54,21 @@ def compare(directories: list[str], out: str | None = None) -> str:
       if index and key in base:
         cell += f" ({value - base[key][0]:+.4f})"
       cells.append(cell)
-    lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
-  table = "\n".join(lines) + "\n"
+    rows.append([*key, *cells])
+  return ["task", "metric", *(name for name, _ in runs)], rows, runs, keys
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
+
+
+def compare(directories: list[str], out: str | None = None) -> str:
+  """The Markdown table of `comparison`, also written with a bar chart to `out` when given."""
+  if len(directories) < 2:
+    raise MindJaxError("compare: give at least two evaluation output directories")
+  header, rows, runs, keys = comparison(directories)
+  table = markdown_table(header, rows)
   if out:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, COMPARE_TABLE), "w") as f:

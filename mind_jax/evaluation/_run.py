@@ -16,6 +16,7 @@ from mind_jax import config as config_lib
 from mind_jax._atomic import write_json
 from mind_jax._errors import MindJaxError
 from mind_jax._outdir import check_output_dir, claim, dir_fingerprint
+from mind_jax.evaluation._compare import markdown_table, scores
 
 log = logging.getLogger(__name__)
 
@@ -198,17 +199,9 @@ def _run_harness(cfg: EvaluateConfig, model: str, manager) -> dict:
 
 def results_table(results: dict) -> str:
   """Markdown: one row per task and metric, with its standard error."""
-  lines = ["| task | metric | value | stderr |", "|---|---|---|---|"]
-  for task, metrics in sorted(results.get("results", {}).items()):
-    for key, value in sorted(metrics.items()):
-      if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
-        continue  # "metric,filter" keys only
-      metric, _, filt = key.partition(",")
-      stderr = metrics.get(f"{metric}_stderr,{filt}")
-      err = f"{stderr:.4f}" if isinstance(stderr, (int, float)) else "n/a"
-      lines.append(f"| {task} | {metric}{f' ({filt})' if filt and filt != 'none' else ''} | "
-                   f"{value:.4f} | {err} |")
-  return "\n".join(lines) + "\n" + paper_table(results)
+  rows = [[task, metric, f"{value:.4f}", "n/a" if stderr is None else f"{stderr:.4f}"]
+          for (task, metric), (value, stderr) in sorted(scores(results).items())]
+  return markdown_table(["task", "metric", "value", "stderr"], rows) + paper_table(results)
 
 
 # The MIND paper's columns: (heading, group or task, metric key), scores shown x 100.
@@ -220,11 +213,10 @@ PAPER_COLUMNS = (("GSM8K", "gsm8k", "exact_match,strict-match"),
 
 def paper_table(results: dict) -> str:
   """The row the MIND paper's table has (when the `mind` suite ran), in percent."""
-  scores = results.get("results", {})
-  if "mind" not in scores:
+  by_task = results.get("results", {})
+  if "mind" not in by_task:
     return ""
-  cells = [f"{100 * scores[g][k]:.2f}" if isinstance(scores.get(g, {}).get(k), (int, float))
+  cells = [f"{100 * by_task[g][k]:.2f}" if isinstance(by_task.get(g, {}).get(k), (int, float))
            else "-" for _, g, k in PAPER_COLUMNS]
-  return ("\nAs in the MIND paper's table (percent; GSM8K strict match):\n\n| "
-          + " | ".join(h for h, _, _ in PAPER_COLUMNS) + " |\n|" + "---|" * len(PAPER_COLUMNS)
-          + "\n| " + " | ".join(cells) + " |\n")
+  return ("\nAs in the MIND paper's table (percent; GSM8K strict match):\n\n"
+          + markdown_table([h for h, _, _ in PAPER_COLUMNS], [cells]))

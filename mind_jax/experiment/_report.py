@@ -17,6 +17,7 @@ import subprocess
 import yaml
 
 from mind_jax._atomic import write_bytes, write_json
+from mind_jax.evaluation._compare import markdown_table
 
 TIME_SECTION = "Time per stage"
 
@@ -132,7 +133,7 @@ def _number(value, digits=4) -> str:
   return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}"
 
 
-def _blocks(report: dict, compare_table: str) -> list[tuple]:
+def _blocks(report: dict, evaluation: tuple[list, list]) -> list[tuple]:
   """The report as (kind, ...) blocks, rendered to Markdown and HTML alike."""
   baseline = report["baseline"]
   blocks = [("h1", f"MIND experiment: {report['experiment']}"),
@@ -149,9 +150,9 @@ def _blocks(report: dict, compare_table: str) -> list[tuple]:
   for data in report["datasets"]:
     reasons = ", ".join(f"{k} {v:,}" for k, v in data["reasons"].items()) or "none"
     blocks += [("h3", f"{data['stage']} (for {', '.join(data['variants'])})"),
-               ("p", f"{data['generated']:,} conversations generated, {data['kept']:,} kept, "
-                f"{data['rejected']:,} rejected ({reasons}); full dataset report: "
-                f"{data['report']}."),
+               ("link", f"{data['generated']:,} conversations generated, {data['kept']:,} kept, "
+                f"{data['rejected']:,} rejected ({reasons}); full dataset report: ",
+                data["report"], "../" + data["report"], "."),  # from report/
                ("table", ["style", "records", "kept", "mean conversation tokens"],
                 [[name, _number(s["records"]), _number(s["kept"]), _number(s["tokens"], 1)]
                  for name, s in data["styles"].items()])]
@@ -174,7 +175,7 @@ def _blocks(report: dict, compare_table: str) -> list[tuple]:
                         f"eval loss on train.eval.sources (delta against {baseline})", "HF export"],
               [[v, _number(t["steps"]), _number(t["tokens"]), _number(t["final_loss"]),
                 held_out(t), t["export"]] for v, t in report["training"].items()])]
-  blocks += [("h2", f"Evaluation (deltas against {baseline})"), ("md", compare_table),
+  blocks += [("h2", f"Evaluation (deltas against {baseline})"), ("table", *evaluation),
              ("img", "compare.png", "evaluation scores")]
   blocks += [("h2", "Config"),
              ("p", "As run (the work dir left out), in python -m mind_jax.recipe's schema:"),
@@ -196,23 +197,16 @@ def _markdown(blocks) -> str:
       lines += ["#" * int(kind[1]) + " " + rest[0], ""]
     elif kind == "p":
       lines += [rest[0], ""]
-    elif kind == "md":
-      lines += [rest[0].rstrip("\n"), ""]
+    elif kind == "link":
+      before, label, href, after = rest
+      lines += [f"{before}[{label}]({href}){after}", ""]
     elif kind == "pre":
       lines += ["```yaml", rest[0].rstrip("\n"), "```", ""]
     elif kind == "img":
       lines += [f"![{rest[1]}]({rest[0]})", ""]
     elif kind == "table":
-      header, rows = rest
-      lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-      lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+      lines += [markdown_table(*rest)]
   return "\n".join(lines)
-
-
-def _markdown_table_rows(text: str) -> list[list[str]]:
-  rows = [[c.strip() for c in line.strip().strip("|").split("|")]
-          for line in text.splitlines() if line.startswith("|")]
-  return [row for row in rows if not all(set(c) <= {"-"} for c in row)]
 
 
 def _html(blocks, images: dict[str, bytes], title: str) -> str:
@@ -233,9 +227,9 @@ def _html(blocks, images: dict[str, bytes], title: str) -> str:
       page.append(f"<p>{html.escape(rest[0])}</p>")
     elif kind == "pre":
       page.append(f"<details><summary>config</summary><pre>{html.escape(rest[0])}</pre></details>")
-    elif kind == "md":
-      rows = _markdown_table_rows(rest[0])
-      page.append(table(rows[0], rows[1:]) if rows else "")
+    elif kind == "link":
+      before, label, href, after = map(html.escape, rest)
+      page.append(f'<p>{before}<a href="{href}">{label}</a>{after}</p>')
     elif kind == "img":
       data = base64.b64encode(images[rest[0]]).decode()
       page.append(f'<img alt="{html.escape(rest[1])}" src="data:image/png;base64,{data}">')
@@ -247,19 +241,19 @@ def _html(blocks, images: dict[str, bytes], title: str) -> str:
 
 def write_report(workdir: str, cfg, stages, records: dict[str, dict]) -> dict:
   """Writes WORKDIR/report/; returns the paths written."""
-  from mind_jax.evaluation._compare import COMPARE_PLOT, compare
+  from mind_jax.evaluation._compare import COMPARE_PLOT, compare, comparison
   out = os.path.join(workdir, "report")
   os.makedirs(out, exist_ok=True)
   report = collect(workdir, cfg, stages, records)
   order = [cfg.baseline_name] + [v.name for v in cfg.variants if v.name != cfg.baseline_name]
   evaluations = [os.path.join(workdir, "evaluate", name) for name in order]
-  table = compare(evaluations, out) if len(evaluations) > 1 else \
-      open(os.path.join(evaluations[0], "results.md")).read()
+  header, rows, _, _ = comparison(evaluations)
   images = {"loss.png": _loss_plot(report)}
   if len(evaluations) > 1:
+    compare(evaluations, out)  # compare.md and the bar chart, as `evaluate compare` writes them
     with open(os.path.join(out, COMPARE_PLOT), "rb") as f:
       images["compare.png"] = f.read()
-  blocks = _blocks(report, table)
+  blocks = _blocks(report, (header, rows))
   if "compare.png" not in images:
     blocks = [b for b in blocks if b[:2] != ("img", "compare.png")]
   write_bytes(os.path.join(out, "loss.png"), images["loss.png"])

@@ -81,6 +81,26 @@ def _check_inputs(stages: list[_stages.Stage]) -> None:
       raise MindJaxError(f"{where}: {e}") from None
 
 
+# Stages whose job runs as one program over every host of a slice (the others run on one host).
+SLICE_WIDE = ("generate", "train")
+
+
+def _hosts(stages: list[_stages.Stage]) -> tuple[int, int]:
+  """(this host, host count). Started on every host of a slice (each with the same command),
+  the recipe forms one JAX job of them as its generate and train stages do (their
+  `distributed` setting), so that host 0 alone writes the recipe's own files."""
+  from mind_jax._hosts import init_hosts, wants_distributed
+  wanted = [s.config.distributed for s in stages
+            if s.kind in SLICE_WIDE and wants_distributed(s.config.distributed)]
+  return init_hosts(wanted[0]) if wanted else (0, 1)
+
+
+def _sync(hosts: int, why: str) -> None:
+  if hosts > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"mind_jax.recipe: {why}")
+
+
 def _job(stage: _stages.Stage, cfg: RecipeConfig, stages, records) -> dict:
   """Runs the stage's command through its library function; returns a JSON-able summary."""
   if stage.kind == "generate":
@@ -127,11 +147,21 @@ def run(cfg: RecipeConfig, only: list[str] | None = None) -> dict:
         if missing:
           raise MindJaxError(f"--stages: {stage.name} reads {', '.join(missing)}, not done yet; "
                              "run that first (or with it)")
-  claim(cfg.workdir, "recipe", {"experiment": cfg.experiment}, overwrite=False, key="workdir",
-        remove_owned=None, foreign=[n for n in os.listdir(cfg.workdir) if n in OWNED]
-        if os.path.isdir(cfg.workdir) else [])
-  with open(os.path.join(cfg.workdir, RESOLVED_CONFIG), "w") as f:
-    yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
+  host, hosts = _hosts(stages)
+  if hosts > 1:
+    one_host = [s.name for s in stages if s.kind not in SLICE_WIDE and decisions[s.name] != "skip"
+                and (not only or s.name in only)]
+    if one_host:
+      raise MindJaxError(f"{', '.join(one_host)}: single-host stages, and this run spans {hosts} "
+                         "hosts; run them on one host, and here only generate or train stages "
+                         "(--stages)")
+  _sync(hosts, "stages decided")  # before host 0 writes: every host decided on the same state
+  if host == 0:
+    claim(cfg.workdir, "recipe", {"experiment": cfg.experiment}, overwrite=False, key="workdir",
+          remove_owned=None, foreign=[n for n in os.listdir(cfg.workdir) if n in OWNED]
+          if os.path.isdir(cfg.workdir) else [])
+    with open(os.path.join(cfg.workdir, RESOLVED_CONFIG), "w") as f:
+      yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
   records = {s.name: _stages.read_record(cfg.workdir, s) or {} for s in stages}
   done = {}
   for index, stage in enumerate(stages, 1):
@@ -143,12 +173,13 @@ def run(cfg: RecipeConfig, only: list[str] | None = None) -> dict:
                os.path.relpath(stage.directory, cfg.workdir))
       done[stage.name] = "skipped"
       continue
-    if decision == "redo":
+    if decision == "redo" and host == 0:
       _stages.set_aside(cfg.workdir, stage, records[stage.name]["fingerprint"])
+    _sync(hosts, f"{stage.name} set up")  # no host starts the job in a directory being moved
     log.info("[%d/%d] %s: %s -> %s", index, len(stages), stage.name,
              {"run": "running", "resume": "resuming", "redo": "redoing"}[decision],
              os.path.relpath(stage.directory, cfg.workdir))
     records[stage.name] = _stages.run_stage(
-        cfg.workdir, stage, lambda s: _job(s, cfg, stages, records))
+        cfg.workdir, stage, lambda s: _job(s, cfg, stages, records), write=host == 0)
     done[stage.name] = {"run": "ran", "resume": "resumed", "redo": "redone"}[decision]
   return done

@@ -253,8 +253,9 @@ def device_count(stage: Stage) -> int:
   return 0
 
 
-def run_stage(workdir: str, stage: Stage, job: Callable[[Stage], dict]) -> dict:
-  """Runs one stage, recording its start and (with the job's summary) its end."""
+def run_stage(workdir: str, stage: Stage, job: Callable[[Stage], dict], write: bool = True) -> dict:
+  """Runs one stage, recording its start and (with the job's summary) its end; `write`: this
+  process writes the record (host 0 of a slice)."""
   previous = read_record(workdir, stage) or {}
   same = previous.get("fingerprint") == stage.fingerprint
   record = {"stage": stage.name, "kind": stage.kind, "fingerprint": stage.fingerprint,
@@ -263,7 +264,8 @@ def run_stage(workdir: str, stage: Stage, job: Callable[[Stage], dict]) -> dict:
             "attempts": (previous.get("attempts", 0) if same else 0) + 1,
             "wall_seconds": previous.get("wall_seconds", 0.0) if same else 0.0,
             "device_seconds": previous.get("device_seconds", 0.0) if same else 0.0}
-  write_record(workdir, stage, record)
+  if write:
+    write_record(workdir, stage, record)
   began = time.perf_counter()
   # A killed attempt's time is lost; what is recorded is the time of attempts that ended.
   summary = job(stage)
@@ -274,5 +276,6 @@ def run_stage(workdir: str, stage: Stage, job: Callable[[Stage], dict]) -> dict:
                 wall_seconds=record["wall_seconds"] + seconds,
                 device_seconds=record["device_seconds"] + seconds * devices,
                 devices=devices, device_kind=jax.devices()[0].device_kind if devices else None)
-  write_record(workdir, stage, record)
+  if write:
+    write_record(workdir, stage, record)
   return record
