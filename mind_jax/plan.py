@@ -1,9 +1,12 @@
 """Plans a generate or train job for a TPU slice on this machine, before renting the slice.
 
-  python -m mind_jax.plan --config configs/train-llama3.1-8b.yaml --topology v5p-128
-  python -m mind_jax.plan --config configs/generate-llama3.1-70b-pod.yaml --topology v6e-8 --tokens 64e9
-  python -m mind_jax.plan --config configs/train-llama2-7b.yaml --topology v6e-256 --num-slices 2 --json
-  python -m mind_jax.plan --config configs/recipe-mind-7b.yaml --job train --variant mind --topology v5p-128
+  python -m mind_jax.plan --config configs/train-llama3.1-8b.yaml --topology v5p-128 --preset llama3.1-8b
+  python -m mind_jax.plan --config configs/generate-llama3.1-70b-pod.yaml --topology v6e-8 \
+      --preset llama3.1-70b --tokens 64e9
+  python -m mind_jax.plan --config configs/train-llama2-7b.yaml --topology v6e-256 --num-slices 2 \
+      --preset llama2-7b --json
+  python -m mind_jax.plan --config configs/recipe-mind-7b.yaml --job train --variant mind \
+      --topology v5p-128 --preset llama2-7b
   python -m mind_jax.plan --topologies            # the known slices and their chips
 
 It compiles the programs the job would run (the train step; or the engine's prefill and

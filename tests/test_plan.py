@@ -261,3 +261,20 @@ def test_plan_reads_a_stage_of_a_recipe_config(tmp_path):
   assert load_job(str(path), [], "train", None, chips, "mind")[0].steps == 9
   with pytest.raises(MindJaxError, match=r"--variant nope: not a variant of .* \(raw, mind\)"):
     load_job(str(path), [], "train", None, chips, "nope")
+
+
+def test_the_help_examples_name_what_their_configs_need():
+  """Each example in --help loads its job on this machine (shipped configs name checkpoints
+  that are not here, so an example without --preset would stop at once)."""
+  import jax
+  import mind_jax.plan as plan_cli
+  text = plan_cli.__doc__.replace("\\\n", " ")
+  examples = [shlex.split(line)[3:] for line in text.splitlines()
+              if line.strip().startswith("python -m mind_jax.plan --config")]
+  assert len(examples) == 4
+  for argv in examples:
+    args = plan_cli._parser().parse_args(argv)
+    job = plan_cli.job_kind(str(ROOT / args.config), args.job)
+    cfg, _ = plan_cli.load_job(str(ROOT / args.config), args.overrides, job, args.preset,
+                               jax.devices(), args.variant)
+    assert cfg.model.path is None or os.path.isdir(cfg.model.path) or args.preset, argv
