@@ -18,7 +18,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # tests may run beside
 
 from mind_jax._errors import MindJaxError  # noqa: E402
 from mind_jax.plan import main, plan  # noqa: E402
-from mind_jax.planning import parse_topology  # noqa: E402
+from mind_jax.planning import format_plan, parse_topology  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
@@ -152,6 +152,10 @@ chunking: {{max_tokens: 32}}
   assert per_host["engine_hosts"] == 1 and whole["engine_hosts"] == -1
   assert whole["engines"] == 1 and whole["mesh"] == {"data": 16, "fsdp": 1, "tensor": 1}
   assert per_host["fits"] and whole["fits"]
+  # The plan picks: the fastest mode that fits (per host: no decode step crosses hosts).
+  assert per_host["predicted_tokens_per_second"] > whole["predicted_tokens_per_second"]
+  assert p["choice"]["overrides"] == "engine.hosts=1 mesh.axes={data: 4, fsdp: 1, tensor: 1}"
+  assert "the fastest that fits: engine.hosts=1 mesh.axes={data: 4" in format_plan(p)
 
 
 @needs_libtpu

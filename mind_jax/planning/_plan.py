@@ -110,6 +110,12 @@ def plan_generation(cfg, config, tpu_slice: Slice, num_slices: int, assumptions:
     except MindJaxError as e:
       modes.append({"engine_hosts": other, "fits": False, "reason": str(e)})
     out["modes"] = modes
+    fitting = [m for m in modes if m["fits"]]
+    if fitting:  # the plan's answer to "which mode": the fastest that fits, as overrides
+      best = max(fitting, key=lambda m: m["predicted_tokens_per_second"])
+      axes = ", ".join(f"{k}: {v}" for k, v in best["mesh"].items())
+      out["choice"] = {**best, "overrides": f"engine.hosts={best['engine_hosts']} "
+                                            f"mesh.axes={{{axes}}}"}
   return out
 
 

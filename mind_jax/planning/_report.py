@@ -41,6 +41,10 @@ def _modes(p: dict) -> list[str]:
     else:
       total = m["total_bytes_per_chip"]
       lines.append(f"  {name:<28}does not fit ({_gib(total) if total else '?'} per chip, mesh {m['mesh']})")
+  if "choice" in p:
+    lines.append(f"  the fastest that fits: {p['choice']['overrides']}")
+  else:
+    lines.append("  neither fits: see the advice above")
   return lines
 
 
