@@ -2,6 +2,7 @@
 the cuDNN call built exactly as on GPU (run by XLA here), and the TPU kernels compiled for a
 v5e:2x2 topology inside a sharded model."""
 
+import dataclasses
 import importlib.util
 
 import jax
@@ -91,14 +92,17 @@ def test_paged_decode_ragged_lengths_match_xla():
 
 
 def test_decode_dispatch_bf16_kernel_fp32_xla():
-  q, k, v = _qkv(2, 1, 4, 2, 16, s=128, seed=4)
+  q, k, v = _qkv(2, 1, 4, 2, 128, s=128, seed=4)
   positions = jnp.array([[5], [127]])
   kw = dict(q_positions=positions, k_positions=jnp.broadcast_to(jnp.arange(128), (2, 128)))
   exact = _kernels.tpu_attend(q, k, v, interpret=True, **kw)  # fp32 cache: the XLA path
   assert _max_diff(exact, attend(q, k, v, **kw)) == 0
   bf = [a.astype(jnp.bfloat16) for a in (q, k, v)]
   out = _kernels.tpu_attend(*bf, interpret=True, **kw)
-  assert _max_diff(out, attend(*bf, **kw)) <= 2e-2  # bf16 rounding of the output only
+  assert 0 < _max_diff(out, attend(*bf, **kw)) <= 2e-2  # the kernel: bf16 rounding of the output
+  # 64-dim heads (Llama-3.2-1B): the kernel's TPU lowering refuses them, so the XLA path.
+  bf64 = [a[..., :64] for a in bf]
+  assert _max_diff(_kernels.tpu_attend(*bf64, interpret=True, **kw), attend(*bf64, **kw)) == 0
 
 
 def test_tiny_llama_packed_forward_with_interpreted_kernels():
@@ -209,3 +213,20 @@ def test_tpu_kernels_compile_in_engine_prefill_and_decode():
   lowered = engine.lower(params, bucket=128, window=256)
   for name in ("prefill", "decode"):
     assert _kernel_calls(lowered[name].compile()) >= TPU_TINY.num_hidden_layers, name
+
+
+def test_64_dim_heads_decode_through_xla_on_tpu():
+  """The paged kernel's TPU lowering takes head dims of multiples of 128 only: with 64
+  (Llama-3.2-1B) the engine's decode compiled for a TPU, and failed, until it took the XLA
+  path; prefill keeps splash."""
+  from mind_jax.engine import Engine, EngineConfig
+  config = dataclasses.replace(TPU_TINY, hidden_size=256, num_attention_heads=8,
+                               num_key_value_heads=4, head_dim=64)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, _topology())
+  graphdef, params = _abstract_params(config, mesh, "generate")
+  model = nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros((), s.dtype), params))
+  engine = Engine(model, None, EngineConfig(slots=4, max_len=256, prefill_buckets=(128,)), mesh,
+                  allocate=False)
+  lowered = engine.lower(params, bucket=128, window=256)
+  assert _kernel_calls(lowered["prefill"].compile()) >= config.num_hidden_layers
+  assert _kernel_calls(lowered["decode"].compile()) == 0

@@ -13,7 +13,9 @@ GPU ("cudnn"). Each computes what the XLA `attend` computes, or hands the call t
   `[B, K, S, D]` is viewed, by a reshape that copies nothing, as B*K one-head sequences of
   S / page pages each; query heads `[B, H]` are the same B*K groups of G = H / K heads.
   The shipped kernel reads pages as bfloat16, so only a bfloat16 cache uses it (nothing is
-  lost); a float32 cache goes to `attend` rather than silently dropping precision.
+  lost); a float32 cache goes to `attend` rather than silently dropping precision. Its blocks
+  span the head dim, which the TPU lowering needs to be a multiple of 128: a model with 64-dim
+  heads (Llama-3.2-1B) decodes through `attend`.
 - sequence lengths the TPU tiles do not divide (T or S not a multiple of 128 for splash, S not
   a multiple of 8 for pages) go to `attend`.
 Pallas calls are not partitioned by XLA, so under a mesh they run in `shard_map`: batch over
@@ -45,6 +47,7 @@ CHOICES = ("auto", "xla", "tpu", "cudnn")
 _PLATFORM_DEFAULT = {"tpu": "tpu", "gpu": "cudnn", "cuda": "cudnn", "rocm": "xla", "cpu": "xla"}
 _NEEDS = {"tpu": "tpu", "cudnn": "gpu"}
 BATCH_AXES = ("data", "fsdp")
+PAGED_HEAD_DIM = 128  # the paged kernel's head dim must be a multiple of this (its TPU lowering)
 HEAD_AXIS = "tensor"
 
 
@@ -231,7 +234,7 @@ def tpu_attend(q, k, v, *, q_positions, k_positions, q_segments=None, k_segments
       return fallback()
     return _splash(q, k, v, q_segments, interpret)
   if t == 1:
-    if _page_size(length) is None or k.dtype != jnp.bfloat16:
+    if _page_size(length) is None or k.dtype != jnp.bfloat16 or q.shape[-1] % PAGED_HEAD_DIM:
       return fallback()
     return _paged_decode(q, k, v, q_positions, interpret)
   if t != length or _splash_block(t) is None:
