@@ -266,3 +266,16 @@ def test_presets_have_published_sizes():
               "llama3.2-1b": 1.24e9, "llama3.2-3b": 3.21e9}
   for name, count in expected.items():
     assert abs(mind_jax.preset(name).num_params() / count - 1) < 0.01, name
+
+
+def test_both_ways_of_writing_the_cache_write_the_same():
+  """Per-head vectors (TPU) and [K, D] windows (elsewhere) put the same values in the same
+  places, positions past the end dropped."""
+  from mind_jax.nn._cache import write_rows
+  rng = np.random.default_rng(0)
+  buf = jnp.asarray(rng.normal(size=(3, 2, 16, 8)), jnp.float32)
+  new = jnp.asarray(rng.normal(size=(3, 5, 2, 8)), jnp.float32)
+  positions = jnp.asarray([[0, 1, 2, 3, 4], [7, 8, 9, 15, 16], [11, 12, 20, 30, 2]])
+  windows, vectors = write_rows(buf, new, positions), write_rows(buf, new, positions, True)
+  assert jnp.array_equal(windows, vectors)
+  assert jnp.array_equal(vectors[1, :, 15], new[1, 3]) and jnp.array_equal(vectors[2, :, 2], new[2, 4])

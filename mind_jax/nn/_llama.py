@@ -50,7 +50,9 @@ class LlamaAttention(nnx.Module):
       out = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), q_positions=positions,
                    k_positions=positions, q_segments=segment_ids, k_segments=segment_ids)
     else:
-      cache_k, cache_v = write_rows(kv[0], k, positions), write_rows(kv[1], v, positions)
+      per_head = t == 1 and self.attention.startswith("tpu")  # a TPU decode: see write_rows
+      cache_k = write_rows(kv[0], k, positions, per_head)
+      cache_v = write_rows(kv[1], v, positions, per_head)
       length = cache_k.shape[2]
       slot_positions = jnp.broadcast_to(jnp.arange(length), (b, length))
       out = attend(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), q_positions=positions,
