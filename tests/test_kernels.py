@@ -203,13 +203,18 @@ def test_tpu_kernels_compile_in_sharded_forward():
   assert _kernel_calls(compiled) >= 2 * TPU_TINY.num_hidden_layers  # splash forward + backward
 
 
-def test_tpu_kernels_compile_in_engine_prefill_and_decode():
+def _tpu_engine(config, axes, **engine_keys):
+  """An engine over abstract weights on the v5e:2x2 topology, and those weights (to lower)."""
   from mind_jax.engine import Engine, EngineConfig
-  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, _topology())
-  graphdef, params = _abstract_params(TPU_TINY, mesh, "generate")
+  mesh = sharding.make_mesh(axes, _topology())
+  graphdef, params = _abstract_params(config, mesh, "generate")
   model = nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros((), s.dtype), params))
-  engine = Engine(model, None, EngineConfig(slots=4, max_len=256, prefill_buckets=(128,)), mesh,
-                  allocate=False)
+  keys = {"slots": 4, "max_len": 256, "prefill_buckets": (128,), **engine_keys}
+  return Engine(model, None, EngineConfig(**keys), mesh, allocate=False), params
+
+
+def test_tpu_kernels_compile_in_engine_prefill_and_decode():
+  engine, params = _tpu_engine(TPU_TINY, {"data": 2, "fsdp": 1, "tensor": 2})
   lowered = engine.lower(params, bucket=128, window=256)
   for name in ("prefill", "decode"):
     assert _kernel_calls(lowered[name].compile()) >= TPU_TINY.num_hidden_layers, name
@@ -219,14 +224,9 @@ def test_64_dim_heads_decode_through_xla_on_tpu():
   """The paged kernel's TPU lowering takes head dims of multiples of 128 only: with 64
   (Llama-3.2-1B) the engine's decode compiled for a TPU, and failed, until it took the XLA
   path; prefill keeps splash."""
-  from mind_jax.engine import Engine, EngineConfig
   config = dataclasses.replace(TPU_TINY, hidden_size=256, num_attention_heads=8,
                                num_key_value_heads=4, head_dim=64)
-  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, _topology())
-  graphdef, params = _abstract_params(config, mesh, "generate")
-  model = nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros((), s.dtype), params))
-  engine = Engine(model, None, EngineConfig(slots=4, max_len=256, prefill_buckets=(128,)), mesh,
-                  allocate=False)
+  engine, params = _tpu_engine(config, {"data": 2, "fsdp": 1, "tensor": 2})
   lowered = engine.lower(params, bucket=128, window=256)
   assert _kernel_calls(lowered["prefill"].compile()) >= config.num_hidden_layers
   assert _kernel_calls(lowered["decode"].compile()) == 0
@@ -236,14 +236,10 @@ def test_a_multi_step_decode_keeps_one_kv_cache_on_tpu():
   """Two kv heads per chip: the decode loop's cache writes, each (row, head) a vector, keep the
   cache in the kernel's layout; as [K, D] windows the TPU compiler kept a K-minor copy of the
   whole cache and converted it every step (the 70B v5p-32 plan: 40 GiB of temporaries)."""
-  from mind_jax.engine import Engine, EngineConfig
   config = dataclasses.replace(TPU_TINY, num_attention_heads=32, num_key_value_heads=8,
                                hidden_size=4096)
-  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 4}, _topology())
-  graphdef, params = _abstract_params(config, mesh, "generate")
-  model = nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros((), s.dtype), params))
-  engine = Engine(model, None, EngineConfig(slots=64, max_len=1024, prefill_buckets=(128,),
-                                            steps_per_call=4), mesh, allocate=False)
+  engine, params = _tpu_engine(config, {"data": 1, "fsdp": 1, "tensor": 4}, slots=64,
+                               max_len=1024, steps_per_call=4)
   memory = engine.lower(params, bucket=128, window=1024)["decode"].compile().memory_analysis()
   cache_per_chip = 2 * config.num_hidden_layers * 64 * (8 // 4) * 1024 * 128 * 2
   assert memory.temp_size_in_bytes < cache_per_chip / 8, memory.temp_size_in_bytes
