@@ -67,13 +67,18 @@ def compare(directories: list[str], out: str | None = None) -> str:
   """The Markdown table of `comparison`, also written with a bar chart to `out` when given."""
   if len(directories) < 2:
     raise MindJaxError("compare: give at least two evaluation output directories")
-  header, rows, runs, keys = comparison(directories)
+  side_by_side = comparison(directories)
+  return write_comparison(side_by_side, out) if out else markdown_table(*side_by_side[:2])
+
+
+def write_comparison(side_by_side: tuple, out: str) -> str:
+  """Writes a `comparison`'s table (compare.md) and bar chart (compare.png) to `out`."""
+  header, rows, runs, keys = side_by_side
   table = markdown_table(header, rows)
-  if out:
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, COMPARE_TABLE), "w") as f:
-      f.write(table)
-    write_bytes(os.path.join(out, COMPARE_PLOT), _bar_chart(runs, keys))
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, COMPARE_TABLE), "w") as f:
+    f.write(table)
+  write_bytes(os.path.join(out, COMPARE_PLOT), _bar_chart(runs, keys))
   return table
 
 

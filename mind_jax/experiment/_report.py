@@ -241,19 +241,19 @@ def _html(blocks, images: dict[str, bytes], title: str) -> str:
 
 def write_report(workdir: str, cfg, stages, records: dict[str, dict]) -> dict:
   """Writes WORKDIR/report/; returns the paths written."""
-  from mind_jax.evaluation._compare import COMPARE_PLOT, compare, comparison
+  from mind_jax.evaluation._compare import COMPARE_PLOT, comparison, write_comparison
   out = os.path.join(workdir, "report")
   os.makedirs(out, exist_ok=True)
   report = collect(workdir, cfg, stages, records)
   order = [cfg.baseline_name] + [v.name for v in cfg.variants if v.name != cfg.baseline_name]
   evaluations = [os.path.join(workdir, "evaluate", name) for name in order]
-  header, rows, _, _ = comparison(evaluations)
+  side_by_side = comparison(evaluations)
   images = {"loss.png": _loss_plot(report)}
   if len(evaluations) > 1:
-    compare(evaluations, out)  # compare.md and the bar chart, as `evaluate compare` writes them
+    write_comparison(side_by_side, out)  # compare.md and the chart, as `evaluate compare` does
     with open(os.path.join(out, COMPARE_PLOT), "rb") as f:
       images["compare.png"] = f.read()
-  blocks = _blocks(report, (header, rows))
+  blocks = _blocks(report, side_by_side[:2])
   if "compare.png" not in images:
     blocks = [b for b in blocks if b[:2] != ("img", "compare.png")]
   write_bytes(os.path.join(out, "loss.png"), images["loss.png"])

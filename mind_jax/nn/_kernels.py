@@ -47,7 +47,6 @@ CHOICES = ("auto", "xla", "tpu", "cudnn")
 _PLATFORM_DEFAULT = {"tpu": "tpu", "gpu": "cudnn", "cuda": "cudnn", "rocm": "xla", "cpu": "xla"}
 _NEEDS = {"tpu": "tpu", "cudnn": "gpu"}
 BATCH_AXES = ("data", "fsdp")
-PAGED_HEAD_DIM = 128  # the paged kernel's head dim must be a multiple of this (its TPU lowering)
 HEAD_AXIS = "tensor"
 
 
@@ -171,6 +170,9 @@ def _splash(q, k, v, segments, interpret: bool):
 
 
 # --- TPU: paged attention (decode) ----------------------------------------------------------
+
+
+PAGED_HEAD_DIM = 128  # the paged kernel's head dim must be a multiple of this (its TPU lowering)
 
 
 def _page_size(length: int) -> int | None:
