@@ -18,22 +18,7 @@ import platform
 import tempfile
 import time
 
-import numpy as np
-
 from generate_cpu import CONFIG  # the same model (the script's folder is on sys.path)
-
-MC_YAML = """task: bench_mc
-dataset_path: json
-dataset_kwargs: {{data_files: {{test: {data}}}}}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-metric_list:
-  - {{metric: acc, aggregation: mean, higher_is_better: true}}
-"""
-
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
@@ -48,6 +33,7 @@ def main():
 
   from mind_jax.config import load_config
   from mind_jax.evaluation import EvaluateConfig, evaluate
+  from mind_jax.testing import multiple_choice_task
   from mind_jax.text import byte_tokenizer
   work = tempfile.mkdtemp(prefix="eval_bench_")
   os.environ["HF_DATASETS_CACHE"] = os.path.join(work, "hf_cache")
@@ -57,14 +43,7 @@ def main():
       **{**CONFIG, "bos_token_id": 256, "eos_token_id": 257})).save_pretrained(model_dir)
   byte_tokenizer().save(model_dir)
   os.makedirs(tasks)
-  rs = np.random.RandomState(0)
-  with open(os.path.join(tasks, "mc.jsonl"), "w") as f:
-    for i in range(200):
-      f.write(json.dumps({"question": f"How many apples are in basket {i} after the trade?",
-                          "choices": [f"{rs.randint(1000)} apples" for _ in range(4)],
-                          "label": int(rs.randint(4))}) + "\n")
-  with open(os.path.join(tasks, "bench_mc.yaml"), "w") as f:
-    f.write(MC_YAML.format(data=json.dumps(os.path.join(tasks, "mc.jsonl"))))
+  multiple_choice_task(tasks, "bench_mc", questions=200)
   results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
   for backend in ("hf", "jax"):
     for task, extra in (("bench_mc", []), ("champ", ["limit=20", "num_fewshot=1"])):

@@ -10,19 +10,7 @@ from conftest import make_hf_checkpoint
 from mind_jax.config import load_config
 from mind_jax.evaluation import EvaluateConfig, evaluate
 from mind_jax.evaluation._champ import is_right, process_results
-
-MC_YAML = """task: tiny_mc
-dataset_path: json
-dataset_kwargs: {{data_files: {{test: {data}}}}}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-metric_list:
-  - {{metric: acc, aggregation: mean, higher_is_better: true}}
-  - {{metric: acc_norm, aggregation: mean, higher_is_better: true}}
-"""
+from mind_jax.testing import multiple_choice_task
 
 ROLLING_YAML = """task: tiny_rolling
 dataset_path: json
@@ -52,16 +40,11 @@ def setup(tmp_path_factory):
   tasks = root / "tasks"
   tasks.mkdir()
   rs = np.random.RandomState(0)
-  with open(tasks / "mc.jsonl", "w") as f:
-    for i in range(6):
-      choices = [f"{rs.randint(100)} apples" for _ in range(4)]
-      f.write(json.dumps({"question": f"How many apples in basket {i}?", "choices": choices,
-                          "label": int(rs.randint(4))}) + "\n")
   with open(tasks / "rolling.jsonl", "w") as f:
     for i in range(3):  # longer than the model's 256 positions: several rolling windows
       f.write(json.dumps({"page": " ".join(f"word{rs.randint(50)}" for _ in range(90 + 20 * i))})
               + "\n")
-  (tasks / "tiny_mc.yaml").write_text(MC_YAML.format(data=json.dumps(str(tasks / "mc.jsonl"))))
+  multiple_choice_task(str(tasks), "tiny_mc", questions=6)
   (tasks / "tiny_rolling.yaml").write_text(
       ROLLING_YAML.format(data=json.dumps(str(tasks / "rolling.jsonl"))))
   return root
@@ -140,8 +123,7 @@ def test_bad_input_is_one_line_before_anything_runs(setup, tmp_path):
     run(setup, "jax", "tasks=[no_such_task]")
   missing = tmp_path / "tasks"
   missing.mkdir()
-  (missing / "gone.yaml").write_text(MC_YAML.replace("tiny_mc", "gone").format(
-      data=json.dumps(str(tmp_path / "gone.jsonl"))))
+  os.remove(multiple_choice_task(str(missing), "gone", questions=1).replace(".yaml", ".jsonl"))
   with pytest.raises(MindJaxError, match=r"gone.yaml: task gone: data file \S+/gone.jsonl does "
                      r"not exist"):
     evaluate(load_config(EvaluateConfig, None, [f"model={setup / 'model'}", f"out={tmp_path / 'o'}",
