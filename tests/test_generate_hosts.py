@@ -1,5 +1,6 @@
-"""Generation across hosts: one engine over every host's chips (engine.hosts=-1), run for real
-as two JAX processes on this machine (4 CPU devices each, gloo collectives)."""
+"""Generation across hosts, run for real as two JAX processes on this machine (4 CPU devices
+each, gloo collectives): one engine over every host's chips (engine.hosts=-1), and an engine
+per host (the default) each on its own share."""
 
 import os
 import signal
@@ -14,7 +15,7 @@ from mind_jax.mind import part_files, read_records
 KILLED_AFTER_PARTS = os.path.join(os.path.dirname(__file__), "helpers",
                                   "generate_killed_after_parts.py")
 ARGS = ["input.limit=2", "sampling.max_new_tokens=12", "engine.slots=8", "engine.steps_per_call=4",
-        "sampling.context_limit=512", "output.records_per_part=2", "mesh.axes.data=4",
+        "sampling.context_limit=1024", "output.records_per_part=2", "mesh.axes.data=4",
         "mesh.axes.tensor=2", "runtime.compile_cache=null"]
 
 
@@ -29,7 +30,7 @@ def _single(out_dir):
                         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
 
 
-def _two_processes(out_dir, kill_writer_after_parts=None):
+def _two_processes(out_dir, kill_writer_after_parts=None, engines=("engine.hosts=-1",)):
   """Process 0 (the engine's writer) SIGKILLs itself after that many parts, if given."""
   job = ["-m", "mind_jax.generate"]
   writer = [KILLED_AFTER_PARTS, str(kill_writer_after_parts)] if kill_writer_after_parts else job
@@ -39,7 +40,7 @@ def _two_processes(out_dir, kill_writer_after_parts=None):
   return [subprocess.Popen(
       [sys.executable, *(writer if i == 0 else job),
        f"output.dir={out_dir}", *ARGS,
-       "distributed=on", "engine.hosts=-1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+       "distributed=on", *engines], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
                       "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
                       "JAX_PROCESS_ID": str(i)}) for i in range(2)]
@@ -60,9 +61,28 @@ def test_two_processes_run_one_engine_and_write_the_single_process_dataset(singl
     assert process.returncode == 0, err[-3000:]
   ours, theirs = records(tmp_path), records(single_run)
   assert len(theirs) > 8 and ours == theirs
+  assert all(r["finish_reason"] != "error" and r["output_tokens"] for r in ours)  # all decoded
   assert len({r["id"] for r in ours}) == len(ours)  # no duplicates
   # One engine, one writer: every part is shard 0's, written by process 0.
   assert {os.path.basename(p).split("-")[1] for p in part_files(str(tmp_path))} == {"00000"}
+
+
+@pytest.mark.slow
+def test_an_engine_per_host_each_writes_its_share_and_both_report_the_whole(single_run, tmp_path):
+  processes = _two_processes(tmp_path, engines=("mesh.axes.data=2",))
+  outputs = [p.communicate(timeout=300) for p in processes]
+  for process, (_, err) in zip(processes, outputs):
+    assert process.returncode == 0, err[-3000:]
+  ours = records(tmp_path)
+  # The same records as one process with one engine: a request's tokens do not depend on the
+  # engine, its slots or its other requests.
+  assert ours == records(single_run)
+  assert all(r["finish_reason"] != "error" and r["output_tokens"] for r in ours)
+  # Each host's engine wrote its own share's parts.
+  assert {os.path.basename(p).split("-")[1] for p in part_files(str(tmp_path))} == {"00000", "00001"}
+  for out, _ in outputs:  # each host's summary counts the whole slice's dataset
+    assert f"wrote {len(ours)} records" in out and "  engines: 2" in out
+    assert "  documents_read: 2\n" in out  # the input's own count, read alike by both
 
 
 @pytest.mark.slow

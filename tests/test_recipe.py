@@ -157,12 +157,17 @@ def test_stages_run_alone_only_once_their_inputs_are_done(tmp_path):
 def test_on_a_slice_host_0_alone_writes_the_recipes_files(tmp_path, monkeypatch):
   """Started on every host of a slice, the recipe runs a train or generate stage as one job of
   all hosts; only host 0 claims the workdir, records stages and sets a redone stage aside, and
-  the hosts meet before a stage's job starts. (The two-host job itself is tested in
-  test_train and test_generate_hosts.)"""
+  the hosts meet before a stage's job starts and again before host 0 records it done (a
+  host may still be writing its share). (The two-host jobs themselves are tested in test_train
+  and test_generate_hosts.)"""
   from mind_jax.experiment import _run
   workdir = tmp_path / "exp"
   met, jobs = [], []
-  monkeypatch.setattr(_run, "_sync", lambda hosts, why: met.append(why))
+  record_path = workdir / "stages" / "train.raw.json"
+
+  def sync(hosts, why):  # where the hosts meet, and whether the stage was recorded done by then
+    met.append((why, record_path.exists() and json.loads(record_path.read_text())["done"]))
+  monkeypatch.setattr(_run, "_sync", sync)
 
   def as_host(host, *overrides, only=("train/raw",)):
     monkeypatch.setattr(_run, "_hosts", lambda stages: (host, 2))
@@ -177,8 +182,11 @@ def test_on_a_slice_host_0_alone_writes_the_recipes_files(tmp_path, monkeypatch)
 
   assert as_host(1) == {"train/raw": "ran"} and jobs == [1]
   assert not workdir.exists()
-  assert met == ["stages decided", "train/raw set up"]
+  assert [why for why, _ in met] == ["stages decided", "train/raw set up", "train/raw finished"]
+  met.clear()
   as_host(0)
+  assert met == [("stages decided", False), ("train/raw set up", False),
+                 ("train/raw finished", False)]
   record = (workdir / "stages" / "train.raw.json").read_text()
   assert json.loads(record)["done"]
   assert (workdir / "run.json").exists() and (workdir / "recipe.yaml").exists()

@@ -129,6 +129,14 @@ def _job(stage: _stages.Stage, cfg: RecipeConfig, stages, records) -> dict:
   return write_report(cfg.workdir, cfg, stages, records)
 
 
+def _job_of_every_host(stage: _stages.Stage, cfg: RecipeConfig, stages, records, hosts: int) -> dict:
+  summary = _job(stage, cfg, stages, records)
+  # Host 0 records the stage done only once every host's part of it is written (the hosts of
+  # a slice end a job at different times: per-host generation engines finish their shares).
+  _sync(hosts, f"{stage.name} finished")
+  return summary
+
+
 def run(cfg: RecipeConfig, only: list[str] | None = None) -> dict:
   """Runs (or resumes) the experiment; `only` restricts it to those stages (their inputs must
   be done). Returns {stage: what was done}."""
@@ -180,6 +188,7 @@ def run(cfg: RecipeConfig, only: list[str] | None = None) -> dict:
              {"run": "running", "resume": "resuming", "redo": "redoing"}[decision],
              os.path.relpath(stage.directory, cfg.workdir))
     records[stage.name] = _stages.run_stage(
-        cfg.workdir, stage, lambda s: _job(s, cfg, stages, records), write=host == 0)
+        cfg.workdir, stage, lambda s: _job_of_every_host(s, cfg, stages, records, hosts),
+        write=host == 0)
     done[stage.name] = {"run": "ran", "resume": "resumed", "redo": "redone"}[decision]
   return done

@@ -461,12 +461,30 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
         last_log = time.monotonic()
         log.info("%d/%d units, %.0f output tokens/s", counts["units_written"], todo, rate)
   writer.flush()
-  elapsed = time.perf_counter() - start
-  summary.update(counts, elapsed_seconds=round(elapsed, 2),
-                 output_tokens_per_s=round(counts["output_tokens"] / max(1e-9, elapsed), 1))
-  _print_summary(summary, f"wrote {counts['units_written']} records to "
+  summary.update(counts, elapsed_seconds=time.perf_counter() - start)
+  if group.count > 1:
+    summary = _over_engines(summary, group)
+  summary["output_tokens_per_s"] = round(summary["output_tokens"] / max(1e-9, summary["elapsed_seconds"]), 1)
+  summary["elapsed_seconds"] = round(summary["elapsed_seconds"], 2)
+  _print_summary(summary, f"wrote {summary['units_written']} records to "
                           f"{os.path.abspath(cfg.output.dir)}/")
   return summary
+
+
+def _over_engines(summary: dict, group: EngineGroup) -> dict:
+  """The whole slice's figures on every host: each engine's share summed (its first host
+  contributes), what every engine reads alike (the input's counts) and the time taken as the
+  largest. The gather is also a barrier: a host's job ends only once every engine has written
+  its share, so whatever follows (the recipe's stage record) never calls a dataset done that
+  another host is still writing."""
+  import numpy as np
+  from jax.experimental import multihost_utils
+  counted = [k for k, v in summary.items() if type(v) in (int, float)]
+  mine = np.array([summary[k] if group.rank == 0 else 0 for k in counted], np.float64)
+  every = np.asarray(multihost_utils.process_allgather(mine))
+  alike = ("documents_read", "empty_documents", "bad_records", "elapsed_seconds")
+  totals = {k: every[:, i].max() if k in alike else every[:, i].sum() for i, k in enumerate(counted)}
+  return {**summary, **{k: type(summary[k])(v) for k, v in totals.items()}, "engines": group.count}
 
 
 def _record(unit: Unit, result, model_name: str, sampling: SamplingParams, seed: int) -> dict:
