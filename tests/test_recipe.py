@@ -254,6 +254,51 @@ def test_the_default_recipe_runs_every_stage_and_reports_both_variants(default_r
 
 
 @pytest.mark.slow
+def test_on_two_hosts_generate_and_train_run_as_slice_jobs_and_one_host_goes_on(default_run,
+                                                                                 tmp_path):
+  """Started on both hosts of a slice (two JAX processes here, 4 CPU devices each), generation
+  runs an engine per host on its share and training one program over both hosts' 8 devices;
+  host 0 records each stage once both have finished it, and a single-host run then finds the
+  two stages done and goes on from them."""
+  import socket
+
+  from mind_jax.mind import part_files, read_records
+  workdir = tmp_path / "exp"
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  hosts = [subprocess.Popen(
+      [sys.executable, "-m", "mind_jax.recipe", f"workdir={workdir}", "--stages",
+       "generate,train/raw"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+  for host in hosts:
+    _, err = host.communicate(timeout=600)
+    assert host.returncode == 0, err[-3000:]
+
+  def records(directory):
+    return sorted((r for p in part_files(str(directory)) for r in read_records(p)),
+                  key=lambda r: r["id"])
+  # Each host's engine wrote its share; together, the single-host run's dataset.
+  ours = records(workdir / "generate")
+  assert ours == records(default_run / "generate")
+  assert {os.path.basename(p).split("-")[1] for p in part_files(str(workdir / "generate"))} \
+      == {"00000", "00001"}
+  generate = json.loads((workdir / "stages" / "generate.json").read_text())
+  assert generate["done"] and generate["attempts"] == 1
+  assert generate["summary"]["units_written"] == len(ours)  # the slice's, not host 0's share
+  train = json.loads((workdir / "stages" / "train.raw.json").read_text())
+  assert train["done"] and train["devices"] == 8 and train["summary"]["steps"] == 60
+  assert (workdir / "train" / "raw" / "hf" / "model.safetensors").exists()
+  assert not (workdir / "filter").exists()  # single-host stages were left for one host
+  # One host goes on: the slice's stages are done, what reads them runs.
+  decisions = _stages.decide(str(workdir), plan(recipe(workdir)))
+  assert decisions == {**{name: "run" for name in decisions}, "generate": "skip",
+                       "train/raw": "skip"}
+
+
+@pytest.mark.slow
 def test_killed_while_training_the_second_variant_and_rerun(default_run, tmp_path):
   workdir = tmp_path / "exp"
   killed = _recipe(workdir, helper=[KILLED_IN_TRAINING, "mind", "25"])
