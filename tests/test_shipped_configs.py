@@ -1,0 +1,64 @@
+"""Every shipped config that names a TPU target (a `# plan:` line) fits that slice, compiled
+by the real TPU compiler with the kernels the run uses. Apart from test_plan.py so that these
+long compiles run beside the rest of the suite."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import shlex
+
+import pytest
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # tests may run beside another libtpu user
+
+from mind_jax.plan import plan  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="the TPU compiler (libtpu) is not installed: "
+                                  "pip install 'mind_jax[tpu]'")
+
+
+def _shipped_plans():
+  """(config, plan arguments) of every shipped config that names a TPU target."""
+  found = []
+  for path in sorted([*ROOT.glob("configs/*.yaml"), *ROOT.glob("tpu/configs/*.yaml")]):
+    for line in path.read_text().splitlines():
+      match = re.match(r"#\s*plan:\s*(.*)", line)
+      if match:
+        found.append(pytest.param(str(path.relative_to(ROOT)), shlex.split(match.group(1)),
+                                  id=f"{path.name}:{match.group(1).split()[1]}"))
+  return found
+
+
+@needs_libtpu
+@pytest.mark.slow
+@pytest.mark.parametrize("config,flags", _shipped_plans())
+def test_every_shipped_tpu_config_fits_its_target(config, flags):
+  from mind_jax.plan import _parser
+  key = _programs_key(config, flags)
+  if key not in _PLANNED:  # a recipe's stage is often a shipped job config: compiled once
+    args = _parser().parse_args(["--config", str(ROOT / config), *flags, "--no-exact-cost"])
+    args.compare_modes = False  # the config's own mode fits; the other's is another test's
+    _PLANNED[key] = plan(args)
+  out = _PLANNED[key]
+  assert out["fits"], (config, out.get("memory"), out.get("advice"))
+  assert out["model"]["attention"] == "tpu"  # planned with the kernels the run uses
+
+
+_PLANNED = {}
+
+
+def _programs_key(config, flags):
+  """What the compiled programs depend on: the slice, the architecture, and the job's config
+  less where it reads and writes (and what only the training loop, not its step, reads)."""
+  from mind_jax.plan import _parser, job_kind, load_job
+  args = _parser().parse_args(["--config", str(ROOT / config), *flags])
+  job = job_kind(args.config, args.job)
+  cfg, _ = load_job(args.config, args.overrides, job, args.preset, [], args.variant)
+  settings = cfg.model_dump(mode="json", exclude={"input", "output", "workdir", "eval",
+                                                  "checkpoint", "export"})
+  settings.get("data", {}).pop("sources", None)
+  return json.dumps([job, args.topology, args.num_slices, args.preset, settings], sort_keys=True)
