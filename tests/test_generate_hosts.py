@@ -24,8 +24,9 @@ def records(out_dir):
                 key=lambda r: r["id"])
 
 
-def _single(out_dir):
-  return subprocess.run([sys.executable, "-m", "mind_jax.generate", f"output.dir={out_dir}", *ARGS],
+def _single(out_dir, *overrides):
+  return subprocess.run([sys.executable, "-m", "mind_jax.generate", f"output.dir={out_dir}", *ARGS,
+                         *overrides],
                         capture_output=True, text=True,
                         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
 
@@ -69,7 +70,11 @@ def test_two_processes_run_one_engine_and_write_the_single_process_dataset(singl
 
 @pytest.mark.slow
 def test_an_engine_per_host_each_writes_its_share_and_both_report_the_whole(single_run, tmp_path):
-  processes = _two_processes(tmp_path, engines=("mesh.axes.data=2",))
+  # An earlier run with other settings, which output.overwrite replaces: host 0 alone deletes
+  # its parts, before either host writes one.
+  earlier = _single(tmp_path, "input.limit=1", "sampling.max_new_tokens=4")
+  assert earlier.returncode == 0, earlier.stderr[-3000:]
+  processes = _two_processes(tmp_path, engines=("mesh.axes.data=2", "output.overwrite=true"))
   outputs = [p.communicate(timeout=300) for p in processes]
   for process, (_, err) in zip(processes, outputs):
     assert process.returncode == 0, err[-3000:]

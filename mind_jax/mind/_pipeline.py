@@ -371,7 +371,8 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   settings = run_settings(cfg, styles, loaded[2] if loaded else None)
   tokenizer_source = tokenizer_name(cfg, loaded[1] if loaded else None)
   claim_output(cfg, settings, dry_run=True, tokenizer=tokenizer_source)
-  group = EngineGroup.of(cfg, *init_hosts(cfg.distributed))
+  host, hosts = init_hosts(cfg.distributed)
+  group = EngineGroup.of(cfg, host, hosts)
   cfg.runtime.apply()
   if not loaded:  # the engine would say so too, but only after the model has loaded
     from mind_jax.engine._engine import slot_ways
@@ -426,8 +427,14 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
     return summary
 
   model, tokenizer, model_name, mesh = loaded or load_model(cfg, group)
-  # Written once the model has loaded: a load that fails leaves output.dir as it was.
-  claim_output(cfg, settings, dry_run=False, tokenizer=tokenizer_source)
+  # Written once the model has loaded: a load that fails leaves output.dir as it was. On a
+  # slice host 0 alone claims it (with output.overwrite, deleting the earlier run's parts), and
+  # no host writes a part before: another host's claim could delete a part just written.
+  if host == 0:
+    claim_output(cfg, settings, dry_run=False, tokenizer=tokenizer_source)
+  if hosts > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("mind_jax.generate: output.dir claimed")
   summary["model"] = model_name
   engine = Engine(model, tokenizer, engine_config(cfg), mesh=mesh, rules=cfg.mesh.rules)
   # Every host of an engine sees every result (the engine's tokens come back replicated);
