@@ -1,6 +1,6 @@
-"""Generation across hosts, run for real as two JAX processes on this machine (4 CPU devices
-each, gloo collectives): one engine over every host's chips (engine.hosts=-1), and an engine
-per host (the default) each on its own share."""
+"""Generation across hosts, run for real as JAX processes on this machine sharing 8 CPU devices
+(gloo collectives): one engine over every host's chips (engine.hosts=-1), an engine per host
+(the default) each on its own share, and engines of two hosts side by side (engine.hosts=2)."""
 
 import os
 import signal
@@ -31,8 +31,10 @@ def _single(out_dir, *overrides):
                         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
 
 
-def _two_processes(out_dir, kill_writer_after_parts=None, engines=("engine.hosts=-1",)):
-  """Process 0 (the engine's writer) SIGKILLs itself after that many parts, if given."""
+def _two_processes(out_dir, kill_writer_after_parts=None, engines=("engine.hosts=-1",),
+                   processes=2):
+  """`processes` hosts sharing 8 CPU devices; process 0 (an engine's writer) SIGKILLs itself
+  after that many parts, if given."""
   job = ["-m", "mind_jax.generate"]
   writer = [KILLED_AFTER_PARTS, str(kill_writer_after_parts)] if kill_writer_after_parts else job
   with socket.socket() as s:
@@ -42,9 +44,11 @@ def _two_processes(out_dir, kill_writer_after_parts=None, engines=("engine.hosts
       [sys.executable, *(writer if i == 0 else job),
        f"output.dir={out_dir}", *ARGS,
        "distributed=on", *engines], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-                      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-                      "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+      text=True, env={**os.environ,
+                      "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}",
+                      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                      "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(i)})
+      for i in range(processes)]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +92,22 @@ def test_an_engine_per_host_each_writes_its_share_and_both_report_the_whole(sing
   for out, _ in outputs:  # each host's summary counts the whole slice's dataset
     assert f"wrote {len(ours)} records" in out and "  engines: 2" in out
     assert "  documents_read: 2\n" in out  # the input's own count, read alike by both
+
+
+@pytest.mark.slow
+def test_engines_of_two_hosts_side_by_side(single_run, tmp_path):
+  """Four hosts of 2 devices, engines of two hosts (engine.hosts=2, as 70B on v4-32): each
+  engine's first host writes its share, and every host reports the whole slice."""
+  processes = _two_processes(tmp_path, engines=("engine.hosts=2", "mesh.axes.data=2"),
+                             processes=4)
+  outputs = [p.communicate(timeout=300) for p in processes]
+  for process, (_, err) in zip(processes, outputs):
+    assert process.returncode == 0, err[-3000:]
+  ours = records(tmp_path)
+  assert ours == records(single_run)
+  assert {os.path.basename(p).split("-")[1] for p in part_files(str(tmp_path))} == {"00000", "00001"}
+  for out, _ in outputs:
+    assert f"wrote {len(ours)} records" in out and "  engines: 2" in out
 
 
 @pytest.mark.slow
