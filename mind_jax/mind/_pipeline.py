@@ -471,8 +471,9 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   summary.update(counts, elapsed_seconds=time.perf_counter() - start)
   if group.count > 1:
     summary = _over_engines(summary, group)
-  summary["output_tokens_per_s"] = round(summary["output_tokens"] / max(1e-9, summary["elapsed_seconds"]), 1)
-  summary["elapsed_seconds"] = round(summary["elapsed_seconds"], 2)
+  seconds = summary["elapsed_seconds"]
+  summary.update(elapsed_seconds=round(seconds, 2),
+                 output_tokens_per_s=round(summary["output_tokens"] / max(1e-9, seconds), 1))
   _print_summary(summary, f"wrote {summary['units_written']} records to "
                           f"{os.path.abspath(cfg.output.dir)}/")
   return summary
@@ -481,9 +482,8 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
 def _over_engines(summary: dict, group: EngineGroup) -> dict:
   """The whole slice's figures on every host: each engine's share summed (its first host
   contributes), what every engine reads alike (the input's counts) and the time taken as the
-  largest. The gather is also a barrier: a host's job ends only once every engine has written
-  its share, so whatever follows (the recipe's stage record) never calls a dataset done that
-  another host is still writing."""
+  largest. The gather is also a barrier: the job ends on every host once every engine has
+  written its share, so nothing run after it finds a share half written."""
   import numpy as np
   from jax.experimental import multihost_utils
   counted = [k for k, v in summary.items() if type(v) in (int, float)]
