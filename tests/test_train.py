@@ -23,6 +23,8 @@ from mind_jax.training._optim import learning_rate, optimizer
 from mind_jax.training._step import Trainer, flat_params, host_metrics
 
 STEPS, B, L = 10, 8, 32
+PREEMPTED_AFTER_STEP = os.path.join(os.path.dirname(__file__), "helpers",
+                                    "train_preempted_after_step.py")
 OPT = OptimizerSection(warmup_steps=2)  # the defaults: AdamW 0.9/0.95, wd 0.1, clip 1.0, cosine
 
 
@@ -319,10 +321,10 @@ def test_config_rejects_microbatches_that_do_not_divide_the_batch():
 # --- multi-host, for real: two processes on this machine -----------------------------------------
 
 def test_two_processes_train_as_one_8_device_mesh(tmp_path):
+  """Two hosts of 4 devices train as one 8-device mesh, each reading its own data shard; a
+  preemption notice that reaches one host stops both at the same step; the rerun resumes on
+  both; losses and weights are the single process's."""
   import socket
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
   common = ["steps=6", "checkpoint.every=3", "data.shards=2", "batch_size=8",
             "mesh.axes={data: 2, fsdp: 4}"]
   single = tmp_path / "single"
@@ -330,14 +332,26 @@ def test_two_processes_train_as_one_8_device_mesh(tmp_path):
       **os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   assert done.returncode == 0, done.stderr[-3000:]
   multi = tmp_path / "multi"
-  processes = [subprocess.Popen(_command(multi, *common, "distributed=on"), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env={
-      **os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-      "JAX_PROCESS_ID": str(i)}) for i in range(2)]
-  for process in processes:
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err[-3000:]
+
+  def two_processes(notice_after_step=None):
+    job = [sys.executable, "-m", "mind_jax.train"]
+    first = [sys.executable, PREEMPTED_AFTER_STEP, str(notice_after_step)] if notice_after_step else job
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+    processes = [subprocess.Popen(
+        [*(first if i == 0 else job), *_command(multi, *common, "distributed=on")[3:]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={
+            **os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+    for process in processes:
+      _, err = process.communicate(timeout=180)
+      assert process.returncode == 0, err[-3000:]
+  # A preemption notice reaches process 0 alone, after step 2: both save step 2 and exit 0.
+  two_processes(notice_after_step=2)
+  assert _saved(multi) == [2] and _steps_logged(multi) == 2
+  two_processes()  # the rerun resumes from it on both
   # Each process read its own data shard; together they made the single process's batches.
   np.testing.assert_allclose([m["loss"] for m in read_metrics(multi)],
                              [m["loss"] for m in read_metrics(single)], rtol=1e-5)

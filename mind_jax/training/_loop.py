@@ -109,13 +109,24 @@ def _held_out_loss(trainer, state, dataset, batches: int) -> float:
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks between steps (it then saves and exits 0)."""
 
-  def __init__(self):
+  def __init__(self, hosts: int):
     self.requested = False
+    self.hosts = hosts
     self.previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def stop_now(self) -> bool:
+    """Whether to save and stop before the next step. On a slice the hosts agree (any host's
+    notice stops all): the save is a collective every host must enter at the same step, and
+    the hosts of a preempted slice get their notices at different steps."""
+    if self.hosts == 1:
+      return self.requested
+    import numpy as np
+    from jax.experimental import multihost_utils
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(self.requested))).any())
 
   def restore(self):
     signal.signal(signal.SIGTERM, self.previous)
@@ -190,14 +201,14 @@ def run(cfg: TrainConfig) -> dict:
   peak = cfg.peak_flops or peak_flops(jax.devices()[0].device_kind)
   flops_per_step = step_flops(config, cfg.tokens_per_step, cfg.data.seq_len)
   metrics_log = MetricsLog(cfg.workdir, start, enabled=host == 0)
-  preemption = _Preemption()
+  preemption = _Preemption(hosts)
   summary = {"workdir": os.path.abspath(cfg.workdir), "start_step": start}
   last_saved = start
   try:
     with progress_bar(cfg.steps, "train", "step", enabled=host == 0) as bar:
       bar.update(start)
       for step in range(start, cfg.steps):
-        if preemption.requested:
+        if preemption.stop_now():
           log.warning("SIGTERM: saving step %d and stopping", step)
           if step != last_saved:
             _save(manager, step, state, batches, force=True)
