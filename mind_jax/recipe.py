@@ -69,7 +69,10 @@ def main(argv=None) -> int:
     done = _run.run(cfg, only)
     for stage, what in done.items():
       print(f"  {stage}: {what}")
-    print(f"report: {cfg.workdir}/report/index.html")
+    if "preempted" in done.values():
+      print("preempted: rerun the same command to resume")
+    else:
+      print(f"report: {cfg.workdir}/report/index.html")
   return run_cli(job)
 
 

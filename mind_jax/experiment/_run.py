@@ -119,7 +119,10 @@ def _job(stage: _stages.Stage, cfg: RecipeConfig, stages, records) -> dict:
     # What the variant trains on, measured on its first batches, for the report.
     mix = describe_mix(stage.config, batches=8, progress=False)
     mix.pop("examples", None)
-    return {**run(stage.config), "mix": mix}
+    summary = run(stage.config)
+    if summary.get("preempted"):
+      raise _Preempted(stage.name, summary["stopped_at"])
+    return {**summary, "mix": mix}
   if stage.kind == "evaluate":
     from mind_jax.evaluation import evaluate
     from mind_jax.evaluation._compare import scores
@@ -127,6 +130,14 @@ def _job(stage: _stages.Stage, cfg: RecipeConfig, stages, records) -> dict:
     return {f"{task} / {metric}": value for (task, metric), (value, _) in scores(results).items()}
   from mind_jax.experiment._report import write_report
   return write_report(cfg.workdir, cfg, stages, records)
+
+
+class _Preempted(Exception):
+  """A training stage saved and stopped on a preemption notice (SIGTERM): not done."""
+
+  def __init__(self, stage: str, step: int):
+    super().__init__(stage, step)
+    self.stage, self.step = stage, step
 
 
 def _job_of_every_host(stage: _stages.Stage, cfg: RecipeConfig, stages, records, hosts: int) -> dict:
@@ -187,8 +198,16 @@ def run(cfg: RecipeConfig, only: list[str] | None = None) -> dict:
     log.info("[%d/%d] %s: %s -> %s", index, len(stages), stage.name,
              {"run": "running", "resume": "resuming", "redo": "redoing"}[decision],
              os.path.relpath(stage.directory, cfg.workdir))
-    records[stage.name] = _stages.run_stage(
-        cfg.workdir, stage, lambda s: _job_of_every_host(s, cfg, stages, records, hosts),
-        write=host == 0)
+    try:
+      records[stage.name] = _stages.run_stage(
+          cfg.workdir, stage, lambda s: _job_of_every_host(s, cfg, stages, records, hosts),
+          write=host == 0)
+    except _Preempted as e:
+      # The machine is going away: stop here, the stage recorded as started, not done, so
+      # the same command resumes its training from the checkpoint it just saved.
+      log.warning("%s: preempted, saved at step %d; rerun the same command to resume",
+                  e.stage, e.step)
+      done[stage.name] = "preempted"
+      return done
     done[stage.name] = {"run": "ran", "resume": "resumed", "redo": "redone"}[decision]
   return done
