@@ -35,3 +35,10 @@ def init_hosts(distributed: str = "auto") -> tuple[int, int]:
     jax.distributed.initialize(**given)
     _DISTRIBUTED_STARTED.append(True)
   return jax.process_index(), jax.process_count()
+
+
+def sync_hosts(hosts: int, why: str) -> None:
+  """Waits until every host of the job reaches this point (`why` names it); nothing on one."""
+  if hosts > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"mind_jax: {why}")

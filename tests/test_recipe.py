@@ -167,7 +167,7 @@ def test_on_a_slice_host_0_alone_writes_the_recipes_files(tmp_path, monkeypatch)
 
   def sync(hosts, why):  # where the hosts meet, and whether the stage was recorded done by then
     met.append((why, record_path.exists() and json.loads(record_path.read_text())["done"]))
-  monkeypatch.setattr(_run, "_sync", sync)
+  monkeypatch.setattr(_run, "sync_hosts", sync)
 
   def as_host(host, *overrides, only=("train/raw",)):
     monkeypatch.setattr(_run, "_hosts", lambda stages: (host, 2))

@@ -8,6 +8,7 @@ import os
 import yaml
 
 from mind_jax._errors import MindJaxError
+from mind_jax._hosts import sync_hosts
 from mind_jax._outdir import check_output_dir, claim, read_run_record
 from mind_jax.experiment import _stages
 from mind_jax.experiment._config import RecipeConfig
@@ -95,12 +96,6 @@ def _hosts(stages: list[_stages.Stage]) -> tuple[int, int]:
   return init_hosts(wanted[0]) if wanted else (0, 1)
 
 
-def _sync(hosts: int, why: str) -> None:
-  if hosts > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(f"mind_jax.recipe: {why}")
-
-
 def _job(stage: _stages.Stage, cfg: RecipeConfig, stages, records) -> dict:
   """Runs the stage's command through its library function; returns a JSON-able summary."""
   if stage.kind == "generate":
@@ -144,7 +139,7 @@ def _job_of_every_host(stage: _stages.Stage, cfg: RecipeConfig, stages, records,
   summary = _job(stage, cfg, stages, records)
   # Host 0 records the stage done only once every host's part of it is written (the hosts of
   # a slice end a job at different times: per-host generation engines finish their shares).
-  _sync(hosts, f"{stage.name} finished")
+  sync_hosts(hosts, f"{stage.name} finished")
   return summary
 
 
@@ -174,7 +169,8 @@ def run(cfg: RecipeConfig, only: list[str] | None = None) -> dict:
       raise MindJaxError(f"{', '.join(one_host)}: single-host stages, and this run spans {hosts} "
                          "hosts; run them on one host, and here only generate or train stages "
                          "(--stages)")
-  _sync(hosts, "stages decided")  # before host 0 writes: every host decided on the same state
+  # Before host 0 writes: every host decided on the same state.
+  sync_hosts(hosts, "stages decided")
   if host == 0:
     claim(cfg.workdir, "recipe", {"experiment": cfg.experiment}, overwrite=False, key="workdir",
           remove_owned=None, foreign=[n for n in os.listdir(cfg.workdir) if n in OWNED]
@@ -194,7 +190,7 @@ def run(cfg: RecipeConfig, only: list[str] | None = None) -> dict:
       continue
     if decision == "redo" and host == 0:
       _stages.set_aside(cfg.workdir, stage, records[stage.name]["fingerprint"])
-    _sync(hosts, f"{stage.name} set up")  # no host starts the job in a directory being moved
+    sync_hosts(hosts, f"{stage.name} set up")  # no host starts in a directory being moved
     log.info("[%d/%d] %s: %s -> %s", index, len(stages), stage.name,
              {"run": "running", "resume": "resuming", "redo": "redoing"}[decision],
              os.path.relpath(stage.directory, cfg.workdir))

@@ -17,7 +17,7 @@ import pydantic
 
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
-from mind_jax._hosts import init_hosts
+from mind_jax._hosts import init_hosts, sync_hosts
 from mind_jax._progress import progress_bar
 from mind_jax.data import ReadStats, chunk_text, read_documents
 from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
@@ -432,9 +432,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   # no host writes a part before: another host's claim could delete a part just written.
   if host == 0:
     claim_output(cfg, settings, dry_run=False, tokenizer=tokenizer_source)
-  if hosts > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("mind_jax.generate: output.dir claimed")
+  sync_hosts(hosts, "generate: output.dir claimed")
   summary["model"] = model_name
   engine = Engine(model, tokenizer, engine_config(cfg), mesh=mesh, rules=cfg.mesh.rules)
   # Every host of an engine sees every result (the engine's tokens come back replicated);

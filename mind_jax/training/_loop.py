@@ -19,7 +19,7 @@ import signal
 import time
 
 from mind_jax._errors import MindJaxError
-from mind_jax._hosts import init_hosts
+from mind_jax._hosts import init_hosts, sync_hosts
 from mind_jax._outdir import check_output_dir, claim, dir_fingerprint
 from mind_jax._progress import progress_bar
 from mind_jax.training._config import (TrainConfig, data_pipeline, load_tokenizer_for,
@@ -173,9 +173,8 @@ def run(cfg: TrainConfig) -> dict:
   claim(cfg.workdir, "train", run_settings(cfg), overwrite=cfg.overwrite, key="workdir",
         remove_owned=remove_owned, foreign=foreign,
         notes={"tokenizer": tokenizer.source, "sources": [s.name for s in mixture.sources]})
-  if hosts > 1:  # nobody looks for checkpoints before host 0 has removed a replaced run's
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("mind_jax.train: workdir claimed")
+  # Nobody looks for checkpoints before host 0 has removed a replaced run's.
+  sync_hosts(hosts, "train: workdir claimed")
 
   tx, schedule = optimizer(cfg.optimizer, cfg.steps), learning_rate(cfg.optimizer, cfg.steps)
   trainer = Trainer.create(config, mesh, tx, schedule, microbatches=cfg.microbatches,
