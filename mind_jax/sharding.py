@@ -248,6 +248,11 @@ def activation_layout(mesh: Mesh | None, rules: str | Rules):
     _ACTIVATIONS.reset(token)
 
 
+def active_layout() -> tuple[Mesh, Rules] | None:
+  """(mesh, rules) of the `activation_layout` being traced under, or None."""
+  return _ACTIVATIONS.get()
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """`x` laid out by its logical axes under the active `activation_layout` (else unchanged);
   a dimension its mesh axes do not divide (a prefill's single row) stays whole.

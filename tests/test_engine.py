@@ -1,5 +1,7 @@
 """The engine: greedy tokens equal transformers' generate; stops, seeds, slots, bad input."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +45,36 @@ def test_greedy_equals_transformers_with_slot_refills(hf_checkpoints, loaded, va
     assert result.finish_reason == "length" and result.output_tokens == 70
     assert result.token_ids == hf_greedy(hf_model, prompt, 70), f"request {result.id}"
   assert engine.stats["generate_calls"] < 70 * len(prompts) / 4  # several tokens per call
+
+
+@pytest.mark.parametrize("page_size", [8, 16])
+def test_greedy_equals_transformers_with_shared_prefixes_and_preemption(hf_checkpoints, loaded,
+                                                                         page_size):
+  """Three groups of requests share a prompt prefix (as a chunk's seven styles do), at a
+  length that ends mid-page; the pool holds two sequences at the context limit, so sequences
+  are preempted and recomputed. Every output is transformers' greedy one."""
+  model, tokenizer = loaded["llama3.1-gqa"]
+  heads = random_prompts([21, 13, 30], seed=11)
+  tails = random_prompts([3, 9, 5, 12, 2, 7, 4, 10, 6], seed=12)
+  prompts = [heads[i // 3] + tail for i, tail in enumerate(tails)]
+  requests = [Request(i, p, GREEDY_70, prefix_len=len(heads[i // 3]))
+              for i, p in enumerate(prompts)]
+  config = EngineConfig(slots=6, max_len=128, steps_per_call=5, page_size=page_size,
+                        kv_pages=2 * 128 // page_size)
+  engine = Engine(model, tokenizer, config)
+  results = engine.generate_all(requests)
+  hf_model = hf_checkpoints["llama3.1-gqa"][1]
+  for prompt, result in zip(prompts, results):
+    assert result.finish_reason == "length" and result.output_tokens == 70
+    assert result.token_ids == hf_greedy(hf_model, prompt, 70), f"request {result.id}"
+  assert engine.stats["preemptions"] > 0 and engine.stats["most_sequences_at_once"] > 2
+  assert engine.stats["prefix_tokens_reused"] > 0
+  # With room for every sequence: each group's prefix is computed once, by its first request.
+  roomy = Engine(model, tokenizer, dataclasses.replace(config, kv_pages=None))
+  assert [r.token_ids for r in roomy.generate_all(requests)] == [r.token_ids for r in results]
+  assert roomy.stats["preemptions"] == 0 and roomy.stats["most_sequences_at_once"] == 6
+  assert roomy.stats["prefix_tokens_reused"] == 2 * sum(map(len, heads))
+  assert roomy.stats["prefill_tokens"] == sum(map(len, prompts)) - 2 * sum(map(len, heads))
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +165,18 @@ def test_same_seed_same_tokens_whatever_the_slots(loaded):
   prompts = random_prompts([4, 11, 7, 15, 3, 9], seed=2)
   params = SamplingParams(max_new_tokens=24, temperature=1.0, top_p=0.9, top_k=50, ignore_eos=True)
   runs = []
-  for slots, steps in [(1, 1), (8, 3), (2, 8)]:
+  # The last: 8-token pages, a pool of 1.5 sequences at the context limit (preempted
+  # sequences resume sampling with their own keys).
+  for slots, steps, pages in [(1, 1, None), (8, 3, None), (2, 8, None), (6, 2, (8, 12))]:
+    page_size, kv_pages = pages or (None, None)
     engine = Engine(model, tokenizer, EngineConfig(slots=slots, max_len=64, steps_per_call=steps,
-                                                   seed=123))
+                                                   seed=123, page_size=page_size,
+                                                   kv_pages=kv_pages))
     order = list(range(len(prompts)))[::-1] if slots == 2 else range(len(prompts))
     results = engine.generate_all(Request(f"r{i}", prompts[i], params) for i in order)
     runs.append({r.id: r.token_ids for r in results})
-  assert runs[0] == runs[1] == runs[2]
+  assert engine.stats["preemptions"] > 0
+  assert runs[0] == runs[1] == runs[2] == runs[3]
   other_seed = Engine(model, tokenizer, EngineConfig(slots=8, max_len=64, seed=124))
   changed = {r.id: r.token_ids for r in other_seed.generate_all(
       Request(f"r{i}", p, params) for i, p in enumerate(prompts))}
@@ -181,15 +218,34 @@ def test_bad_requests_get_one_line_errors_and_others_finish(loaded):
     SamplingParams(max_new_tokens=0)
 
 
-def test_cache_size_is_reported_and_an_impossible_cache_fails_clearly(loaded):
+def test_the_pool_is_sized_by_pages_or_memory_and_bad_sizes_fail_clearly(loaded):
   model, tokenizer = loaded["llama3.1-gqa"]
-  engine = Engine(model, tokenizer, EngineConfig(slots=4, max_len=64))
-  per_slot, total = engine.cache_bytes()
-  # 2 layers x 64 positions x 2 kv heads x 16 dims x (k + v) x 4 bytes
-  assert per_slot == 2 * 64 * 2 * 16 * 2 * 4 and total == 4 * per_slot
-  with pytest.raises(mind_jax.MindJaxError, match=r"use fewer slots \(about \d+ fit at "
-                                                  r"max_len=1000000000\) or a shorter max_len"):
-    Engine(model, tokenizer, EngineConfig(slots=1024, max_len=10**9))
+  engine = Engine(model, tokenizer, EngineConfig(slots=4, max_len=64, page_size=16))
+  per_page, total = engine.cache_bytes()
+  # 2 layers x 16 positions x 2 kv heads x 16 dims x (k + v) x 4 bytes; by default the pool
+  # holds every slot at the context limit when memory allows: 4 x 64 / 16 pages.
+  assert per_page == 2 * 16 * 2 * 16 * 2 * 4 and total == 16 * per_page
+  assert sum(a.nbytes for a in engine.state.cache.k + engine.state.cache.v) == total
+  assert Engine(model, tokenizer, EngineConfig(slots=4, max_len=64, page_size=16,
+                                               kv_pages=6)).cache_bytes()[1] == 6 * per_page
+  assert Engine(model, tokenizer, EngineConfig(slots=4, max_len=64, page_size=16,
+                                               kv_memory=5 * per_page + 1)).cache_bytes()[1] == 5 * per_page
+  assert EngineConfig(max_len=160).page == 32 and EngineConfig(max_len=4096).page == 64
+  bad = {
+      "page_size=12": (dict(page_size=12), r"engine.page_size=12: a page must hold a multiple of 8"),
+      "page_size=48": (dict(page_size=48), r"engine.page_size=48 does not divide the context "
+                                           r"limit 64; use 64"),
+      "kv_pages=3": (dict(page_size=16, kv_pages=3), r"the KV pool from engine.kv_pages=3 holds 3 "
+                     r"page\(s\) of 16 tokens per shard, fewer than one sequence at the context "
+                     r"limit needs \(4, 32.0 KiB per device\)"),
+      "kv_memory=1e15": (dict(kv_memory=10**15), r"engine.kv_memory=1000000000000000 bytes "
+                         r"\(931322.6 GiB\) is more than the .* free on"),
+      "huge max_len": (dict(max_len=2**30), r"fewer than one sequence at the context limit"),
+  }
+  for name, (overrides, message) in bad.items():
+    with pytest.raises(mind_jax.MindJaxError, match=message) as error:
+      Engine(model, tokenizer, EngineConfig(**{"slots": 4, "max_len": 64, **overrides}))
+    assert "\n" not in str(error.value), name
 
 
 def _one_device_reference(loaded):

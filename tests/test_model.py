@@ -11,6 +11,7 @@ from flax import nnx
 
 import mind_jax
 from mind_jax.nn import KVCache
+from mind_jax.nn._cache import NO_PAGE
 from conftest import LLAMA_VARIANTS, make_hf_checkpoint
 
 
@@ -132,21 +133,25 @@ def test_prefill_then_multi_token_extends_equal_full_forward(hf_checkpoints, sca
   assert np.abs(np.concatenate(pieces, axis=1) - full).max() <= 1e-5
 
 
-def test_cache_insert_places_a_prefilled_row_in_its_slot(gqa_model):
+def test_rows_read_their_pages_through_the_table_and_share_a_prefix_copy_on_write(gqa_model):
+  """A pool of 4-token pages: row A holds pages out of order, row B shares A's first 6 tokens
+  (page 6 as it is, page 1 copied to page 4 before B writes its own tokens after them) and
+  prefills only its suffix; both then decode in one call and equal full forwards."""
   cfg = gqa_model.config
-  prompt = random_ids((1, 6), seed=5)
-  prefill = KVCache.create(cfg, slots=1, max_len=8)
-  _, prefill = gqa_model(prompt, cache=prefill)
-  slots = KVCache.create(cfg, slots=4, max_len=16).insert(prefill, 2)
-  for layer_slots, layer_prefill in zip(slots.k, prefill.k):
-    assert np.array_equal(np.asarray(layer_slots[2, :, :8]), np.asarray(layer_prefill[0]))
-    assert not np.asarray(layer_slots[np.array([0, 1, 3])]).any()
-  # Decoding from the slot continues the sequence exactly.
-  nxt = np.array([[7]] * 4, np.int32)
-  logits, _ = gqa_model(nxt, positions=np.full((4, 1), 6), cache=slots)
-  full = np.asarray(gqa_model(np.concatenate([prompt, [[7]]], axis=1)))[0, -1]
-  assert np.abs(np.asarray(logits)[2, 0] - full).max() <= 1e-5
-  assert KVCache.nbytes_for(cfg, 4, 16) == sum(a.nbytes for a in slots.k + slots.v)
+  a = random_ids((12,), seed=5)
+  b = np.concatenate([a[:6], random_ids((5,), seed=6)])
+  pool = KVCache.pool(cfg, pages=8, page_size=4)
+  assert KVCache.nbytes_for(cfg, 8, 4) == sum(x.nbytes for x in pool.k + pool.v)
+  table = np.array([[6, 1, 3, NO_PAGE], [6, 4, 0, NO_PAGE]], np.int32)
+  _, pool = gqa_model(a[None, :10], cache=pool.with_table(table[:1], fresh=True))
+  pool = pool.copy_page(1, 4)
+  suffix = b[None, 6:10]
+  _, pool = gqa_model(suffix, positions=np.arange(6, 10)[None], cache=pool.with_table(table[1:]))
+  logits, _ = gqa_model(np.array([[a[10]], [b[10]]]), positions=np.array([[10], [10]]),
+                        cache=pool.with_table(table))
+  for row, ids in enumerate((a, b)):
+    full = np.asarray(gqa_model(ids[None, :11]))[0, -1]
+    assert np.abs(np.asarray(logits)[row, 0] - full).max() <= 1e-5, row
 
 
 def test_packed_sequences_equal_separate_sequences(gqa_model):
@@ -270,12 +275,22 @@ def test_presets_have_published_sizes():
 
 def test_both_ways_of_writing_the_cache_write_the_same():
   """Per-head vectors (TPU) and [K, D] windows (elsewhere) put the same values in the same
-  places, positions past the end dropped."""
-  from mind_jax.nn._cache import write_rows
+  places, positions past the table and entries naming no page dropped."""
+  from mind_jax.nn._cache import page_slots, write_pages
   rng = np.random.default_rng(0)
-  buf = jnp.asarray(rng.normal(size=(3, 2, 16, 8)), jnp.float32)
+  pool = jnp.asarray(rng.normal(size=(6, 2, 4, 8)), jnp.float32)
   new = jnp.asarray(rng.normal(size=(3, 5, 2, 8)), jnp.float32)
-  positions = jnp.asarray([[0, 1, 2, 3, 4], [7, 8, 9, 15, 16], [11, 12, 20, 30, 2]])
-  windows, vectors = write_rows(buf, new, positions), write_rows(buf, new, positions, True)
+  table = jnp.asarray([[0, 1, 2], [3, 4, NO_PAGE], [5, NO_PAGE, NO_PAGE]])
+  positions = jnp.asarray([[0, 1, 2, 3, 4], [3, 4, 7, 8, 12], [1, 2, 3, 4, 2]])
+  page, offset = page_slots(table, positions, 4, 6)
+  windows, vectors = (write_pages(pool, new, page, offset),
+                      write_pages(pool, new, page, offset, True))
   assert jnp.array_equal(windows, vectors)
-  assert jnp.array_equal(vectors[1, :, 15], new[1, 3]) and jnp.array_equal(vectors[2, :, 2], new[2, 4])
+  assert jnp.array_equal(vectors[4, :, 3], new[1, 2]) and jnp.array_equal(vectors[5, :, 2], new[2, 4])
+  # Row 1's positions 8 and 12 and row 2's 4 name no page: nothing else changed.
+  written = np.zeros((6, 4), bool)
+  for row, col in [(0, c) for c in range(5)] + [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]:
+    p = int(positions[row, col])
+    written[int(table[row, p // 4]), p % 4] = True
+  assert jnp.array_equal(jnp.where(written[:, None, :, None], 0, vectors),
+                         jnp.where(written[:, None, :, None], 0, pool))

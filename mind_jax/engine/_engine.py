@@ -1,10 +1,13 @@
-"""The decode engine: fixed slots, prefill + insert, multi-step generate, host scheduling.
+"""The decode engine: a paged KV cache, prefill into pages, multi-step generate, host scheduling.
 
-Design (after JetStream's prefill / insert / generate split):
+Design (after JetStream's prefill / insert / generate split, with vLLM's paged cache):
+- the KV cache is a pool of fixed-size pages per layer; each sequence has a page table, pages
+  are taken as it grows and returned when it ends (`_pages.PagePool`, on the host);
 - a request is prefilled alone, its prompt padded to a length bucket so the
-  number of compiled programs stays small; its first token is sampled there;
-- the prefilled KV cache is inserted into a free decode slot in the same
-  compiled call;
+  number of compiled programs stays small, writing its keys and values into its pages; its
+  first token is sampled there and its decode slot made live in the same compiled call; a
+  prompt prefix shared with earlier requests is not computed again: its pages are read in
+  place (the partly filled last one copied);
 - one generate call advances every live slot by `steps_per_call` tokens
   inside a `lax.scan`, and returns one packed `[steps, slots]` array of the
   new tokens (-1 where a slot was idle), so the host syncs once per call;
@@ -32,7 +35,8 @@ from mind_jax import sharding as sharding_lib
 from mind_jax._errors import MindJaxError
 from mind_jax.engine._sampling import SamplingParams, request_key, sample, token_keys
 from mind_jax.nn import KVCache, Llama
-from mind_jax.nn._cache import CACHE_AXES
+from mind_jax.engine._pages import PagePool, Prefix, prefix_key
+from mind_jax.nn._cache import CACHE_AXES, NO_PAGE
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +45,17 @@ MAX_STOP_IDS = 16  # stop ids per request (model EOS ids included), padded with 
 
 @dataclasses.dataclass
 class Request:
-  """Token ids to continue, how to sample them, and an id to find the result by."""
+  """Token ids to continue, how to sample them, and an id to find the result by.
+
+  `prefix_len`: the first `prefix_len` prompt tokens are shared with other requests (the same
+  ids). The engine computes their keys and values once and every sharer reads the same pages;
+  each sharer's prefill computes only the rest of its prompt.
+  """
 
   id: int | str
   prompt_ids: Sequence[int]
   sampling: SamplingParams = SamplingParams()
+  prefix_len: int = 0
 
 
 @dataclasses.dataclass
@@ -69,16 +79,26 @@ class Result:
     return len(self.token_ids)
 
 
+# The page size the engine uses unless told: the TPU paged kernel reads 64-token pages in
+# blocks of 8 (512 tokens), and a sequence wastes half a page on average at its end.
+PAGE_SIZE = 64
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
   """Shape of the decode state.
 
-  slots: sequences decoded together (continuous batching).
-  max_len: context limit per sequence, prompt + output (the KV cache length).
+  slots: the most sequences decoding at once (continuous batching).
+  max_len: context limit per sequence, prompt + output.
   steps_per_call: tokens each slot advances per generate call.
   prefill_buckets: prompt lengths compiled for; prompts pad up to the next one.
   seed: global seed; each request's key derives from it and the request id.
   cache_dtype: KV cache dtype (default: the model's compute dtype).
+  page_size: tokens per KV page, a multiple of 8 dividing max_len (default: PAGE_SIZE, or
+    the largest power of two below it that divides max_len).
+  kv_pages: pages in the pool, over all shards (default: from kv_memory).
+  kv_memory: bytes of KV pool per device (default: what fits in the memory left after the
+    weights, up to every slot at max_len).
   """
 
   slots: int = 8
@@ -87,6 +107,9 @@ class EngineConfig:
   prefill_buckets: tuple[int, ...] | None = None
   seed: int = 0
   cache_dtype: str | None = None
+  page_size: int | None = None
+  kv_pages: int | None = None
+  kv_memory: int | None = None
 
   def buckets(self) -> tuple[int, ...]:
     if self.prefill_buckets:
@@ -97,11 +120,35 @@ class EngineConfig:
       size *= 2
     return tuple(out) + (self.max_len,)
 
+  @property
+  def page(self) -> int:
+    """The page size in use (`page_size`, or the default for this max_len)."""
+    if self.page_size is not None:
+      return self.page_size
+    return next((p for p in (64, 32, 16, 8) if self.max_len % p == 0), PAGE_SIZE)
+
+  @property
+  def row_pages(self) -> int:
+    """Pages of one sequence at the context limit."""
+    return -(-self.max_len // self.page)
+
+
+def check_page_size(page_size: int, max_len: int, key: str = "engine.page_size") -> None:
+  """A page size the kernels take (a multiple of 8 tokens) that divides the context limit."""
+  if page_size < 8 or page_size % 8:
+    raise MindJaxError(f"{key}={page_size}: a page must hold a multiple of 8 tokens (the TPU "
+                       "kernel's tile); use 16, 32, 64 or 128")
+  if max_len % page_size:
+    fits = [p for p in (128, 64, 32, 16, 8) if max_len % p == 0]
+    raise MindJaxError(f"{key}={page_size} does not divide the context limit {max_len}; "
+                       + (f"use {fits[0]}" if fits else "make the context limit a multiple of 8"))
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DecodeState:
-  """Everything a generate call needs, one row per slot, kept on the devices."""
+  """Everything a generate call needs, one row per slot, kept on the devices (the page table
+  comes from the host with each call)."""
 
   cache: KVCache
   tokens: jax.Array       # [S] int32: the token each slot feeds next
@@ -116,12 +163,29 @@ class DecodeState:
   stop_ids: jax.Array     # [S, MAX_STOP_IDS] int32, -1 padded
 
 
-class Engine:
-  """Continuous-batching decoder over a (possibly sharded) Llama.
+@dataclasses.dataclass
+class _Sequence:
+  """A request the engine has admitted: its tokens so far, its slot and pages."""
 
-      engine = Engine(model, tokenizer, EngineConfig(slots=16, max_len=4096))
+  request: Request
+  tokens: list[int]
+  slot: int
+  pages: list[int]
+  order: int  # admission order: the youngest is preempted first
+
+
+class Engine:
+  """Continuous-batching decoder over a (possibly sharded) Llama with a paged KV cache.
+
+      engine = Engine(model, tokenizer, EngineConfig(slots=64, max_len=4096))
       for result in engine.generate(requests):   # as they finish
         ...
+
+  The pool's pages are taken as sequences grow and returned as they end; a request is
+  admitted when its prompt's pages are free (keeping a page per running sequence in reserve
+  for growth); when the pool runs dry mid-decode the youngest sequence is preempted and later
+  recomputed from its prompt and the tokens it had made, so its output is an uninterrupted
+  run's.
   """
 
   def __init__(self, model: Llama, tokenizer=None, config: EngineConfig = EngineConfig(),
@@ -137,16 +201,17 @@ class Engine:
     if config.max_len > model.config.max_position_embeddings:
       log.warning("max_len %d exceeds the model's max_position_embeddings %d", config.max_len,
                   model.config.max_position_embeddings)
+    check_page_size(config.page, config.max_len)
     self.mesh = mesh or sharding_lib.one_device_mesh()
     self.rules = rules
-    ways = slot_ways(self.mesh, rules)
-    if config.slots % ways:
+    self.shards = slot_ways(self.mesh, rules)
+    if config.slots % self.shards:
       raise MindJaxError(f"engine slots={config.slots} must be a multiple of the mesh's batch "
-                         f"axes ({ways})")
+                         f"axes ({self.shards})")
     self.eos_ids = tuple(model.config.eos_token_ids)
     self._graphdef, self._params = nnx.split(model)
+    self.pages_per_shard = self._pool_pages(allocate) // self.shards
     if allocate:
-      self._check_memory()
       self.state = self._init_state()
     self._buckets = config.buckets()
     self._seen: set[tuple[str, int]] = set()
@@ -154,32 +219,68 @@ class Engine:
 
   # --- memory ------------------------------------------------------------------------------
 
-  def cache_bytes(self) -> tuple[int, int]:
-    """(bytes per slot, bytes in all) of the KV cache, keys and values."""
-    total = KVCache.nbytes_for(self.model_config, self.config.slots, self.config.max_len,
-                               self._cache_dtype)
-    return total // self.config.slots, total
-
   @property
   def _cache_dtype(self):
     return jnp.dtype(self.config.cache_dtype or self.model_config.dtype)
 
-  def _check_memory(self):
-    per_slot, total = self.cache_bytes()
-    shape = KVCache.layer_shape(self.model_config, self.config.slots, self.config.max_len)
+  def page_bytes(self) -> int:
+    """Bytes of one page, keys and values of every layer (over all its devices)."""
+    return KVCache.nbytes_for(self.model_config, 1, self.config.page, self._cache_dtype)
+
+  def cache_bytes(self) -> tuple[int, int]:
+    """(bytes per page, bytes of the whole pool), keys and values."""
+    pages = self.pages_per_shard * self.shards
+    return self.page_bytes(), pages * self.page_bytes()
+
+  def _per_device(self, pages: int) -> int:
+    """Bytes per device of a pool of `pages` pages."""
+    shape = KVCache.layer_shape(self.model_config, pages, self.config.page)
     ways = math.prod(shape) // math.prod(self._cache_sharding().shard_shape(shape))
-    per_device = total // ways
-    free = _free_device_bytes(self.mesh.devices.flat[0])
-    log.info("KV cache: %s per slot, %s in all (%d slots x %d tokens, %s), %s per device",
-             _human(per_slot), _human(total), self.config.slots, self.config.max_len,
-             self._cache_dtype.name, _human(per_device))
-    if free is not None and per_device > KV_CACHE_MEMORY_FRACTION * free:
-      fit = slots_that_fit(self.model_config, self.mesh, self.config.max_len, self._cache_dtype,
-                           rules=self.rules)
+    return KVCache.nbytes_for(self.model_config, pages, self.config.page,
+                              self._cache_dtype) // ways
+
+  def _pool_pages(self, allocate: bool) -> int:
+    """The pool's pages over all shards: engine.kv_pages, else engine.kv_memory per device,
+    else what fits in the free memory after the weights; never more than every slot at the
+    context limit, never less than one such sequence per shard."""
+    cfg, shards = self.config, self.shards
+    most = cfg.slots * cfg.row_pages
+    per_shard_page = self._per_device(shards)  # one page in each shard: bytes per device
+    free = _free_device_bytes(self.mesh.devices.flat[0]) if allocate else None
+    if cfg.kv_pages is not None:
+      if cfg.kv_pages % shards:
+        raise MindJaxError(f"engine.kv_pages={cfg.kv_pages} must be a multiple of the mesh's "
+                           f"batch axes ({shards}): each shard of the slots has its own pages")
+      pages, source = cfg.kv_pages, f"engine.kv_pages={cfg.kv_pages}"
+    elif cfg.kv_memory is not None:
+      if free is not None and cfg.kv_memory > free:
+        raise MindJaxError(f"engine.kv_memory={cfg.kv_memory} bytes ({_human(cfg.kv_memory)}) is "
+                           f"more than the {_human(free)} free on {self.mesh.devices.flat[0]}")
+      pages = cfg.kv_memory // per_shard_page * shards
+      source = f"engine.kv_memory={cfg.kv_memory} ({_human(cfg.kv_memory)} per device)"
+    elif free is not None:
+      pages = min(most, int(KV_CACHE_MEMORY_FRACTION * free) // per_shard_page * shards)
+      source = f"the free memory ({_human(free)} per device)"
+    else:
+      pages, source = most, "every slot at the context limit"
+    if pages // shards < cfg.row_pages:
+      need = self._per_device(cfg.row_pages * shards)
       raise MindJaxError(
-          f"the KV cache needs {_human(per_device)} per device but only {_human(free)} is free: "
-          f"use fewer slots (about {fit} fit at max_len={self.config.max_len}) or a shorter "
-          "max_len")
+          f"the KV pool from {source} holds {pages // shards} page(s) of {cfg.page} tokens "
+          f"per shard, fewer than one sequence at the context limit needs ({cfg.row_pages}, "
+          f"{_human(need)} per device): give more engine.kv_memory or engine.kv_pages, or "
+          "use a shorter context limit")
+    per_device = self._per_device(pages)
+    if free is not None and per_device > free:
+      raise MindJaxError(f"the KV pool ({source}) needs {_human(per_device)} per device but "
+                         f"only {_human(free)} is free: give fewer engine.kv_pages or less "
+                         "engine.kv_memory")
+    if allocate:
+      log.info("KV pool: %d pages of %d tokens (%d per shard x %d), %s per device, %s; room "
+               "for %.1f sequences per slot shard at the context limit %d (from %s)", pages,
+               cfg.page, pages // shards, shards, _human(per_device),
+               self._cache_dtype.name, pages / shards / cfg.row_pages, cfg.max_len, source)
+    return pages
 
   def _cache_sharding(self) -> NamedSharding:
     return sharding_lib.data_sharding(self.mesh, self.rules, CACHE_AXES)
@@ -196,15 +297,16 @@ class Engine:
     row, row2 = self._row_sharding(), self._row_sharding(1)
     cache = self._cache_sharding()
     layers = (cache,) * self.model_config.num_hidden_layers
-    return DecodeState(cache=KVCache(layers, layers), tokens=row, positions=row, keys=row2,
-                       generated=row, budget=row, active=row, temperature=row, top_k=row,
-                       top_p=row, stop_ids=row2)
+    return DecodeState(cache=KVCache(layers, layers, self._replicated()), tokens=row,
+                       positions=row, keys=row2, generated=row, budget=row, active=row,
+                       temperature=row, top_k=row, top_p=row, stop_ids=row2)
 
   def _empty_state(self) -> DecodeState:
     s, cfg = self.config.slots, self.config
     z = lambda shape, dt: jnp.zeros(shape, dt)  # noqa: E731
     return DecodeState(
-        cache=KVCache.empty(self.model_config, s, cfg.max_len, self._cache_dtype),
+        cache=KVCache.pool(self.model_config, self.pages_per_shard * self.shards, cfg.page,
+                           self._cache_dtype),
         tokens=z(s, jnp.int32),
         positions=z(s, jnp.int32), keys=z((s, 2), jnp.uint32), generated=z(s, jnp.int32),
         budget=z(s, jnp.int32), active=z(s, bool), temperature=z(s, jnp.float32),
@@ -217,7 +319,7 @@ class Engine:
   def lower(self, params, bucket: int | None = None, window: int | None = None) -> dict:
     """{"prefill": ..., "decode": ...}: the two programs a run compiles, lowered for abstract
     `params` (ShapeDtypeStructs with shardings) at prompt bucket `bucket` (default the
-    largest) and attention window `window` (default max_len), without allocating anything."""
+    largest) and attention window `window` tokens (default max_len), without allocating."""
     bucket = bucket or self.config.buckets()[-1]
     window = window or self.config.max_len
     state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -225,11 +327,14 @@ class Engine:
     # Host inputs too carry the mesh's (replicated) sharding: with a TPU topology's devices
     # nothing may default to this process's own device.
     host = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=self._replicated())  # noqa: E731
+    i32 = lambda: host((), jnp.int32)  # noqa: E731
     prefill = self._prefill_insert.lower(
-        params, state, host((1, bucket), jnp.int32), host((), jnp.int32), host((), jnp.int32),
-        host((2,), jnp.uint32), host((), jnp.int32), host((), jnp.float32), host((), jnp.int32),
-        host((), jnp.float32), host((MAX_STOP_IDS,), jnp.int32))
-    return {"prefill": prefill, "decode": self._generate.lower(params, state, window)}
+        params, state, host((1, bucket), jnp.int32), i32(), i32(),
+        host((1, self.config.row_pages), jnp.int32), i32(), i32(), i32(), host((2,), jnp.uint32),
+        i32(), i32(), host((), jnp.float32), i32(), host((), jnp.float32),
+        host((MAX_STOP_IDS,), jnp.int32), True)
+    table = host((self.config.slots, self._window_pages(window)), jnp.int32)
+    return {"prefill": prefill, "decode": self._generate.lower(params, state, table)}
 
   # --- compiled steps ------------------------------------------------------------------------
 
@@ -237,37 +342,43 @@ class Engine:
   def _prefill_insert(self):
     graphdef, state_shardings = self._graphdef, self._state_shardings()
 
-    def run(params, state: DecodeState, tokens, length, slot, key, budget, temperature, top_k,
-            top_p, stop_ids):
+    def run(params, state: DecodeState, tokens, start, length, table, copy_src, copy_dst, slot,
+            key, generated, budget, temperature, top_k, top_p, stop_ids, fresh):
+      """Prompt tokens `start..length-1` (padded to the bucket) into the row's pages (`table`),
+      after copying page `copy_src` to `copy_dst` (a shared prefix's partial last page); the
+      request's next token sampled, and its slot made live."""
       model = nnx.merge(graphdef, params)
       bucket = tokens.shape[1]
-      positions = jnp.arange(bucket, dtype=jnp.int32)[None]
-      cache = KVCache.empty(self.model_config, 1, bucket, state.cache.k[0].dtype)
+      positions = (start + jnp.arange(bucket, dtype=jnp.int32))[None]
+      cache = state.cache.copy_page(copy_src, copy_dst).with_table(table, fresh=fresh)
       # Only the last prompt position's logits: the first token is sampled from them.
       with sharding_lib.activation_layout(self.mesh, self.rules):
-        last, cache = model(tokens, positions, cache=cache, logits_at=(length - 1)[None])
-      first = sample(last, token_keys(key[None], jnp.zeros(1, jnp.int32)), temperature[None],
+        last, cache = model(tokens, positions, cache=cache, logits_at=(length - start - 1)[None])
+      first = sample(last, token_keys(key[None], generated[None]), temperature[None],
                      top_k[None], top_p[None])[0]
-      done = jnp.any(stop_ids == first) | (budget <= 1)
+      done = jnp.any(stop_ids == first) | (generated + 1 >= budget)
       put = lambda arr, value: arr.at[slot].set(value)  # noqa: E731
       state = DecodeState(
-          cache=state.cache.insert(cache, slot), tokens=put(state.tokens, first),
+          cache=dataclasses.replace(cache, table=state.cache.table, fresh=False),
+          tokens=put(state.tokens, first),
           positions=put(state.positions, length), keys=put(state.keys, key),
-          generated=put(state.generated, 1), budget=put(state.budget, budget),
+          generated=put(state.generated, generated + 1), budget=put(state.budget, budget),
           active=put(state.active, ~done), temperature=put(state.temperature, temperature),
           top_k=put(state.top_k, top_k), top_p=put(state.top_p, top_p),
           stop_ids=put(state.stop_ids, stop_ids))
       return state, first
 
-    return jax.jit(run, donate_argnums=1, out_shardings=(state_shardings, self._replicated()))
+    return jax.jit(run, donate_argnums=1, static_argnums=16,
+                   out_shardings=(state_shardings, self._replicated()))
 
   @functools.cached_property
   def _generate(self):
     graphdef, steps = self._graphdef, self.config.steps_per_call
 
-    def one_step(model, state: DecodeState, _):
+    def one_step(model, table, state: DecodeState, _):
       with sharding_lib.activation_layout(self.mesh, self.rules):
-        logits, cache = model(state.tokens[:, None], state.positions[:, None], cache=state.cache)
+        logits, cache = model(state.tokens[:, None], state.positions[:, None],
+                              cache=state.cache.with_table(table))
       keys = token_keys(state.keys, state.generated)
       nxt = sample(logits[:, 0], keys, state.temperature, state.top_k, state.top_p)
       active = state.active
@@ -275,59 +386,63 @@ class Engine:
       generated = state.generated + active
       stopped = jnp.any(state.stop_ids == nxt[:, None], axis=-1) | (generated >= state.budget)
       state = dataclasses.replace(
-          state, cache=cache, tokens=jnp.where(active, nxt, state.tokens),
+          state, cache=dataclasses.replace(cache, table=state.cache.table),
+          tokens=jnp.where(active, nxt, state.tokens),
           positions=state.positions + active, generated=generated, active=active & ~stopped)
       return state, emitted
 
-    def run(params, state, window):
-      # Attention reads only the first `window` cache positions, which covers every live
-      # slot for this call: a cache sized for the longest possible sequence then costs
-      # decode bandwidth only for the positions actually in use. The window is copied out
-      # once and back once per call, not per step.
+    def run(params, state, table):
+      # Attention reads each slot's pages through `table` [slots, window pages]: the window
+      # covers every live slot's positions for this call, so a pool sized for long sequences
+      # costs decode bandwidth only for the pages in use.
       model = nnx.merge(graphdef, params)
-      if window >= state.cache.max_len:  # the whole cache: nothing to copy out and back
-        return jax.lax.scan(functools.partial(one_step, model), state, length=steps)
-      full = state.cache
-      cut = lambda layers: tuple(a[:, :, :window] for a in layers)  # noqa: E731
-      state = dataclasses.replace(state, cache=KVCache(cut(full.k), cut(full.v)))
-      state, emitted = jax.lax.scan(functools.partial(one_step, model), state, length=steps)
-      back = lambda dst, src: tuple(  # noqa: E731
-          jax.lax.dynamic_update_slice(d, w, (0, 0, 0, 0)) for d, w in zip(dst, src))
-      cache = KVCache(back(full.k, state.cache.k), back(full.v, state.cache.v))
-      return dataclasses.replace(state, cache=cache), emitted
+      return jax.lax.scan(functools.partial(one_step, model, table), state, length=steps)
 
     # The emitted tokens come back replicated: on a multi-host slice every host's scheduler
     # sees every slot (each host holds only its own slots' rows of the state).
-    return jax.jit(run, donate_argnums=1, static_argnums=2,
+    return jax.jit(run, donate_argnums=1,
                    out_shardings=(self._state_shardings(), self._replicated()))
 
-  def _window(self, slots) -> int:
-    """The attention window for the next generate call: a power of two (at least 128) or
-    max_len, past the furthest position any live slot can reach during the call."""
-    live = [len(request.prompt_ids) + len(tokens) - 1 for request, tokens in filter(None, slots)]
-    return self._window_for(max(live) + self.config.steps_per_call)
+  @functools.cached_property
+  def _deactivate(self):
+    def run(state: DecodeState, slot):
+      return dataclasses.replace(state, active=state.active.at[slot].set(False))
+    return jax.jit(run, donate_argnums=0, out_shardings=self._state_shardings())
+
+  def _window(self, live: list[_Sequence]) -> int:
+    """The attention window (tokens) for the next generate call: past the furthest position
+    any live sequence can reach during the call."""
+    furthest = max(len(s.request.prompt_ids) + len(s.tokens) - 1 for s in live)
+    return self._window_for(furthest + self.config.steps_per_call)
 
   def _window_for(self, needed: int) -> int:
+    """A power of two (at least 128 and a page) or max_len, at least `needed` tokens."""
     if self.model_config.attention == "tpu":
-      # The paged kernel reads each row's live pages only: a window would only add the
-      # copies out of the cache and back (on a 70B v5p plan, 3x the bytes of a step).
+      # The paged kernel reads each row's live pages only: a narrower table saves nothing.
       return self.config.max_len
-    window = 128
+    window = max(128, self.config.page)
     while window < needed:
       window *= 2
     return min(window, self.config.max_len)
 
+  def _window_pages(self, window: int) -> int:
+    return -(-window // self.config.page)
+
   def warmup(self) -> None:
-    """Compiles every prefill bucket and attention window now, so that a long run (or a
-    timing) does not pay for compilation midway. Only valid while no request is running."""
+    """Compiles every prefill bucket (from position 0) and attention window now, so that a
+    long run (or a timing) does not pay for compilation midway. Only valid while no request is
+    running."""
+    no_pages = np.full((1, self.config.row_pages), NO_PAGE, np.int32)
     for bucket in self._buckets:
       length = min(bucket, self.config.max_len - 1)
-      # max_new_tokens=1 finishes at prefill, so the slot stays free.
-      self._insert(Request("warmup", [0] * length, SamplingParams(max_new_tokens=1)), 0)
+      # max_new_tokens=1 finishes at prefill, and no pages: nothing is written.
+      self._prefill(_Sequence(Request("warmup", [0] * length, SamplingParams(max_new_tokens=1)),
+                              [], 0, [], 0), 0, no_pages, None)
     windows = sorted({self._window_for(n) for n in range(1, self.config.max_len + 1)})
     for window in windows:
       start = time.perf_counter()
-      self.state, emitted = self._generate(self._params, self.state, window)
+      table = np.full((self.config.slots, self._window_pages(window)), NO_PAGE, np.int32)
+      self.state, emitted = self._generate(self._params, self.state, table)
       jax.block_until_ready(emitted)
       self._timed("decode", window, time.perf_counter() - start)
     self.stats.clear()
@@ -348,6 +463,8 @@ class Engine:
     stops = self._stop_ids(request.sampling)
     if len(stops) > MAX_STOP_IDS:
       return f"{len(stops)} stop ids; at most {MAX_STOP_IDS} are supported"
+    if not 0 <= request.prefix_len <= len(ids):
+      return f"prefix_len={request.prefix_len} is outside the prompt's {len(ids)} tokens"
     return None
 
   def _stop_ids(self, sampling: SamplingParams) -> tuple[int, ...]:
@@ -360,26 +477,32 @@ class Engine:
         return bucket
     return self.config.max_len
 
-  def _insert(self, request: Request, slot: int) -> int:
-    sp = request.sampling
-    ids = np.asarray(request.prompt_ids, np.int32)
-    bucket = self._bucket(len(ids))
+  def _prefill(self, seq: _Sequence, start: int, table: np.ndarray, copy) -> int:
+    """Prefills `seq`'s prompt (and the tokens it made before a preemption) from `start`,
+    `table` its row of pages, `copy` (src, dst) a page to copy first; returns the next token."""
+    request, sp = seq.request, seq.request.sampling
+    ids = np.asarray(list(request.prompt_ids) + seq.tokens, np.int32)
+    bucket = self._bucket(len(ids) - start)
     tokens = np.zeros((1, bucket), np.int32)
-    tokens[0, : len(ids)] = ids
+    tokens[0, : len(ids) - start] = ids[start:]
     stops = np.full(MAX_STOP_IDS, -1, np.int32)
     stop_ids = self._stop_ids(sp)
     stops[: len(stop_ids)] = stop_ids
-    budget = min(sp.max_new_tokens, self.config.max_len - len(ids))
-    start = time.perf_counter()
+    budget = min(sp.max_new_tokens, self.config.max_len - len(request.prompt_ids))
+    src, dst = copy or (0, 0)
+    begin = time.perf_counter()
     self.state, first = self._prefill_insert(
-        self._params, self.state, tokens, np.int32(len(ids)), np.int32(slot),
-        request_key(self.config.seed, request.id), np.int32(budget),
-        np.float32(sp.temperature), np.int32(sp.top_k), np.float32(sp.top_p), stops)
+        self._params, self.state, tokens, np.int32(start), np.int32(len(ids)), table,
+        np.int32(src), np.int32(dst), np.int32(seq.slot),
+        request_key(self.config.seed, request.id), np.int32(len(seq.tokens)), np.int32(budget),
+        np.float32(sp.temperature), np.int32(sp.top_k), np.float32(sp.top_p), stops, start == 0)
     first = int(first)
-    self._timed("prefill", bucket, time.perf_counter() - start)
-    self.stats["prefill_seconds"] += time.perf_counter() - start
-    self.stats["prefill_tokens"] += len(ids)
+    self._timed("prefill" if start == 0 else "prefill after a prefix", bucket,
+                time.perf_counter() - begin)
+    self.stats["prefill_seconds"] += time.perf_counter() - begin
+    self.stats["prefill_tokens"] += len(ids) - start
     self.stats["prefill_padded_tokens"] += bucket
+    self.stats["prefix_tokens_reused"] += start
     return first
 
   def _timed(self, program: str, shape: int, seconds: float) -> None:
@@ -390,7 +513,8 @@ class Engine:
     self._seen.add((program, shape))
     self.stats["first_call_seconds"] += seconds
     log.info("%s program for %s %d ready in %.2f s (compiled or loaded from the cache)", program,
-             "prompts up to" if program == "prefill" else "attention window", shape, seconds)
+             "prompts up to" if program.startswith("prefill") else "attention window", shape,
+             seconds)
 
   def _finish_reason(self, request: Request, tokens: list[int]) -> str | None:
     last = tokens[-1]
@@ -411,57 +535,11 @@ class Engine:
   def generate(self, requests: Iterable[Request]) -> Iterator[Result]:
     """Yields each request's result as soon as it finishes (not in input order).
 
-    Requests are taken from the iterable only as slots free up. Invalid
-    requests (empty prompt, ids outside the vocabulary, a prompt that leaves no
-    room under the context limit) yield an `error` result at once; the others
-    run normally.
+    Requests are taken from the iterable only as slots and pages free up. Invalid requests
+    (empty prompt, ids outside the vocabulary, a prompt that leaves no room under the context
+    limit) yield an `error` result at once; the others run normally.
     """
-    pending = iter(requests)  # pulled lazily: a corpus-sized stream never sits in memory
-    slots: list[tuple[Request, list[int]] | None] = [None] * self.config.slots
-    start = time.perf_counter()
-    exhausted = False
-    while not exhausted or any(slots):
-      for slot in range(self.config.slots):
-        while slots[slot] is None and not exhausted:
-          request = next(pending, None)
-          if request is None:
-            exhausted = True
-            break
-          problem = self._validate(request)
-          if problem:
-            log.debug("request %s rejected: %s", request.id, problem)
-            yield self._result(request, [], "error", error=problem)
-            continue
-          first = self._insert(request, slot)
-          tokens = [first]
-          reason = self._finish_reason(request, tokens)
-          if reason:
-            yield self._result(request, tokens, reason)
-          else:
-            slots[slot] = (request, tokens)
-      if not any(slots):
-        continue
-      call_start = time.perf_counter()
-      window = self._window(slots)
-      self.state, emitted = self._generate(self._params, self.state, window)
-      emitted = np.asarray(emitted)  # the one host transfer per call: [steps, slots]
-      self._timed("decode", window, time.perf_counter() - call_start)
-      self.stats["generate_seconds"] += time.perf_counter() - call_start
-      self.stats["generate_calls"] += 1
-      for slot, entry in enumerate(slots):
-        if entry is None:
-          continue
-        request, tokens = entry
-        for token in emitted[:, slot]:
-          if token < 0:
-            break
-          tokens.append(int(token))
-          reason = self._finish_reason(request, tokens)
-          if reason:
-            slots[slot] = None
-            yield self._result(request, tokens, reason)
-            break
-    self.stats["seconds"] += time.perf_counter() - start
+    return _Scheduler(self).run(iter(requests))
 
   def generate_all(self, requests: Iterable[Request]) -> list[Result]:
     """All results, in the order of `requests`."""
@@ -470,6 +548,183 @@ class Engine:
       raise MindJaxError("request ids must be unique")
     by_id = {r.id: r for r in self.generate(requests)}
     return [by_id[r.id] for r in requests]
+
+
+class _Scheduler:
+  """One `generate` run's host side: admission into slots and pages, growth, preemption.
+
+  Every decision depends only on the request stream and the tokens the engine returns (the
+  same on every host of an engine), never on timing, so the hosts of a slice decide alike.
+  """
+
+  def __init__(self, engine: Engine):
+    self.engine = engine
+    cfg = engine.config
+    self.page = cfg.page
+    self.pool = PagePool(engine.pages_per_shard, engine.shards, cfg.page)
+    self.slots_per_shard = cfg.slots // engine.shards
+    self.live: dict[int, _Sequence] = {}
+    self.waiting: collections.deque[tuple[Request, list[int]]] = collections.deque()
+    self.admitted = 0
+
+  def _shard(self, slot: int) -> int:
+    return slot // self.slots_per_shard
+
+  def _free_slot(self, shards) -> int | None:
+    for shard in shards:
+      for slot in range(shard * self.slots_per_shard, (shard + 1) * self.slots_per_shard):
+        if slot not in self.live:
+          return slot
+    return None
+
+  def _pages_for(self, tokens: int) -> int:
+    return min(-(-tokens // self.page), self.engine.config.row_pages)
+
+  def _reserve(self, shard: int) -> int:
+    """Pages kept free at admission for the growth of the shard's running sequences."""
+    return sum(1 for s in self.live.values() if self._shard(s.slot) == shard)
+
+  def _admit(self, request: Request, tokens: list[int]) -> tuple[_Sequence, int] | None:
+    """A slot and pages for `request` (which made `tokens` before a preemption) and its
+    prefill; None when no slot or not enough free pages: it waits."""
+    engine = self.engine
+    length = len(request.prompt_ids) + len(tokens)
+    share = min(request.prefix_len, length - 1)  # at least one token to prefill
+    key = prefix_key(list(request.prompt_ids)[:share]) if share else None
+    holders = self.pool.shards_with(key) if key else []
+    slot = self._free_slot(holders + [s for s in range(engine.shards) if s not in holders])
+    if slot is None:
+      return None
+    shard = self._shard(slot)
+    prefix = self.pool.lookup(shard, key) if key else None
+    # Pages for the prompt and the first decode call's tokens, and a page in reserve for each
+    # running sequence of the shard. The prefix's pages are held first: making room may drop
+    # cached prefixes, never this one.
+    needed = self._pages_for(length + engine.config.steps_per_call)
+    whole = share // self.page if prefix else 0
+    held = list(prefix.pages[:whole + (1 if share % self.page else 0)]) if prefix else []
+    self.pool.share(held)
+    reserve = self._reserve(shard)
+    pages = self.pool.take(shard, needed - whole + reserve)
+    if pages is None:
+      self.pool.release(held)
+      return None
+    self.pool.release(pages[needed - whole:])
+    pages = pages[:needed - whole]
+    copy, start = None, 0
+    if prefix:
+      if share % self.page:
+        copy = (prefix.pages[whole], pages[0])
+      pages = held[:whole] + pages
+      start = share
+    seq = _Sequence(request, list(tokens), slot, pages, self.admitted)
+    self.admitted += 1
+    table = np.full((1, engine.config.row_pages), NO_PAGE, np.int32)
+    table[0, :len(pages)] = pages
+    first = engine._prefill(seq, start, table, copy)
+    self.pool.release(held[whole:])  # the copied partial page
+    if key and not prefix:
+      full = share // self.page + (1 if share % self.page else 0)
+      self.pool.remember(shard, key, Prefix(share, tuple(pages[:full])))
+    return seq, first
+
+  def _grow(self) -> None:
+    """Pages for every live sequence's next call, preempting the youngest when a shard's pool
+    runs dry (possibly the one growing: it is then recomputed later)."""
+    steps = self.engine.config.steps_per_call
+    for seq in sorted(self.live.values(), key=lambda s: s.order):
+      if self.live.get(seq.slot) is not seq:
+        continue  # preempted while an older sequence grew
+      needed = self._pages_for(len(seq.request.prompt_ids) + len(seq.tokens) - 1 + steps)
+      while len(seq.pages) < needed and self.live.get(seq.slot) is seq:
+        got = self.pool.take(self._shard(seq.slot), needed - len(seq.pages))
+        if got is not None:
+          seq.pages.extend(got)
+          break
+        shard = self._shard(seq.slot)
+        youngest = max((s for s in self.live.values() if self._shard(s.slot) == shard),
+                       key=lambda s: s.order)
+        self._preempt(youngest)
+
+  def _preempt(self, seq: _Sequence) -> None:
+    engine = self.engine
+    log.debug("preempting request %s after %d tokens: the KV pool is full", seq.request.id,
+              len(seq.tokens))
+    del self.live[seq.slot]
+    self.pool.release(seq.pages)
+    engine.state = engine._deactivate(engine.state, np.int32(seq.slot))
+    # Back to the front of the queue, the older of several preempted first.
+    self.waiting.appendleft((seq.request, seq.tokens))
+    engine.stats["preemptions"] += 1
+
+  def _finish(self, seq: _Sequence) -> None:
+    del self.live[seq.slot]
+    self.pool.release(seq.pages)
+
+  def run(self, pending: Iterator[Request]) -> Iterator[Result]:
+    engine = self.engine
+    start = time.perf_counter()
+    exhausted = False
+    while True:
+      # Admit while a slot and pages are free; in order (a waiting request blocks the queue).
+      while True:
+        if not self.waiting:
+          request = None if exhausted else next(pending, None)
+          if request is None:
+            exhausted = True
+            break
+          problem = engine._validate(request)
+          if problem:
+            log.debug("request %s rejected: %s", request.id, problem)
+            yield engine._result(request, [], "error", error=problem)
+            continue
+          self.waiting.append((request, []))
+        request, tokens = self.waiting[0]
+        admitted = self._admit(request, tokens)
+        if admitted is None:
+          if not self.live:
+            raise MindJaxError(f"request {request.id}: no pages for its prompt in an empty pool "
+                               "(a bug: the pool holds a sequence at the context limit)")
+          break
+        self.waiting.popleft()
+        seq, first = admitted
+        seq.tokens.append(first)
+        reason = engine._finish_reason(request, seq.tokens)
+        if reason:
+          self.pool.release(seq.pages)
+          yield engine._result(request, seq.tokens, reason)
+        else:
+          self.live[seq.slot] = seq
+      if not self.live:
+        if exhausted and not self.waiting:
+          break
+        continue
+      self._grow()
+      engine.stats["most_sequences_at_once"] = max(engine.stats["most_sequences_at_once"],
+                                                   len(self.live))
+      call_start = time.perf_counter()
+      window = engine._window(list(self.live.values()))
+      table = np.full((engine.config.slots, engine._window_pages(window)), NO_PAGE, np.int32)
+      for slot, seq in self.live.items():
+        pages = seq.pages[:table.shape[1]]
+        table[slot, :len(pages)] = pages
+      engine.state, emitted = engine._generate(engine._params, engine.state, table)
+      emitted = np.asarray(emitted)  # the one host transfer per call: [steps, slots]
+      engine._timed("decode", window, time.perf_counter() - call_start)
+      engine.stats["generate_seconds"] += time.perf_counter() - call_start
+      engine.stats["generate_calls"] += 1
+      engine.stats["sequence_steps"] += len(self.live) * engine.config.steps_per_call
+      for slot, seq in list(self.live.items()):
+        for token in emitted[:, slot]:
+          if token < 0:
+            break
+          seq.tokens.append(int(token))
+          reason = engine._finish_reason(seq.request, seq.tokens)
+          if reason:
+            self._finish(seq)
+            yield engine._result(seq.request, seq.tokens, reason)
+            break
+    engine.stats["seconds"] += time.perf_counter() - start
 
 
 # The share of a device's free memory (after the weights) the KV cache may take.

@@ -1,4 +1,11 @@
-"""The KV cache: fixed decode slots that prefilled sequences are inserted into."""
+"""The KV cache: pools of fixed-size pages, and a page table that says which pages each row reads.
+
+A row's token at position `p` lives in page `table[row, p // page_size]` at offset
+`p % page_size`. A cache with one page per row, as long as the context (`KVCache.create`),
+is the plain per-row cache a single model call or a test uses; the engine keeps a pool of
+short pages and hands them out as sequences grow (mind_jax.engine), several rows sharing the
+pages of a common prompt prefix.
+"""
 
 from __future__ import annotations
 
@@ -10,87 +17,120 @@ import numpy as np
 
 from mind_jax.nn._config import LlamaConfig
 
-# Logical axes of each layer's key and value arrays, mapped to the mesh by the sharding rules.
+# Logical axes of each layer's key and value pool `[pages, kv_heads, page_size, head_dim]`,
+# mapped to the mesh by the sharding rules: pages split like the decode slots they belong to.
 CACHE_AXES = ("cache_batch", "cache_heads", "cache_seq", "head_dim")
+
+# A page-table entry that names no page: writes there are dropped, reads see masked junk.
+NO_PAGE = -1
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-  """Per layer, keys and values `[slots, kv_heads, max_len, head_dim]`.
+  """Per layer, key and value pools `[pages, kv_heads, page_size, head_dim]`, and the page
+  table `[rows, table_pages]` (int32, NO_PAGE where a row has no page).
 
-  Entry `j` of a row holds the token at position `j`, so attention needs no
-  per-row lengths: a query at position p sees entries 0..p. Entries past a
-  row's end (stale tokens of an earlier occupant, padding of a prefill) are
-  never visible and get overwritten as the row grows.
+  Attention needs no per-row lengths: a query at position p sees the row's entries 0..p.
+  Entries past a row's end (stale tokens of a page's earlier owner, padding of a prefill)
+  are never visible and get overwritten as the row grows.
 
-  One array per layer, heads before positions: a decode step then updates
-  each array in place and attends over it without slicing or transposing a
-  stacked cache, which on CPU made a step several times slower.
+  `fresh` (static): the queries of this call are their rows' first tokens (a prefill from
+  position 0), so attention needs only the call's own keys, not the pages.
   """
 
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
+  table: jax.Array
+  fresh: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
   @classmethod
   def empty(cls, config: LlamaConfig, slots: int, max_len: int, dtype=None) -> KVCache:
-    """A zero cache, traceable: inside a jitted program (a prefill, a decode state) it is
+    """A zero cache of one `max_len` page per row, traceable: inside a jitted program it is
     built in place rather than transferred in."""
-    shape = cls.layer_shape(config, slots, max_len)
+    return cls.pool(config, slots, max_len, dtype).with_table(
+        jnp.arange(slots, dtype=jnp.int32)[:, None])
+
+  @classmethod
+  def pool(cls, config: LlamaConfig, pages: int, page_size: int, dtype=None) -> KVCache:
+    """`pages` zero pages of `page_size` tokens, with an empty page table."""
+    shape = cls.layer_shape(config, pages, page_size)
     dtype = jnp.dtype(dtype or config.dtype)
     layers = config.num_hidden_layers
     return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
-               v=tuple(jnp.zeros(shape, dtype) for _ in range(layers)))
+               v=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
+               table=jnp.zeros((0, 1), jnp.int32))
 
   @classmethod
   def create(cls, config: LlamaConfig, slots: int, max_len: int, dtype=None, sharding=None) -> KVCache:
     """`empty`, allocated now (on `sharding`'s devices when given)."""
     layers = config.num_hidden_layers
-    shardings = None if sharding is None else cls((sharding,) * layers, (sharding,) * layers)
+    shardings = None if sharding is None else cls(
+        (sharding,) * layers, (sharding,) * layers,
+        jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
     return jax.jit(lambda: cls.empty(config, slots, max_len, dtype), out_shardings=shardings)()
 
   @staticmethod
-  def layer_shape(config: LlamaConfig, slots: int, max_len: int) -> tuple[int, ...]:
-    return (slots, config.num_key_value_heads, max_len, config.resolved_head_dim)
+  def layer_shape(config: LlamaConfig, pages: int, page_size: int) -> tuple[int, ...]:
+    return (pages, config.num_key_value_heads, page_size, config.resolved_head_dim)
 
   @classmethod
-  def nbytes_for(cls, config: LlamaConfig, slots: int, max_len: int, dtype=None) -> int:
-    """Bytes of a cache before it is allocated (keys and values, all layers)."""
+  def nbytes_for(cls, config: LlamaConfig, pages: int, page_size: int, dtype=None) -> int:
+    """Bytes of a pool before it is allocated (keys and values, all layers)."""
     itemsize = jnp.dtype(dtype or config.dtype).itemsize
-    per_layer = int(np.prod(cls.layer_shape(config, slots, max_len))) * itemsize
+    per_layer = int(np.prod(cls.layer_shape(config, pages, page_size))) * itemsize
     return 2 * config.num_hidden_layers * per_layer
 
   @property
-  def slots(self) -> int:
+  def pages(self) -> int:
     return self.k[0].shape[0]
 
   @property
-  def max_len(self) -> int:
+  def page_size(self) -> int:
     return self.k[0].shape[2]
 
-  def insert(self, prefilled: KVCache, slot) -> KVCache:
-    """Copies row 0 of `prefilled` (possibly shorter) into decode slot `slot`."""
+  def with_table(self, table, fresh: bool = False) -> KVCache:
+    return dataclasses.replace(self, table=jnp.asarray(table, jnp.int32), fresh=fresh)
 
-    def put(dst, src):
-      return jax.lax.dynamic_update_slice(dst, src[:1].astype(dst.dtype), (slot, 0, 0, 0))
+  def copy_page(self, src, dst) -> KVCache:
+    """Page `dst` of every layer set to page `src` (copy-on-write of a shared prefix's last,
+    partly filled page; `src == dst` copies nothing)."""
+    copy = lambda pool: pool.at[dst].set(pool[src])  # noqa: E731
+    return dataclasses.replace(self, k=tuple(map(copy, self.k)), v=tuple(map(copy, self.v)))
 
-    return KVCache(k=tuple(map(put, self.k, prefilled.k)), v=tuple(map(put, self.v, prefilled.v)))
+
+def page_slots(table: jax.Array, positions: jax.Array, page_size: int, pages: int):
+  """(page, offset) `[B, T]` of each row's tokens at `positions` `[B, T]`. Positions past the
+  table, and table entries naming no page (NO_PAGE, or a page outside this pool of `pages`:
+  another shard's), give page `pages`: out of range, so a write there is dropped."""
+  column = positions // page_size
+  page = jnp.take_along_axis(table, jnp.clip(column, 0, table.shape[1] - 1), axis=1)
+  page = jnp.where((column < table.shape[1]) & (page >= 0) & (page < pages), page, pages)
+  return page, positions % page_size
 
 
-def write_rows(buf: jax.Array, new: jax.Array, positions: jax.Array,
-               per_head: bool = False) -> jax.Array:
-  """Writes `new` `[B, T, K, D]` into `buf` `[B, K, S, D]` at per-row `positions` `[B, T]`.
+def write_pages(pool: jax.Array, new: jax.Array, page: jax.Array, offset: jax.Array,
+                per_head: bool = False) -> jax.Array:
+  """Writes `new` `[B, T, K, D]` into `pool` `[P, K, page_size, D]` at `page`/`offset` `[B, T]`
+  (page P and beyond: dropped).
 
-  Positions past the end are dropped (padding of a prompt bucket). `per_head` writes each
-  (row, position, kv head) as its own D-vector instead of one [K, D] window per (row,
-  position): the same values, for the TPU, whose layout assignment otherwise keeps a decode
-  loop's cache in a K-minor layout (the window contiguous) and copies the whole cache into and
-  out of it every step whenever a chip holds more than one kv head. Elsewhere (XLA:CPU writes
-  the windows about 3x faster) and in prefill (T index vectors per row, not one) they stay.
+  `per_head` writes each (row, position, kv head) as its own D-vector instead of one [K, D]
+  window per (row, position): the same values, for the TPU, whose layout assignment otherwise
+  keeps a decode loop's cache in a K-minor layout (the window contiguous) and copies the whole
+  cache into and out of it every step whenever a chip holds more than one kv head. Elsewhere
+  (XLA:CPU writes the windows about 3x faster) and in prefill they stay windows.
   """
-  rows = jnp.arange(buf.shape[0])[:, None]
+  new = new.astype(pool.dtype)
   if not per_head:
-    return buf.at[rows, :, positions].set(new.astype(buf.dtype), mode="drop")
-  heads = jnp.arange(buf.shape[1])[None, None, :]
-  return buf.at[rows[:, :, None], heads, positions[:, :, None]].set(new.astype(buf.dtype),
-                                                                   mode="drop")
+    return pool.at[page, :, offset].set(new, mode="drop")
+  heads = jnp.arange(pool.shape[1])[None, None, :]
+  return pool.at[page[:, :, None], heads, offset[:, :, None]].set(new, mode="drop")
+
+
+def read_pages(pool: jax.Array, table: jax.Array) -> jax.Array:
+  """The rows' pages in order, `[B, K, table_pages * page_size, D]` (entry j = position j).
+  Entries naming no page read some page of the pool: finite values a query never sees."""
+  b, n = table.shape
+  _, k, page, d = pool.shape
+  rows = pool[jnp.clip(table, 0, pool.shape[0] - 1)]  # [B, n, K, page, D]
+  return rows.transpose(0, 2, 1, 3, 4).reshape(b, k, n * page, d)

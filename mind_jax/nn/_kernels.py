@@ -6,20 +6,18 @@ GPU ("cudnn"). Each computes what the XLA `attend` computes, or hands the call t
   packed sequences. Splash masks by token index, which is the position rule of `attend` when
   positions count up by one along each segment (whole sequences and packed ones, as the data
   pipeline and the engine make them).
-- prefill with a cache (T > 1): splash, when the cache is as long as the queries (T == S, the
-  engine's prefill) and every row's positions are 0..T-1, checked at run time (`lax.cond`);
-  otherwise `attend`.
-- decode (T == 1 with a cache): paged attention with per-row lengths position + 1. The cache
-  `[B, K, S, D]` is viewed, by a reshape that copies nothing, as B*K one-head sequences of
-  S / page pages each; query heads `[B, H]` are the same B*K groups of G = H / K heads.
-  The shipped kernel reads pages as bfloat16, so only a bfloat16 cache uses it (nothing is
-  lost); a float32 cache goes to `attend` rather than silently dropping precision. Its blocks
-  span the head dim, which the TPU lowering needs to be a multiple of 128: a model with 64-dim
-  heads (Llama-3.2-1B) decodes through `attend`.
-- sequence lengths the TPU tiles do not divide (T or S not a multiple of 128 for splash, S not
-  a multiple of 8 for pages) go to `attend`.
+- a prefill from position 0 (the keys are the queries' own): splash, as without a cache.
+- decode through a page table (`mind_jax.nn._paged`): the paged attention kernel reads each
+  row's pages in place, with per-row lengths position + 1 (`paged_decode`). The shipped
+  kernel reads pages as bfloat16, so only a bfloat16 cache uses it (nothing is lost); a
+  float32 cache goes to XLA rather than silently dropping precision. Its blocks span the head
+  dim, which the TPU lowering needs to be a multiple of 128: a model with 64-dim heads
+  (Llama-3.2-1B) decodes through XLA.
+- sequence lengths the TPU tiles do not divide (T not a multiple of 128 for splash, pages not
+  a multiple of 8 tokens) go to XLA.
 Pallas calls are not partitioned by XLA, so under a mesh they run in `shard_map`: batch over
-the mesh's batch axes (data, fsdp: those that divide it), heads over `tensor`. The mesh is the
+the mesh's batch axes (data, fsdp: those that divide it), heads over `tensor` (splash here;
+the paged read by `_paged`, which splits pages as the rows that own them). The mesh is the
 one being traced under (`jax.sharding.get_abstract_mesh()`; `mind_jax.sharding.activation_layout` sets it inside a jitted
 function); with none, or one device, the kernel is called directly.
 
@@ -42,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from mind_jax._errors import MindJaxError
 from mind_jax.nn._attention import attend, register_attention
+from mind_jax.nn._paged import attend_pages, register_paged_attention
 
 CHOICES = ("auto", "xla", "tpu", "cudnn")
 _PLATFORM_DEFAULT = {"tpu": "tpu", "gpu": "cudnn", "cuda": "cudnn", "rocm": "xla", "cpu": "xla"}
@@ -182,73 +181,54 @@ def _page_size(length: int) -> int | None:
   return None
 
 
-def _paged_decode(q, k, v, positions, interpret: bool):
-  """q `[B, 1, H, D]`, cache k/v `[B, K, S, D]`, positions `[B, 1]` -> `[B, 1, H, D]`.
+def paged_decode(q, pool_k, pool_v, table, positions, interpret: bool = False):
+  """`attend_pages` by the Pallas paged attention kernel where it can: one query per row
+  (decode), a bfloat16 pool (the kernel reads pages as bfloat16; a float32 pool goes to XLA
+  rather than silently dropping precision), head dims of multiples of 128 (its TPU lowering:
+  Llama-3.2-1B's 64-dim heads decode through XLA). Runs on the pages it is given (per shard).
 
-  Numerics: attention over bfloat16-rounded keys and values, in float32.
+  The pool `[P, K, page, D]` is viewed, by a reshape that copies nothing, as one-head pages
+  of `sub` tokens, (page, kv head, sub-page) in order; each (row, kv head) is one kernel
+  sequence over those pages with the row's G = H / K query heads.
   """
+  b, t, h, d = q.shape
+  pages, kv, page, _ = pool_k.shape
+  sub = _page_size(page)
+  if t != 1 or sub is None or pool_k.dtype != jnp.bfloat16 or d % PAGED_HEAD_DIM:
+    return attend_pages(q, pool_k, pool_v, table, positions)
   from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention
-  b, _, h, d = q.shape
-  kv_heads, length = k.shape[1], k.shape[2]
-  page = _page_size(length)
-  pages = length // page
-  # Pages per compute block: as many as fit 512 tokens, dividing the sequence's pages.
-  block = max(n for n in range(1, pages + 1) if pages % n == 0 and n * page <= max(512, page))
-
-  def local(q, k, v, positions):
-    rows, heads, kv = q.shape[0], q.shape[2], k.shape[1]
-    groups = heads // kv
-    # Each (row, kv head) is one sequence over one kv head: reshapes only, no copy.
-    qs = (q.astype(jnp.float32) * d ** -0.5).astype(q.dtype).reshape(rows * kv, groups, d)
-    kp = k.reshape(1, rows * kv * pages, page, d)
-    vp = v.reshape(1, rows * kv * pages, page, d)
-    lengths = jnp.clip(positions[:, 0].astype(jnp.int32) + 1, 1, length)
-    lengths = jnp.repeat(lengths, kv)
-    table = jnp.arange(rows * kv * pages, dtype=jnp.int32).reshape(rows * kv, pages)
-    out = paged_attention(qs, kp, vp, lengths, table, pages_per_compute_block=block)
-    return out.astype(q.dtype).reshape(rows, 1, heads, d)
-
-  def spec(layout):
-    def make(mesh):
-      batch, heads = _batch_axes(mesh, b) or None, _head_axis(mesh, kv_heads)
-      return {"bthd": P(batch, None, heads, None), "bksd": P(batch, heads, None, None),
-              "bt": P(batch, None)}[layout]
-    return make
-
+  per_page = page // sub
+  columns = table.shape[1] * per_page
+  # Sub-pages per compute block: as many as fit 512 tokens, dividing the row's sub-pages.
+  block = max(n for n in range(1, columns + 1) if columns % n == 0 and n * sub <= max(512, sub))
+  groups = h // kv
+  qs = (q.astype(jnp.float32) * d ** -0.5).astype(q.dtype).reshape(b * kv, groups, d)
+  kp = pool_k.reshape(1, pages * kv * per_page, sub, d)
+  vp = pool_v.reshape(1, pages * kv * per_page, sub, d)
+  first = jnp.clip(table, 0, pages - 1)[:, None, :, None] * kv + jnp.arange(kv)[None, :, None, None]
+  ids = (first * per_page + jnp.arange(per_page)).reshape(b * kv, columns).astype(jnp.int32)
+  lengths = jnp.repeat(jnp.clip(positions[:, 0].astype(jnp.int32) + 1, 1, columns * sub), kv)
   with _interpret(interpret):
-    return _sharded(local, (q, k, v, positions),
-                    (spec("bthd"), spec("bksd"), spec("bksd"), spec("bt")), spec("bthd"))
+    out = paged_attention(qs, kp, vp, lengths, ids, pages_per_compute_block=block)
+  return out.astype(q.dtype).reshape(b, 1, h, d)
 
 
 def tpu_attend(q, k, v, *, q_positions, k_positions, q_segments=None, k_segments=None,
                interpret: bool = False):
-  """`attend` by the Pallas TPU kernels where their masks equal its rule (module docstring).
-
-  A call without a cache is the one whose keys are the queries' own tokens: `_llama` passes
-  the same positions array as `q_positions` and `k_positions`.
-  """
+  """`attend` by the splash kernel where its mask equals the rule (module docstring): keys
+  that are the queries' own tokens (`_llama` passes the same positions array as `q_positions`
+  and `k_positions`: training, a full forward, a prefill from position 0)."""
   del k_segments  # equal to q_segments: packed sequences never come with a cache
-  t, length = q.shape[1], k.shape[2]
-  fallback = functools.partial(attend, q, k, v, q_positions=q_positions, k_positions=k_positions,
-                               q_segments=q_segments, k_segments=q_segments)
-  if k_positions is q_positions:
-    if _splash_block(t) is None:
-      return fallback()
-    return _splash(q, k, v, q_segments, interpret)
-  if t == 1:
-    if _page_size(length) is None or k.dtype != jnp.bfloat16 or q.shape[-1] % PAGED_HEAD_DIM:
-      return fallback()
-    return _paged_decode(q, k, v, q_positions, interpret)
-  if t != length or _splash_block(t) is None:
-    return fallback()
-  # A prefill: index-causal splash equals the position rule when every row's queries sit at
-  # the cache entries they were written to (0..T-1), as the engine's prefill does.
-  at_entries = jnp.all(q_positions == jnp.arange(t, dtype=q_positions.dtype))
-  return jax.lax.cond(at_entries, lambda: _splash(q, k, v, None, interpret), fallback)
+  if k_positions is not q_positions or _splash_block(q.shape[1]) is None:
+    return attend(q, k, v, q_positions=q_positions, k_positions=k_positions,
+                  q_segments=q_segments, k_segments=q_segments)
+  return _splash(q, k, v, q_segments, interpret)
 
 
 register_attention("tpu", tpu_attend)
 register_attention("tpu_interpret", functools.partial(tpu_attend, interpret=True))
+register_paged_attention("tpu", paged_decode)
+register_paged_attention("tpu_interpret", functools.partial(paged_decode, interpret=True))
 
 
 # --- GPU: cuDNN flash attention --------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -11,8 +12,9 @@ from flax import nnx
 from mind_jax._errors import MindJaxError
 from mind_jax.sharding import constrain
 from mind_jax.nn._attention import get_attention
-from mind_jax.nn._cache import KVCache, write_rows
+from mind_jax.nn._cache import KVCache
 from mind_jax.nn._config import LlamaConfig
+from mind_jax.nn._paged import cached_attention
 from mind_jax.nn._layers import Embed, Linear, RMSNorm, apply_rope, rope_tables
 
 # Hidden states between layers: split by sequence over the batch axes, whole per token.
@@ -50,14 +52,11 @@ class LlamaAttention(nnx.Module):
       out = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), q_positions=positions,
                    k_positions=positions, q_segments=segment_ids, k_segments=segment_ids)
     else:
-      per_head = t == 1 and self.attention.startswith("tpu")  # a TPU decode: see write_rows
-      cache_k = write_rows(kv[0], k, positions, per_head)
-      cache_v = write_rows(kv[1], v, positions, per_head)
-      length = cache_k.shape[2]
-      slot_positions = jnp.broadcast_to(jnp.arange(length), (b, length))
-      out = attend(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), q_positions=positions,
-                   k_positions=slot_positions)
-      kv = (cache_k, cache_v)
+      cache_k, cache_v, table, fresh = kv
+      out, kv = cached_attention(
+          q, k, v, cache_k, cache_v, table, positions, fresh=fresh,
+          implementation=self.attention,
+          per_head=t == 1 and self.attention.startswith("tpu"))  # a TPU decode: see write_pages
     return self.o_proj(out.reshape(b, t, -1)), kv
 
 
@@ -114,7 +113,8 @@ class LlamaModel(nnx.Module):
     x = constrain(self.embed_tokens(input_ids), ACTIVATION_AXES)
     inv_freq = self.config.rope.inv_freq(self.config.resolved_head_dim)
     rope = rope_tables(jnp.asarray(inv_freq), positions)
-    layer_fn = _layer_fn(self.config.remat)
+    # Remat is a training concern; decoding (a cache) has no backward pass to save memory for.
+    layer_fn = _layer_fn(self.config.remat if cache is None else "none")
     if self.config.scan_layers and cache is None:
       graphdef, state = nnx.split(self.layers)
 
@@ -131,21 +131,22 @@ class LlamaModel(nnx.Module):
       for i in range(self.config.num_hidden_layers):
         layer_state = jax.tree.map(lambda p, i=i: p[i], state)
         x, (k, v) = layer_fn(graphdef, layer_state, x, rope, positions, segment_ids,
-                             (cache.k[i], cache.v[i]))
+                             (cache.k[i], cache.v[i], cache.table, cache.fresh))
         new_k.append(k)
         new_v.append(v)
-      cache = KVCache(tuple(new_k), tuple(new_v))
+      cache = dataclasses.replace(cache, k=tuple(new_k), v=tuple(new_v))
     else:
       new_k, new_v = [], []
       for i, layer in enumerate(self.layers):
         graphdef, state = nnx.split(layer)
-        kv = None if cache is None else (cache.k[i], cache.v[i])
+        kv = None if cache is None else (cache.k[i], cache.v[i], cache.table, cache.fresh)
         x, kv = layer_fn(graphdef, state, x, rope, positions, segment_ids, kv)
         x = constrain(x, ACTIVATION_AXES)
         if cache is not None:
           new_k.append(kv[0])
           new_v.append(kv[1])
-      cache = None if cache is None else KVCache(tuple(new_k), tuple(new_v))
+      cache = None if cache is None else dataclasses.replace(cache, k=tuple(new_k),
+                                                             v=tuple(new_v))
     return self.norm(x), cache
 
 
@@ -169,8 +170,8 @@ class Llama(nnx.Module):
   - `positions` `[B, T]` and `segment_ids` `[B, T]` (1-based, 0 = padding) for
     packed sequences: tokens never attend across segments;
   - `cache` (a `KVCache`) for decoding: the tokens at `positions` are written
-    into the cache and attend to everything before them; returns
-    `(logits, cache)`;
+    into their rows' pages and attend to everything before them in the row;
+    returns `(logits, cache)`;
   - `logits_at` `[B]` (a prefill): logits only at each row's position
     `logits_at[b]`, `[B, vocab]`; the head is a large share of a prefill's
     FLOPs for small models, and decoding needs only the last prompt token's.
