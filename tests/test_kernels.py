@@ -3,6 +3,7 @@ the cuDNN call built exactly as on GPU (run by XLA here), and the TPU kernels co
 v5e:2x2 topology inside a sharded model."""
 
 import dataclasses
+import math
 import importlib.util
 
 import jax
@@ -16,6 +17,8 @@ from mind_jax import sharding
 from mind_jax._errors import MindJaxError
 from mind_jax.nn import Llama, LlamaConfig, attend, resolve_attention
 from mind_jax.nn import _kernels
+from mind_jax.nn._cache import NO_PAGE
+from mind_jax.nn._paged import attend_pages
 
 TOL = 1e-5
 
@@ -71,38 +74,104 @@ def test_splash_packed_segments_match_xla():
   assert _max_diff(_real(out, seg), _real(attend(q, k, v, **kw), seg)) <= TOL
 
 
-def test_prefill_uses_splash_only_at_the_cache_entries():
+def test_keys_other_than_the_queries_own_go_to_xla():
   q, k, v = _qkv(1, 128, 4, 2, 16, seed=2)
   entries = jnp.arange(128)[None]
-  for q_pos in (entries, entries + 3):  # the engine's prefill; a shifted one (falls back)
-    kw = dict(q_positions=q_pos, k_positions=jnp.broadcast_to(jnp.arange(128), (1, 128)))
-    out = _kernels.tpu_attend(q, k, v, interpret=True, **kw)
-    assert _max_diff(out, attend(q, k, v, **kw)) <= TOL
+  kw = dict(q_positions=entries + 3, k_positions=jnp.broadcast_to(jnp.arange(128), (1, 128)))
+  assert _max_diff(_kernels.tpu_attend(q, k, v, interpret=True, **kw), attend(q, k, v, **kw)) == 0
 
 
-def test_paged_decode_ragged_lengths_match_xla():
-  """The kernel reads pages as bfloat16: exact against `attend` over bf16-rounded k/v."""
-  q, k, v = _qkv(4, 1, 4, 2, 16, s=256, seed=3)
-  positions = jnp.array([[0], [77], [255], [300]])  # 300: an idle slot past the window
-  slots = jnp.broadcast_to(jnp.arange(256), (4, 256))
-  out = _kernels._paged_decode(q, k, v, positions, interpret=True)
-  rounded = [a.astype(jnp.bfloat16).astype(jnp.float32) for a in (k, v)]
-  ref = attend(q, *rounded, q_positions=positions, k_positions=slots)
-  assert _max_diff(out, ref) <= TOL
+def _pool(pages, kv, page, d, seed, dtype=jnp.float32):
+  rng = np.random.default_rng(seed)
+  return [jnp.asarray(rng.normal(size=(pages, kv, page, d)), dtype) for _ in range(2)]
 
 
-def test_decode_dispatch_bf16_kernel_fp32_xla():
-  q, k, v = _qkv(2, 1, 4, 2, 128, s=128, seed=4)
+def _scrambled_table(rows, columns, pages, seed):
+  """Each row's pages, out of order and disjoint; row 3 is an idle slot (no pages)."""
+  order = np.random.default_rng(seed).permutation(pages)[:rows * columns].reshape(rows, columns)
+  order[3] = NO_PAGE
+  return jnp.asarray(order, jnp.int32)
+
+
+@pytest.mark.parametrize("page", [16, 64])
+def test_paged_decode_reads_scrambled_pages_like_xla(page):
+  """The kernel reads pages as bfloat16: exact against XLA over bf16-rounded pools."""
+  q = _qkv(4, 1, 4, 2, 128, seed=3)[0]
+  pool_k, pool_v = _pool(4 * 256 // page, 2, page, 128, seed=3)
+  table = _scrambled_table(4, 256 // page, 4 * 256 // page, seed=3)
+  positions = jnp.array([[0], [77], [255], [0]])
+  out = _kernels.paged_decode(q, pool_k.astype(jnp.bfloat16), pool_v.astype(jnp.bfloat16),
+                              table, positions, interpret=True)
+  rounded = [a.astype(jnp.bfloat16).astype(jnp.float32) for a in (pool_k, pool_v)]
+  ref = attend_pages(q, *rounded, table, positions)
+  assert _max_diff(out[:3], ref[:3]) <= TOL
+
+
+def test_paged_decode_dispatch_bf16_kernel_fp32_and_64_dim_xla():
+  q = _qkv(2, 1, 4, 2, 128, seed=4)[0]
+  pool_k, pool_v = _pool(8, 2, 32, 128, seed=4)
+  table = jnp.asarray([[5, 2, 7, 0], [1, 3, 4, 6]], jnp.int32)
   positions = jnp.array([[5], [127]])
-  kw = dict(q_positions=positions, k_positions=jnp.broadcast_to(jnp.arange(128), (2, 128)))
-  exact = _kernels.tpu_attend(q, k, v, interpret=True, **kw)  # fp32 cache: the XLA path
-  assert _max_diff(exact, attend(q, k, v, **kw)) == 0
-  bf = [a.astype(jnp.bfloat16) for a in (q, k, v)]
-  out = _kernels.tpu_attend(*bf, interpret=True, **kw)
-  assert 0 < _max_diff(out, attend(*bf, **kw)) <= 2e-2  # the kernel: bf16 rounding of the output
+  exact = _kernels.paged_decode(q, pool_k, pool_v, table, positions, interpret=True)  # fp32
+  assert _max_diff(exact, attend_pages(q, pool_k, pool_v, table, positions)) == 0
+  bf = [a.astype(jnp.bfloat16) for a in (q, pool_k, pool_v)]
+  out = _kernels.paged_decode(*bf, table, positions, interpret=True)
+  ref = attend_pages(*bf, table, positions)
+  assert 0 < _max_diff(out, ref) <= 2e-2  # the kernel: bf16 rounding of the output
   # 64-dim heads (Llama-3.2-1B): the kernel's TPU lowering refuses them, so the XLA path.
   bf64 = [a[..., :64] for a in bf]
-  assert _max_diff(_kernels.tpu_attend(*bf64, interpret=True, **kw), attend(*bf64, **kw)) == 0
+  assert _max_diff(_kernels.paged_decode(*bf64, table, positions, interpret=True),
+                   attend_pages(*bf64, table, positions)) == 0
+
+
+@pytest.mark.parametrize("axes,rules", [({"data": 2, "fsdp": 1, "tensor": 2}, "generate"),
+                                        ({"data": 2, "fsdp": 2, "tensor": 2}, "train")])
+def test_paged_attention_per_shard_under_a_mesh_equals_one_device(axes, rules):
+  """Pages split over the batch axes as the rows that own them (rows 0-1 own pages 0-7 and
+  rows 2-3 pages 8-15 on two shards): writes and reads per shard, by XLA and by the kernel
+  in interpret mode, equal the unsharded XLA result; so do a one-row prefill from a prefix
+  (left to XLA's partitioner) and one from position 0."""
+  from mind_jax.nn._paged import cached_attention
+  mesh = sharding.make_mesh(axes, jax.devices()[:math.prod(axes.values())])
+  ways = 4 if rules == "train" else 2
+  per_shard = 16 // ways
+  rows = 4
+  q = _qkv(rows, 1, 4, 2, 128, seed=5)[0].astype(jnp.bfloat16)
+  new_k, new_v = [a.transpose(0, 2, 1, 3).astype(jnp.bfloat16)
+                  for a in _qkv(rows, 1, 4, 2, 128, seed=6)[1:]]
+  pool_k, pool_v = [a.astype(jnp.bfloat16) for a in _pool(16, 2, 16, 128, seed=5)]
+  rs = np.random.default_rng(5)
+  table = np.stack([rs.permutation(per_shard)[:2] + (row * ways // rows) * per_shard
+                    for row in range(rows)]).astype(np.int32)
+  positions = jnp.asarray([[3], [17], [30], [9]])
+
+  def step(impl, sharded, q, k, v, pk, pv, table, positions, fresh=False):
+    def run(q, k, v, pk, pv, table, positions):
+      return cached_attention(q, k, v, pk, pv, table, positions, fresh=fresh,
+                              implementation=impl)
+    if not sharded:
+      return jax.jit(run)(q, k, v, pk, pv, table, positions)
+    def under_mesh(*args):
+      with sharding.activation_layout(mesh, rules):
+        return run(*args)
+    pool = sharding.data_sharding(mesh, rules, ("cache_batch", "cache_heads", None, None))
+    put = lambda x: jax.device_put(x, pool)  # noqa: E731
+    return jax.jit(under_mesh)(q, k, v, put(pk), put(pv), table, positions)
+
+  ref, (ref_k, _) = step("xla", False, q, new_k, new_v, pool_k, pool_v, table, positions)
+  for impl in ("xla", "tpu_interpret"):
+    out, (got_k, _) = step(impl, True, q, new_k, new_v, pool_k, pool_v, table, positions)
+    assert jnp.array_equal(got_k, ref_k), impl
+    assert _max_diff(out, ref) <= (0 if impl == "xla" else 2e-2), impl
+  # One-row prefills: 8 tokens after a 16-token prefix (pages 1, 4 of shard 0), and from 0.
+  q8 = _qkv(1, 8, 4, 2, 128, seed=7)[0].astype(jnp.bfloat16)
+  k8, v8 = [a.transpose(0, 2, 1, 3).astype(jnp.bfloat16) for a in _qkv(1, 8, 4, 2, 128, seed=8)[1:]]
+  for start, row in ((16, [[1, 4]]), (0, [[2, 5]])):
+    args = (q8, k8, v8, pool_k, pool_v, jnp.asarray(row, jnp.int32),
+            start + jnp.arange(8)[None])
+    ref, (ref_k, _) = step("xla", False, *args, fresh=start == 0)
+    out, (got_k, _) = step("xla", True, *args, fresh=start == 0)
+    assert jnp.array_equal(got_k, ref_k) and _max_diff(out, ref) <= 1e-2, start
 
 
 def test_tiny_llama_packed_forward_with_interpreted_kernels():
