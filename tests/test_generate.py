@@ -71,6 +71,37 @@ def test_chat_formatting_puts_the_chunk_before_the_instruction():
   assert format_prompt(tok, text, "raw") == [tok.bos_id] + list(text.encode())
 
 
+def test_a_chunks_styles_share_their_prompt_prefix_and_it_is_prefilled_once(default_run, tmp_path):
+  """The seven prompts of a chunk start with the same tokens (the template's header and the
+  chunk, up to the instruction); the engine prefills them once per chunk, and the records
+  equal a run that prefills every prompt whole. (One slot shard: the default run's 8-device
+  mesh splits its 8 slots into 8 shards of one slot, each with its own pages.)"""
+  from mind_jax.data import ReadStats
+  from mind_jax.mind._pipeline import common_prefix_len, plan_units
+  out, summary = default_run
+  cfg = make_config(out, "input.limit=2")
+  units = list(plan_units(cfg, byte_tokenizer(), list(load_styles().values()), ReadStats()))
+  shared = 0
+  for start in range(0, len(units), 7):
+    chunk = units[start:start + 7]
+    assert len({u.chunk for u in chunk}) == 1 and len({u.prefix_len for u in chunk}) == 1
+    n = chunk[0].prefix_len
+    assert len({tuple(u.prompt_ids[:n]) for u in chunk}) == 1
+    assert len({u.prompt_ids[n] for u in chunk}) > 1  # the first token after it differs
+    assert n > len(chunk[0].chunk)  # the chunk's bytes and the template's header
+    shared += n
+  assert common_prefix_len([[1, 2, 3], [1, 2], [1, 2, 4]]) == 2
+  one_shard = ["input.limit=2", "mesh.axes.data=1", "mesh.axes.fsdp=8"]
+  shared_run = run(make_config(tmp_path / "shared", *one_shard))
+  # Six of every seven copies of the shared prefix are read from pages, not prefilled again.
+  assert shared_run["prefix_tokens_reused"] == 6 * shared
+  prompt_tokens = sum(len(u.prompt_ids) for u in units)
+  assert shared_run["prefill_tokens"] == prompt_tokens - 6 * shared
+  whole = run(make_config(tmp_path / "whole", *one_shard, "engine.share_prefixes=false"))
+  assert whole["prefix_tokens_reused"] == 0 and whole["prefill_tokens"] == prompt_tokens
+  assert all_records(tmp_path / "whole") == all_records(tmp_path / "shared") == all_records(out)
+
+
 def test_output_is_readable_by_pyarrow_and_parquet_output(default_run, tmp_path):
   import pyarrow.json as pj
   out, _ = default_run

@@ -577,6 +577,10 @@ class _Scheduler:
           return slot
     return None
 
+  def _free_slots(self, shard: int) -> int:
+    first = shard * self.slots_per_shard
+    return sum(slot not in self.live for slot in range(first, first + self.slots_per_shard))
+
   def _pages_for(self, tokens: int) -> int:
     return min(-(-tokens // self.page), self.engine.config.row_pages)
 
@@ -591,8 +595,11 @@ class _Scheduler:
     length = len(request.prompt_ids) + len(tokens)
     share = min(request.prefix_len, length - 1)  # at least one token to prefill
     key = prefix_key(list(request.prompt_ids)[:share]) if share else None
+    # A sharer goes where its prefix's pages are; a new prefix (or none) to the shard with the
+    # most free slots, where the requests sharing it can follow.
     holders = self.pool.shards_with(key) if key else []
-    slot = self._free_slot(holders + [s for s in range(engine.shards) if s not in holders])
+    roomiest = sorted(range(engine.shards), key=lambda s: -self._free_slots(s))
+    slot = self._free_slot(holders + [s for s in roomiest if s not in holders])
     if slot is None:
       return None
     shard = self._shard(slot)

@@ -71,8 +71,26 @@ class SamplingSection(config_lib.Section):
 
 
 class EngineSection(config_lib.Section):
-  slots: int = pydantic.Field(8, ge=1)
+  slots: int = pydantic.Field(8, ge=1, description="the most sequences decoding at once")
   steps_per_call: int = pydantic.Field(8, ge=1)
+  page_size: int | None = pydantic.Field(
+      None, ge=1, description="tokens per KV-cache page: a multiple of 8 dividing "
+      "sampling.context_limit (default 64, or the largest power of two below that divides it)")
+  kv_pages: int | None = pydantic.Field(
+      None, ge=1, description="pages in the KV pool over all chips (default: from kv_memory)")
+  kv_memory: str | None = pydantic.Field(
+      None, description="KV pool per chip, e.g. 20GiB or 500MB (default: 90% of the memory "
+      "left after the weights, up to every slot at the context limit)")
+  share_prefixes: bool = pydantic.Field(
+      True, description="prefill the prompt tokens a chunk's styles have in common once and "
+      "share their KV pages (off: every prompt prefilled whole; the records are the same)")
+
+  @pydantic.field_validator("kv_memory")
+  @classmethod
+  def _kv_memory(cls, value):
+    if value is not None:
+      parse_bytes(value)
+    return value
   hosts: int = pydantic.Field(
       1, description="hosts one engine spans on a multi-host slice: 1, an engine per host on "
       "its own chips (the fastest where the model fits a host); -1, one engine over every "
@@ -123,6 +141,12 @@ class GenerateConfig(config_lib.Section):
   def _shard_in_range(self):
     if self.shard_index >= self.num_shards:
       raise ValueError(f"shard_index={self.shard_index} must be < num_shards={self.num_shards}")
+    if self.engine.page_size is not None:
+      from mind_jax.engine._engine import check_page_size
+      try:
+        check_page_size(self.engine.page_size, self.sampling.context_limit)
+      except MindJaxError as error:
+        raise ValueError(str(error)) from None
     return self
 
 
@@ -136,6 +160,7 @@ class Unit:
   style: Style
   chunk: str
   prompt_ids: list[int]
+  prefix_len: int = 0  # prompt tokens shared with the chunk's other styles
 
 
 def tokenizer_name(cfg: GenerateConfig, tokenizer=None) -> str:
@@ -197,8 +222,24 @@ def load_model(cfg: GenerateConfig, group: EngineGroup | None = None):
 
 def engine_config(cfg: GenerateConfig) -> EngineConfig:
   """The decode engine's shape for a generate config."""
+  memory = cfg.engine.kv_memory
   return EngineConfig(slots=cfg.engine.slots, max_len=cfg.sampling.context_limit,
-                      steps_per_call=cfg.engine.steps_per_call, seed=cfg.seed)
+                      steps_per_call=cfg.engine.steps_per_call, seed=cfg.seed,
+                      page_size=cfg.engine.page_size, kv_pages=cfg.engine.kv_pages,
+                      kv_memory=None if memory is None else parse_bytes(memory))
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10,
+          "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str | int) -> int:
+  """'20GiB', '500MB', '1.5 GiB' or a number of bytes."""
+  match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+  if not match or match.group(2).lower() not in _UNITS:
+    raise ValueError(f"{text!r} is not a size: use bytes or a number with KB, MB, GB, KiB, MiB "
+                     "or GiB")
+  return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def unit_id(doc_id: str, chunk_index: int, style_key: str) -> str:
@@ -266,14 +307,27 @@ def plan_units(cfg: GenerateConfig, tokenizer, styles: list[Style], stats: ReadS
   `plan` recorded by `chunked_documents`, the documents are cut where it says."""
   for doc, chunks in chunked_documents(cfg, tokenizer, stats, shard, plan, replay=plan is not None):
     for index, chunk in enumerate(chunks):
+      ids = {style.key: format_prompt(tokenizer, prompt_text(chunk, style, cfg.prompt.order),
+                                      cfg.prompt.format)
+             for style in styles
+             if len(styles) > 1 or unit_id(doc.id, index, style.key) not in skip}
+      shared = common_prefix_len(list(ids.values())) if len(ids) > 1 else 0
       for style in styles:
         uid = unit_id(doc.id, index, style.key)
         if uid in skip:
           continue
-        ids = format_prompt(tokenizer, prompt_text(chunk, style, cfg.prompt.order),
-                            cfg.prompt.format)
         yield Unit(id=uid, doc_id=doc.id, chunk_index=index, style=style, chunk=chunk,
-                   prompt_ids=ids)
+                   prompt_ids=ids[style.key], prefix_len=shared)
+
+
+def common_prefix_len(prompts: list[list[int]]) -> int:
+  """Tokens every prompt starts with: with `prompt.order: context_first`, the template's
+  header and the chunk that a chunk's styles share."""
+  first = prompts[0]
+  n = min(map(len, prompts))
+  for other in prompts[1:]:
+    n = next((i for i in range(n) if other[i] != first[i]), n)
+  return n
 
 
 def check_model_path(cfg: GenerateConfig) -> None:
@@ -430,11 +484,12 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   # Written once the model has loaded: a load that fails leaves output.dir as it was. On a
   # slice host 0 alone claims it (with output.overwrite, deleting the earlier run's parts), and
   # no host writes a part before: another host's claim could delete a part just written.
+  # The engine (its KV pool) is built before too: a pool that cannot be had writes nothing.
+  engine = Engine(model, tokenizer, engine_config(cfg), mesh=mesh, rules=cfg.mesh.rules)
   if host == 0:
     claim_output(cfg, settings, dry_run=False, tokenizer=tokenizer_source)
   sync_hosts(hosts, "generate: output.dir claimed")
   summary["model"] = model_name
-  engine = Engine(model, tokenizer, engine_config(cfg), mesh=mesh, rules=cfg.mesh.rules)
   # Every host of an engine sees every result (the engine's tokens come back replicated);
   # one of them writes the engine's part files.
   writer = PartWriter(cfg.output.dir, shard[0], cfg.output.format,
@@ -445,7 +500,8 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   def requests():
     for unit in plan_units(cfg, tokenizer, styles, ReadStats(), shard, chunk_plan, skip=done):
       units[unit.id] = unit
-      yield Request(unit.id, unit.prompt_ids, sampling)
+      yield Request(unit.id, unit.prompt_ids, sampling,
+                    prefix_len=unit.prefix_len if cfg.engine.share_prefixes else 0)
 
   todo = planned - already
   counts = {"units_written": 0, "output_tokens": 0, "errors": 0}
@@ -467,6 +523,9 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
         log.info("%d/%d units, %.0f output tokens/s", counts["units_written"], todo, rate)
   writer.flush()
   summary.update(counts, elapsed_seconds=time.perf_counter() - start)
+  # What paging and prefix sharing did: prompt tokens computed and read from shared pages.
+  summary.update({key: int(engine.stats[key]) for key in (
+      "prefill_tokens", "prefix_tokens_reused", "preemptions", "most_sequences_at_once")})
   if group.count > 1:
     summary = _over_engines(summary, group)
   seconds = summary["elapsed_seconds"]
