@@ -231,6 +231,7 @@ def test_the_pool_is_sized_by_pages_or_memory_and_bad_sizes_fail_clearly(loaded)
   assert Engine(model, tokenizer, EngineConfig(slots=4, max_len=64, page_size=16,
                                                kv_memory=5 * per_page + 1)).cache_bytes()[1] == 5 * per_page
   assert EngineConfig(max_len=160).page == 32 and EngineConfig(max_len=4096).page == 64
+  assert EngineConfig(max_len=489).page == 64 and EngineConfig(max_len=489).row_pages == 8
   bad = {
       "page_size=12": (dict(page_size=12), r"engine.page_size=12: a page must hold a multiple of 8"),
       "page_size=48": (dict(page_size=48), r"engine.page_size=48 does not divide the context "

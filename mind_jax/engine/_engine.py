@@ -95,7 +95,8 @@ class EngineConfig:
   seed: global seed; each request's key derives from it and the request id.
   cache_dtype: KV cache dtype (default: the model's compute dtype).
   page_size: tokens per KV page, a multiple of 8 dividing max_len (default: PAGE_SIZE, or
-    the largest power of two below it that divides max_len).
+    the largest power of two from 8 below it that divides max_len; with none, PAGE_SIZE and
+    a row's last page partly unused).
   kv_pages: pages in the pool, over all shards (default: from kv_memory).
   kv_memory: bytes of KV pool per device (default: what fits in the memory left after the
     weights, up to every slot at max_len).
@@ -201,7 +202,8 @@ class Engine:
     if config.max_len > model.config.max_position_embeddings:
       log.warning("max_len %d exceeds the model's max_position_embeddings %d", config.max_len,
                   model.config.max_position_embeddings)
-    check_page_size(config.page, config.max_len)
+    if config.page_size is not None:
+      check_page_size(config.page_size, config.max_len)
     self.mesh = mesh or sharding_lib.one_device_mesh()
     self.rules = rules
     self.shards = slot_ways(self.mesh, rules)
