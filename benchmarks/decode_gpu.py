@@ -19,17 +19,20 @@ OUT/decode_gpu.json after each batch size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 import mind_jax
 from mind_jax._devices import peak_bandwidth
 from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
+from mind_jax.engine._engine import _Sequence
 
 
 def random_model(preset: str) -> mind_jax.Llama:
@@ -45,18 +48,25 @@ def measure(model, slots: int, prompt_len: int, max_len: int, steps: int, calls:
   # One prefill bucket and no warmup: the run compiles only the two programs it uses (an 8B
   # model compiles for tens of seconds each, and a lent device's minutes are few); the untimed
   # generate call below compiles the decode step.
-  engine = Engine(model, None, EngineConfig(slots=slots, max_len=max_len, steps_per_call=steps,
-                                            prefill_buckets=(prompt_len,)))
+  config = EngineConfig(slots=slots, max_len=max_len, steps_per_call=steps,
+                        prefill_buckets=(prompt_len,))
+  row = config.row_pages
+  engine = Engine(model, None, dataclasses.replace(config, kv_pages=slots * row))
   params = SamplingParams(max_new_tokens=max_len - prompt_len, temperature=0.0, ignore_eos=True)
+  # Every slot a whole row of pages of its own, as long as the context (the pool's bytes are
+  # those of the fixed-slot engine this benchmark was written for).
+  pages = [list(range(slot * row, (slot + 1) * row)) for slot in range(slots)]
   for slot in range(slots):
-    engine._insert(Request(slot, [1] * prompt_len, params), slot)
+    sequence = _Sequence(Request(slot, [1] * prompt_len, params), [], slot, pages[slot], 0)
+    engine._prefill(sequence, 0, np.asarray(pages[slot:slot + 1], np.int32), None)
   window = engine._window_for(prompt_len + steps * (calls + 1))
-  state, emitted = engine._generate(engine._params, engine.state, window)
+  table = np.asarray([p[:engine._window_pages(window)] for p in pages], np.int32)
+  state, emitted = engine._generate(engine._params, engine.state, table)
   jax.block_until_ready(emitted)
   setup_s = time.perf_counter() - setup_start
   start = time.perf_counter()
   for _ in range(calls):
-    state, emitted = engine._generate(engine._params, state, window)
+    state, emitted = engine._generate(engine._params, state, table)
   jax.block_until_ready(emitted)
   step = (time.perf_counter() - start) / (calls * steps)
   cfg = model.config

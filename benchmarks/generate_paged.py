@@ -2,7 +2,7 @@
 workload, at one KV memory budget, whole processes, alternately, in one run.
 
 Workload: long math documents (CHAMP problems and solutions from the champ-dataset package,
-joined into documents of ~3,000 tokens) cut into ~500-token chunks, all seven styles, chat
+joined into documents of ~6,000 tokens) cut into ~500-token chunks, all seven styles, chat
 prompts with the chunk first (the job's defaults), a ~25M-parameter Llama with random fp32
 weights and the byte-level tokenizer, greedy decoding with EOS ignored and each conversation's
 length drawn from 256-512 tokens (fixed seed), so both engines make exactly the same tokens.
@@ -40,36 +40,37 @@ CONTEXT = 2048
 PAGE = 64
 
 
-def units(documents: int, docs_per_long: int = 12, seed: int = 0):
-  """(prompt ids, shared prefix length, output length) of every (chunk, style) unit."""
+def units(chunks: int, docs_per_long: int = 12, seed: int = 0):
+  """(prompt ids, shared prefix length, output length) of every (chunk, style) unit of the
+  first `chunks` chunks."""
   import numpy as np
 
   from mind_jax.data import chunk_text, read_documents
   from mind_jax.mind import format_prompt, load_styles, prompt_text
   from mind_jax.testing import byte_tokenizer
   tok = byte_tokenizer()
-  texts = [d.text for d in read_documents("champ", limit=documents * docs_per_long)]
+  texts = [d.text for d in read_documents("champ", limit=docs_per_long * (1 + chunks // 20))]
   long_docs = ["\n\n".join(texts[i:i + docs_per_long]) for i in range(0, len(texts), docs_per_long)]
   styles = list(load_styles().values())
   rs = np.random.RandomState(seed)
   out = []
-  for text in long_docs[:documents]:
-    for chunk in chunk_text(text, lambda t: len(tok.encode(t)), 500, 50):
-      prompts = [format_prompt(tok, prompt_text(chunk, s, "context_first"), "chat") for s in styles]
-      shared = min(map(len, prompts))
-      for p in prompts[1:]:
-        shared = next((i for i in range(shared) if p[i] != prompts[0][i]), shared)
-      out.extend((p, shared, int(rs.randint(256, 513))) for p in prompts)
+  cut = [c for text in long_docs for c in chunk_text(text, lambda t: len(tok.encode(t)), 500, 50)]
+  for chunk in cut[:chunks]:
+    prompts = [format_prompt(tok, prompt_text(chunk, s, "context_first"), "chat") for s in styles]
+    shared = min(map(len, prompts))
+    for p in prompts[1:]:
+      shared = next((i for i in range(shared) if p[i] != prompts[0][i]), shared)
+    out.extend((p, shared, int(rs.randint(256, 513))) for p in prompts)
   return out, tok
 
 
-def worker(kind: str, slots: int, documents: int, fixed_slots: int) -> dict:
+def worker(kind: str, slots: int, chunks: int, fixed_slots: int) -> dict:
   import jax
   from flax import nnx
 
   from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
   from mind_jax.nn import Llama, LlamaConfig
-  work, tok = units(documents)
+  work, tok = units(chunks)
   config = LlamaConfig(vocab_size=tok.vocab_size, **MODEL)
   model = Llama(config, rngs=nnx.Rngs(0))
   keys = dict(slots=slots, max_len=CONTEXT, steps_per_call=8)
@@ -119,7 +120,7 @@ def run_worker(kind: str, tree: str, args) -> dict:
   start = time.perf_counter()
   proc = subprocess.run(
       [sys.executable, os.path.abspath(__file__), "--worker", kind, "--slots", str(slots),
-       "--documents", str(args.documents), "--fixed-slots", str(args.slots)],
+       "--chunks", str(args.chunks), "--fixed-slots", str(args.slots)],
       env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True)
   if proc.returncode:
     raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
@@ -133,17 +134,17 @@ def main():
   parser.add_argument("--out", default="bench_out")
   parser.add_argument("--slots", type=int, default=8, help="the fixed engine's slots")
   parser.add_argument("--paged-slots", type=int, default=32)
-  parser.add_argument("--documents", type=int, default=3)
+  parser.add_argument("--chunks", type=int, default=6)
   parser.add_argument("--runs", type=int, default=2)
   parser.add_argument("--check", action="store_true", help="one small document, one run")
   parser.add_argument("--worker", choices=["fixed", "paged"], help=argparse.SUPPRESS)
   parser.add_argument("--fixed-slots", type=int, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
-    print(json.dumps(worker(args.worker, args.slots, args.documents, args.fixed_slots)))
+    print(json.dumps(worker(args.worker, args.slots, args.chunks, args.fixed_slots)))
     return
   if args.check:
-    args.documents, args.runs = 1, 1
+    args.chunks, args.runs = 2, 1
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   trees = {"fixed": baseline_tree(root), "paged": root}
   rows = []
