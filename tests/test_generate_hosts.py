@@ -137,23 +137,29 @@ def test_the_scheduler_decides_the_same_whatever_the_timing(monkeypatch):
   from mind_jax.nn import Llama, preset
 
   model = Llama(preset("tiny", dtype="float32"), rngs=nnx.Rngs(0))
-  requests = [Request(f"r{i}", list(range(1, 4 + 3 * i)), SamplingParams(max_new_tokens=3 + i % 5))
-              for i in range(12)]
+  # Shared prefixes (every prompt starts 1, 2, 3) and a pool of 1.5 sequences at the context
+  # limit: the decisions include pages, copies and preemptions.
+  requests = [Request(f"r{i}", list(range(1, 4 + 3 * i)), SamplingParams(max_new_tokens=10 + 4 * (i % 5),
+                                                                  ignore_eos=True),
+                      prefix_len=3) for i in range(12)]
 
   def decisions(clock):
     monkeypatch.setattr(_engine.time, "perf_counter", clock)
     monkeypatch.setattr(_engine.time, "monotonic", clock)
-    engine = Engine(model, None, EngineConfig(slots=4, max_len=64, steps_per_call=2))
-    made, insert = [], engine._insert
+    engine = Engine(model, None, EngineConfig(slots=4, max_len=64, steps_per_call=2,
+                                              page_size=8, kv_pages=12))
+    made, prefill = [], engine._prefill
 
-    def recorded(request, slot):
-      made.append((engine.stats["generate_calls"], request.id, slot))
-      return insert(request, slot)
-    engine._insert = recorded
+    def recorded(seq, start, table, copy):
+      made.append((engine.stats["generate_calls"], seq.request.id, seq.slot, tuple(seq.pages),
+                   start, copy))
+      return prefill(seq, start, table, copy)
+    engine._prefill = recorded
     finished = [(r.id, r.token_ids) for r in engine.generate(iter(requests))]
-    return made, finished
+    return made, finished, engine.stats["preemptions"]
 
   steady = itertools.count(0.0, 0.01)
   erratic = (t * t * 7.3 % 1000 for t in itertools.count(1.0))  # jumps, even backwards
   first, second = decisions(lambda: next(steady)), decisions(lambda: next(erratic))
-  assert first == second and len(first[0]) == len(requests)
+  assert first == second and len(first[0]) > len(requests) and first[2] > 0
+  assert len(first[1]) == len(requests)
