@@ -378,18 +378,20 @@ class Engine:
     graphdef, steps = self._graphdef, self.config.steps_per_call
 
     def one_step(model, table, state: DecodeState, _):
+      # `table` None: the cache is the slots' rows gathered for this call (see `run`).
+      cache = state.cache if table is None else state.cache.with_table(table)
       with sharding_lib.activation_layout(self.mesh, self.rules):
-        logits, cache = model(state.tokens[:, None], state.positions[:, None],
-                              cache=state.cache.with_table(table))
+        logits, cache = model(state.tokens[:, None], state.positions[:, None], cache=cache)
       keys = token_keys(state.keys, state.generated)
       nxt = sample(logits[:, 0], keys, state.temperature, state.top_k, state.top_p)
       active = state.active
       emitted = jnp.where(active, nxt, -1)
       generated = state.generated + active
       stopped = jnp.any(state.stop_ids == nxt[:, None], axis=-1) | (generated >= state.budget)
+      if table is not None:
+        cache = dataclasses.replace(cache, table=state.cache.table)
       state = dataclasses.replace(
-          state, cache=dataclasses.replace(cache, table=state.cache.table),
-          tokens=jnp.where(active, nxt, state.tokens),
+          state, cache=cache, tokens=jnp.where(active, nxt, state.tokens),
           positions=state.positions + active, generated=generated, active=active & ~stopped)
       return state, emitted
 
@@ -398,7 +400,20 @@ class Engine:
       # covers every live slot's positions for this call, so a pool sized for long sequences
       # costs decode bandwidth only for the pages in use.
       model = nnx.merge(graphdef, params)
-      return jax.lax.scan(functools.partial(one_step, model, table), state, length=steps)
+      if self.model_config.attention.startswith("tpu"):
+        # The paged kernel reads the pages in place at every step.
+        return jax.lax.scan(functools.partial(one_step, model, table), state, length=steps)
+      # XLA: gather the slots' windows once per call, attend over them in place for the
+      # call's steps, then write the steps' entries back to the pages (a gather at every
+      # step and layer made the CPU decode several times slower).
+      original, pages = state.cache.table, state.cache.with_table(table)
+      start = state.positions
+      state = dataclasses.replace(state, cache=pages.rows())
+      state, emitted = jax.lax.scan(functools.partial(one_step, model, None), state,
+                                    length=steps)
+      written = start[:, None] + jnp.arange(steps, dtype=jnp.int32)
+      cache = dataclasses.replace(pages.write_back(state.cache, written), table=original)
+      return dataclasses.replace(state, cache=cache), emitted
 
     # The emitted tokens come back replicated: on a multi-host slice every host's scheduler
     # sees every slot (each host holds only its own slots' rows of the state).

@@ -37,19 +37,23 @@ class KVCache:
 
   `fresh` (static): the queries of this call are their rows' first tokens (a prefill from
   position 0), so attention needs only the call's own keys, not the pages.
+  `rows_are_pages` (static): row i's one page is page i (`empty`, `rows`): attention reads the
+  pool as it is, `[rows, kv_heads, positions, head_dim]`, without gathering through the table.
   """
 
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
   table: jax.Array
   fresh: bool = dataclasses.field(default=False, metadata=dict(static=True))
+  rows_are_pages: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
   @classmethod
   def empty(cls, config: LlamaConfig, slots: int, max_len: int, dtype=None) -> KVCache:
     """A zero cache of one `max_len` page per row, traceable: inside a jitted program it is
     built in place rather than transferred in."""
-    return cls.pool(config, slots, max_len, dtype).with_table(
-        jnp.arange(slots, dtype=jnp.int32)[:, None])
+    return dataclasses.replace(cls.pool(config, slots, max_len, dtype),
+                               table=jnp.arange(slots, dtype=jnp.int32)[:, None],
+                               rows_are_pages=True)
 
   @classmethod
   def pool(cls, config: LlamaConfig, pages: int, page_size: int, dtype=None) -> KVCache:
@@ -67,7 +71,7 @@ class KVCache:
     layers = config.num_hidden_layers
     shardings = None if sharding is None else cls(
         (sharding,) * layers, (sharding,) * layers,
-        jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+        jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()), False, True)
     return jax.jit(lambda: cls.empty(config, slots, max_len, dtype), out_shardings=shardings)()
 
   @staticmethod
@@ -90,7 +94,31 @@ class KVCache:
     return self.k[0].shape[2]
 
   def with_table(self, table, fresh: bool = False) -> KVCache:
-    return dataclasses.replace(self, table=jnp.asarray(table, jnp.int32), fresh=fresh)
+    return dataclasses.replace(self, table=jnp.asarray(table, jnp.int32), fresh=fresh,
+                               rows_are_pages=False)
+
+  def rows(self) -> KVCache:
+    """Each table row's pages gathered into one page of its own, `[rows, kv_heads,
+    table_pages * page_size, head_dim]`: a decode loop attends over these in place for
+    several steps instead of gathering the pages at every step (XLA; the TPU kernel reads
+    pages in place). `write_back` returns what the steps wrote to the pages."""
+    rows = self.table.shape[0]
+    return KVCache(tuple(read_pages(k, self.table) for k in self.k),
+                   tuple(read_pages(v, self.table) for v in self.v),
+                   jnp.arange(rows, dtype=jnp.int32)[:, None], rows_are_pages=True)
+
+  def write_back(self, rows: KVCache, positions) -> KVCache:
+    """The entries of `rows` (from `self.rows()`) at `positions` `[rows, T]` written into this
+    cache's pages (positions past the table, and rows naming no page, dropped)."""
+    page, offset = page_slots(self.table, positions, self.page_size, self.pages)
+    at = jnp.clip(positions, 0, rows.page_size - 1)[:, None, :, None]
+
+    def put(pool, window):
+      new = jnp.take_along_axis(window, at, axis=2).transpose(0, 2, 1, 3)  # [rows, T, K, D]
+      return write_pages(pool, new, page, offset)
+
+    return dataclasses.replace(self, k=tuple(map(put, self.k, rows.k)),
+                               v=tuple(map(put, self.v, rows.v)))
 
   def copy_page(self, src, dst) -> KVCache:
     """Page `dst` of every layer set to page `src` (copy-on-write of a shared prefix's last,

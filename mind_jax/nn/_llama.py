@@ -52,10 +52,10 @@ class LlamaAttention(nnx.Module):
       out = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), q_positions=positions,
                    k_positions=positions, q_segments=segment_ids, k_segments=segment_ids)
     else:
-      cache_k, cache_v, table, fresh = kv
+      cache_k, cache_v, table, fresh, rows_are_pages = kv
       out, kv = cached_attention(
           q, k, v, cache_k, cache_v, table, positions, fresh=fresh,
-          implementation=self.attention,
+          implementation=self.attention, rows_are_pages=rows_are_pages,
           per_head=t == 1 and self.attention.startswith("tpu"))  # a TPU decode: see write_pages
     return self.o_proj(out.reshape(b, t, -1)), kv
 
@@ -131,7 +131,8 @@ class LlamaModel(nnx.Module):
       for i in range(self.config.num_hidden_layers):
         layer_state = jax.tree.map(lambda p, i=i: p[i], state)
         x, (k, v) = layer_fn(graphdef, layer_state, x, rope, positions, segment_ids,
-                             (cache.k[i], cache.v[i], cache.table, cache.fresh))
+                             (cache.k[i], cache.v[i], cache.table, cache.fresh,
+                              cache.rows_are_pages))
         new_k.append(k)
         new_v.append(v)
       cache = dataclasses.replace(cache, k=tuple(new_k), v=tuple(new_v))
@@ -139,7 +140,8 @@ class LlamaModel(nnx.Module):
       new_k, new_v = [], []
       for i, layer in enumerate(self.layers):
         graphdef, state = nnx.split(layer)
-        kv = None if cache is None else (cache.k[i], cache.v[i], cache.table, cache.fresh)
+        kv = None if cache is None else (cache.k[i], cache.v[i], cache.table, cache.fresh,
+                                          cache.rows_are_pages)
         x, kv = layer_fn(graphdef, state, x, rope, positions, segment_ids, kv)
         x = constrain(x, ACTIVATION_AXES)
         if cache is not None:

@@ -26,10 +26,14 @@ from mind_jax.nn._attention import attend, get_attention
 from mind_jax.nn._cache import page_slots, read_pages, write_pages
 
 
-def attend_pages(q, pool_k, pool_v, table, positions):
+def attend_pages(q, pool_k, pool_v, table, positions, rows_are_pages: bool = False):
   """q `[B, T, H, D]` at `positions` `[B, T]` over each row's pages (local page ids) ->
-  `[B, T, H, D]`, by `attend` over the gathered pages."""
-  k, v = read_pages(pool_k, table), read_pages(pool_v, table)
+  `[B, T, H, D]`, by `attend` over the gathered pages (or the pool itself, when row i's one
+  page is page i)."""
+  if rows_are_pages:
+    k, v = pool_k, pool_v
+  else:
+    k, v = read_pages(pool_k, table), read_pages(pool_v, table)
   keys = jnp.broadcast_to(jnp.arange(k.shape[2]), (q.shape[0], k.shape[2]))
   return attend(q, k.astype(q.dtype), v.astype(q.dtype), q_positions=positions, k_positions=keys)
 
@@ -44,7 +48,7 @@ def register_paged_attention(name: str, fn) -> None:
 
 
 def cached_attention(q, k, v, cache_k, cache_v, table, positions, *, fresh: bool,
-                     implementation: str, per_head: bool = False):
+                     implementation: str, per_head: bool = False, rows_are_pages: bool = False):
   """q `[B, T, H, D]`, this call's k/v `[B, T, K, D]` at `positions` `[B, T]`; pools `[P, K,
   page, D]`; `table` `[B, n]` -> (out `[B, T, H, D]`, (pool k, pool v) with the call's keys
   and values written)."""
@@ -58,7 +62,9 @@ def cached_attention(q, k, v, cache_k, cache_v, table, positions, *, fresh: bool
     out = attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), q_positions=positions,
                     k_positions=positions)
   else:
-    read = functools.partial(_read, fn=_PAGED.get(implementation, attend_pages))
+    fn = attend_pages if rows_are_pages else _PAGED.get(implementation, attend_pages)
+    read = functools.partial(_read, fn=functools.partial(fn, rows_are_pages=True)
+                             if rows_are_pages else fn)
     out = _per_shard(read, layout, (q, cache_k, cache_v, table, positions),
                      ("bthd", "pool", "pool", "bn", "bt"), "bthd")
   return out, (cache_k, cache_v)
