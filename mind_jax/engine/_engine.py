@@ -164,6 +164,9 @@ class DecodeState:
   stop_ids: jax.Array     # [S, MAX_STOP_IDS] int32, -1 padded
 
 
+_SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(DecodeState) if f.name != "cache")
+
+
 @dataclasses.dataclass
 class _Sequence:
   """A request the engine has admitted: its tokens so far, its slot and pages."""
@@ -396,9 +399,22 @@ class Engine:
       return state, emitted
 
     def run(params, state, table):
-      # Attention reads each slot's pages through `table` [slots, window pages]: the window
+      # Attention reads each slot's pages through `table` [rows, window pages]: the window
       # covers every live slot's positions for this call, so a pool sized for long sequences
-      # costs decode bandwidth only for the pages in use.
+      # costs decode bandwidth only for the pages in use. `rows` <= slots: the call decodes
+      # the first `rows` slots only (the live ones, packed low by the scheduler); the others
+      # stay as they are.
+      rows = table.shape[0]
+      if rows == self.config.slots:
+        return decode(params, state, table)
+      part = dataclasses.replace(state, **{f: getattr(state, f)[:rows] for f in _SLOT_FIELDS})
+      part, emitted = decode(params, part, table)
+      state = dataclasses.replace(state, cache=part.cache, **{
+          f: getattr(state, f).at[:rows].set(getattr(part, f)) for f in _SLOT_FIELDS})
+      idle = jnp.full((steps, self.config.slots - rows), -1, emitted.dtype)
+      return state, jnp.concatenate([emitted, idle], axis=1)
+
+    def decode(params, state, table):
       model = nnx.merge(graphdef, params)
       if self.model_config.attention.startswith("tpu"):
         # The paged kernel reads the pages in place at every step.
@@ -433,14 +449,20 @@ class Engine:
     return self._window_for(furthest + self.config.steps_per_call)
 
   def _window_for(self, needed: int) -> int:
-    """A power of two (at least 128 and a page) or max_len, at least `needed` tokens."""
+    """At least `needed` tokens: 128 (or a page) times a power of two, or 1.5 times one (a
+    window at most a third wider than needed, from few programs), or max_len."""
     if self.model_config.attention == "tpu":
       # The paged kernel reads each row's live pages only: a narrower table saves nothing.
       return self.config.max_len
-    window = max(128, self.config.page)
-    while window < needed:
-      window *= 2
-    return min(window, self.config.max_len)
+    return min(_geometric(max(128, self.config.page), needed), self.config.max_len)
+
+  def _rows_for(self, highest_live_slot: int) -> int:
+    """Rows a decode call runs: up to the highest live slot, in steps of 8 times a power of
+    two or 1.5 times one; every slot when the slots split over several shards (each shard's
+    slots are a block of their own)."""
+    if self.shards > 1:
+      return self.config.slots
+    return min(_geometric(8, highest_live_slot + 1), self.config.slots)
 
   def _window_pages(self, window: int) -> int:
     return -(-window // self.config.page)
@@ -456,12 +478,14 @@ class Engine:
       self._prefill(_Sequence(Request("warmup", [0] * length, SamplingParams(max_new_tokens=1)),
                               [], 0, [], 0), 0, no_pages, None)
     windows = sorted({self._window_for(n) for n in range(1, self.config.max_len + 1)})
+    row_counts = sorted({self._rows_for(n) for n in range(self.config.slots)})
     for window in windows:
-      start = time.perf_counter()
-      table = np.full((self.config.slots, self._window_pages(window)), NO_PAGE, np.int32)
-      self.state, emitted = self._generate(self._params, self.state, table)
-      jax.block_until_ready(emitted)
-      self._timed("decode", window, time.perf_counter() - start)
+      for rows in row_counts:
+        start = time.perf_counter()
+        table = np.full((rows, self._window_pages(window)), NO_PAGE, np.int32)
+        self.state, emitted = self._generate(self._params, self.state, table)
+        jax.block_until_ready(emitted)
+        self._timed("decode", window, time.perf_counter() - start)
     self.stats.clear()
 
   # --- host side -----------------------------------------------------------------------------
@@ -507,6 +531,8 @@ class Engine:
     stops[: len(stop_ids)] = stop_ids
     budget = min(sp.max_new_tokens, self.config.max_len - len(request.prompt_ids))
     src, dst = copy or (0, 0)
+    if start:  # attention reads the row's pages: only those up to the prompt's end
+      table = table[:, :self._window_pages(self._window_for(start + bucket))]
     begin = time.perf_counter()
     self.state, first = self._prefill_insert(
         self._params, self.state, tokens, np.int32(start), np.int32(len(ids)), table,
@@ -728,7 +754,8 @@ class _Scheduler:
                                                    len(self.live))
       call_start = time.perf_counter()
       window = engine._window(list(self.live.values()))
-      table = np.full((engine.config.slots, engine._window_pages(window)), NO_PAGE, np.int32)
+      rows = engine._rows_for(max(self.live))
+      table = np.full((rows, engine._window_pages(window)), NO_PAGE, np.int32)
       for slot, seq in self.live.items():
         pages = seq.pages[:table.shape[1]]
         table[slot, :len(pages)] = pages
@@ -749,6 +776,16 @@ class _Scheduler:
             yield engine._result(seq.request, seq.tokens, reason)
             break
     engine.stats["seconds"] += time.perf_counter() - start
+
+
+def _geometric(base: int, needed: int) -> int:
+  """The first of base, 1.5 base, 2 base, 3 base, 4 base, 6 base, ... that is >= needed."""
+  size = base
+  while True:
+    for value in (size, size * 3 // 2):
+      if value >= needed:
+        return value
+    size *= 2
 
 
 # The share of a device's free memory (after the weights) the KV cache may take.
