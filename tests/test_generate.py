@@ -102,6 +102,19 @@ def test_a_chunks_styles_share_their_prompt_prefix_and_it_is_prefilled_once(defa
   assert all_records(tmp_path / "whole") == all_records(tmp_path / "shared") == all_records(out)
 
 
+def test_engine_paging_keys_take_effect_or_fail_in_one_line(tmp_path):
+  from mind_jax.mind._pipeline import engine_config
+  cfg = make_config(tmp_path, "engine.page_size=32", "engine.kv_pages=96", "engine.kv_memory=1.5GiB")
+  engine = engine_config(cfg)
+  assert (engine.page, engine.kv_pages, engine.kv_memory) == (32, 96, 3 * 2**29)
+  for key, message in [("engine.page_size=48", "does not divide the context limit 4096; use 128"),
+                       ("engine.page_size=12", "a page must hold a multiple of 8 tokens"),
+                       ("engine.kv_memory=lots", "invalid size 'lots'")]:
+    with pytest.raises(MindJaxError, match=message) as error:
+      make_config(tmp_path, key)
+    assert "\n" not in str(error.value)
+
+
 def test_output_is_readable_by_pyarrow_and_parquet_output(default_run, tmp_path):
   import pyarrow.json as pj
   out, _ = default_run

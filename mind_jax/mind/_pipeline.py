@@ -89,7 +89,11 @@ class EngineSection(config_lib.Section):
   @classmethod
   def _kv_memory(cls, value):
     if value is not None:
-      parse_bytes(value)
+      from mind_jax.ckpts._safetensors import parse_size
+      try:
+        parse_size(value)
+      except MindJaxError as error:
+        raise ValueError(str(error)) from None
     return value
   hosts: int = pydantic.Field(
       1, description="hosts one engine spans on a multi-host slice: 1, an engine per host on "
@@ -222,24 +226,12 @@ def load_model(cfg: GenerateConfig, group: EngineGroup | None = None):
 
 def engine_config(cfg: GenerateConfig) -> EngineConfig:
   """The decode engine's shape for a generate config."""
+  from mind_jax.ckpts._safetensors import parse_size
   memory = cfg.engine.kv_memory
   return EngineConfig(slots=cfg.engine.slots, max_len=cfg.sampling.context_limit,
                       steps_per_call=cfg.engine.steps_per_call, seed=cfg.seed,
                       page_size=cfg.engine.page_size, kv_pages=cfg.engine.kv_pages,
-                      kv_memory=None if memory is None else parse_bytes(memory))
-
-
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10,
-          "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str | int) -> int:
-  """'20GiB', '500MB', '1.5 GiB' or a number of bytes."""
-  match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-  if not match or match.group(2).lower() not in _UNITS:
-    raise ValueError(f"{text!r} is not a size: use bytes or a number with KB, MB, GB, KiB, MiB "
-                     "or GiB")
-  return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+                      kv_memory=None if memory is None else parse_size(memory))
 
 
 def unit_id(doc_id: str, chunk_index: int, style_key: str) -> str:
