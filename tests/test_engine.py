@@ -27,6 +27,20 @@ def hf_greedy(hf_model, prompt, new_tokens):
   return out[0, len(prompt):].tolist()
 
 
+def test_the_prefix_cache_drops_only_prefixes_no_sequence_is_using():
+  from mind_jax.engine._pages import PagePool, Prefix, prefix_key
+  pool = PagePool(per_shard=6, shards=1, page_size=8)
+  running, finished = pool.take(0, 2), pool.take(0, 2)
+  pool.remember(0, prefix_key([1]), Prefix(16, tuple(running)))  # the least recently used
+  pool.remember(0, prefix_key([2]), Prefix(16, tuple(finished)))
+  pool.release(finished)  # its sequence ended: only the cache holds its pages
+  # Three pages wanted, two free: the unused prefix goes, the running one stays for its sharers.
+  assert pool.take(0, 3) is not None
+  assert pool.lookup(0, prefix_key([1])) is not None and pool.lookup(0, prefix_key([2])) is None
+  assert pool.take(0, 2) is None  # nothing else can be freed: nothing taken
+  assert pool.lookup(0, prefix_key([1])) is not None and pool.free(0) == 1
+
+
 @pytest.fixture(scope="module")
 def loaded(hf_checkpoints):
   return {name: mind_jax.load_pretrained(hf_checkpoints[name][0], progress=False)

@@ -9,7 +9,8 @@ A prefix (the first tokens of a prompt, shared by other requests) is remembered 
 ids: its whole pages, and its last, partly filled page if any. A request with the same prefix
 reads the whole pages in place and gets its own copy of the partial one (it writes its own
 tokens after the prefix's there). The cache holds a reference on the pages it remembers; an
-entry no sequence is using is dropped, least recently used first, as soon as pages are short.
+entry no sequence is using is dropped, least recently used first, as soon as pages are short
+(one in use is kept: dropping it would free nothing and lose the prefix for its sharers).
 """
 
 from __future__ import annotations
@@ -51,8 +52,15 @@ class PagePool:
   def take(self, shard: int, count: int) -> list[int] | None:
     """`count` fresh pages of `shard` (reference 1), dropping cached prefixes to make room;
     None (and nothing taken) if the shard cannot supply them."""
-    while len(self._free[shard]) < count and self._prefixes[shard]:
-      self._forget(shard, next(iter(self._prefixes[shard])))
+    # Only entries no sequence is using free pages when dropped; an entry in use stays, so the
+    # requests sharing a running prefix still find it.
+    unused = (key for key, p in list(self._prefixes[shard].items())
+              if all(self.refs[page] == 1 for page in p.pages))
+    while len(self._free[shard]) < count:
+      key = next(unused, None)
+      if key is None:
+        break
+      self._forget(shard, key)
     if len(self._free[shard]) < count:
       return None
     pages = [self._free[shard].popleft() for _ in range(count)]
