@@ -16,7 +16,10 @@ KILLED_AFTER_PARTS = os.path.join(os.path.dirname(__file__), "helpers",
                                   "generate_killed_after_parts.py")
 ARGS = ["input.limit=2", "sampling.max_new_tokens=12", "engine.slots=8", "engine.steps_per_call=4",
         "sampling.context_limit=1024", "output.records_per_part=2", "mesh.axes.data=4",
-        "mesh.axes.tensor=2", "runtime.compile_cache=null"]
+        "mesh.axes.tensor=2", "runtime.compile_cache=null",
+        # A pool of ~1.2 sequences per slot shard: the schedulers of the hosts of one engine
+        # decide pages, shared prefixes and preemptions alike, or their outputs differ.
+        "engine.page_size=16", "engine.kv_pages=320"]
 
 
 def records(out_dir):
@@ -56,14 +59,16 @@ def single_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("single")
   done = _single(out)
   assert done.returncode == 0, done.stderr[-3000:]
+  assert "  preemptions: 0\n" not in done.stdout and "  prefix_tokens_reused: 0\n" not in done.stdout
   return out
 
 
 @pytest.mark.slow
 def test_two_processes_run_one_engine_and_write_the_single_process_dataset(single_run, tmp_path):
   for process in _two_processes(tmp_path):
-    _, err = process.communicate(timeout=300)
+    out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-3000:]
+    assert "  preemptions: 0\n" not in out  # each host's scheduler preempted alike
   ours, theirs = records(tmp_path), records(single_run)
   assert len(theirs) > 8 and ours == theirs
   assert all(r["finish_reason"] != "error" and r["output_tokens"] for r in ours)  # all decoded

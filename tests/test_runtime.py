@@ -26,7 +26,7 @@ def test_a_rerun_of_generate_loads_every_program_from_the_cache(tmp_path):
         [sys.executable, "-m", "mind_jax.generate", f"output.dir={tmp_path / out}",
          "input.limit=1", "prompt.styles=[debate]", "sampling.max_new_tokens=4",
          f"runtime.compile_cache={cache}"], env=env, capture_output=True, text=True, check=True)
-    assert "decode program for attention window" in done.stderr  # first calls are logged
+    assert "decode program for 8 slots, attention window" in done.stderr  # first calls logged
     return sorted(os.listdir(cache))
 
   first = generate("first")

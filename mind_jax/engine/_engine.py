@@ -219,7 +219,7 @@ class Engine:
     if allocate:
       self.state = self._init_state()
     self._buckets = config.buckets()
-    self._seen: set[tuple[str, int]] = set()
+    self._seen: set[str] = set()
     self.stats = collections.Counter()
 
   # --- memory ------------------------------------------------------------------------------
@@ -485,7 +485,8 @@ class Engine:
         table = np.full((rows, self._window_pages(window)), NO_PAGE, np.int32)
         self.state, emitted = self._generate(self._params, self.state, table)
         jax.block_until_ready(emitted)
-        self._timed("decode", window, time.perf_counter() - start)
+        self._timed(f"decode program for {rows} slots, attention window {window}",
+                    time.perf_counter() - start)
     self.stats.clear()
 
   # --- host side -----------------------------------------------------------------------------
@@ -540,24 +541,24 @@ class Engine:
         request_key(self.config.seed, request.id), np.int32(len(seq.tokens)), np.int32(budget),
         np.float32(sp.temperature), np.int32(sp.top_k), np.float32(sp.top_p), stops, start == 0)
     first = int(first)
-    self._timed("prefill" if start == 0 else "prefill after a prefix", bucket,
-                time.perf_counter() - begin)
+    self._timed(f"prefill program for prompts up to {bucket}" if start == 0 else
+                f"prefill program for {bucket} tokens after a prefix, window {table.shape[1]} "
+                "pages", time.perf_counter() - begin)
     self.stats["prefill_seconds"] += time.perf_counter() - begin
     self.stats["prefill_tokens"] += len(ids) - start
     self.stats["prefill_padded_tokens"] += bucket
     self.stats["prefix_tokens_reused"] += start
     return first
 
-  def _timed(self, program: str, shape: int, seconds: float) -> None:
+  def _timed(self, program: str, seconds: float) -> None:
     """Logs a program's first call, which compiles it (or loads it from JAX's persistent
-    compilation cache): the time users wait for before tokens flow."""
-    if (program, shape) in self._seen:
+    compilation cache): the time users wait for before tokens flow. `program` names the
+    compiled shape, so every compilation is counted once."""
+    if program in self._seen:
       return
-    self._seen.add((program, shape))
+    self._seen.add(program)
     self.stats["first_call_seconds"] += seconds
-    log.info("%s program for %s %d ready in %.2f s (compiled or loaded from the cache)", program,
-             "prompts up to" if program.startswith("prefill") else "attention window", shape,
-             seconds)
+    log.info("%s ready in %.2f s (compiled or loaded from the cache)", program, seconds)
 
   def _finish_reason(self, request: Request, tokens: list[int]) -> str | None:
     last = tokens[-1]
@@ -761,7 +762,8 @@ class _Scheduler:
         table[slot, :len(pages)] = pages
       engine.state, emitted = engine._generate(engine._params, engine.state, table)
       emitted = np.asarray(emitted)  # the one host transfer per call: [steps, slots]
-      engine._timed("decode", window, time.perf_counter() - call_start)
+      engine._timed(f"decode program for {rows} slots, attention window {window}",
+                    time.perf_counter() - call_start)
       engine.stats["generate_seconds"] += time.perf_counter() - call_start
       engine.stats["generate_calls"] += 1
       engine.stats["sequence_steps"] += len(self.live) * engine.config.steps_per_call
