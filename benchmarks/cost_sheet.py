@@ -7,10 +7,13 @@ shipped configs, on v5e, v5p and v6e.
 
 Every figure is the plan's: per-chip HBM from the TPU compiler, speed predicted at the stated
 MFU / MBU from the compiler's FLOPs and bytes (generation) or the model's FLOPs (training),
-chip-hours for the budget. Needs the TPU compiler (pip install 'mind_jax[tpu]'); a few CPU
-minutes.
+chip-hours for the budget. Generation rows also give the sequences decoding at once: what the
+paged KV pool holds at the paper's lengths (prompts of a 500-token chunk shared by its seven
+styles, conversations of the paper's per-style means), up to the config's slots. Needs the
+TPU compiler (pip install 'mind_jax[tpu]'); about half an hour on 2 CPU cores.
 
   python benchmarks/cost_sheet.py --out bench_out [--price-v4 P --price-v5e P --price-v5p P --price-v6e P]
+  python benchmarks/cost_sheet.py --out bench_out --only v5p-32 v6e-8      # some rows only
 """
 
 from __future__ import annotations
@@ -48,12 +51,16 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", required=True)
+  parser.add_argument("--only", nargs="+", metavar="SLICE",
+                      help="plan only the rows of these slices (e.g. v5p-32 v6e-8)")
   for gen in ("v4", "v5e", "v5p", "v6e"):
     parser.add_argument(f"--price-{gen}", type=float, help=f"price per {gen} chip-hour")
   args = parser.parse_args()
   from mind_jax.plan import plan
   results = []
   for stage, gen, config, topology, preset, overrides in ROWS:
+    if args.only and topology not in args.only:
+      continue
     tokens = GENERATE_TOKENS if stage.startswith("generate") else TRAIN_TOKENS
     ns = argparse.Namespace(config=str(ROOT / config), overrides=overrides, topology=topology,
                             num_slices=1, job=None, preset=preset, tokens=tokens, mfu=0.45,
@@ -74,10 +81,11 @@ def _row(r: dict, overrides) -> str:
   cap = r["memory"]["capacity_bytes_per_chip"] / 2 ** 30
   config = r["config"] + (f" {' '.join(overrides)}" if overrides else "")
   if not r["fits"]:
-    return f"| {r['stage']} | {r['topology']} | `{config}` | {gib} of {cap:.0f}: does not fit | | | |"
+    return f"| {r['stage']} | {r['topology']} | `{config}` | {gib} of {cap:.0f}: does not fit | | | | |"
   s, b = r["step"], r["budget"]
   cost = f"{b['cost']:,.0f}" if "cost" in b else ""
-  return (f"| {r['stage']} | {r['topology']} | `{config}` | {gib} of {cap:.0f} | "
+  sequences = f"{s['sequences_at_once']:,}" if "sequences_at_once" in s else ""
+  return (f"| {r['stage']} | {r['topology']} | `{config}` | {gib} of {cap:.0f} | {sequences} | "
           f"{s['predicted_tokens_per_second_per_chip']:,.0f} | {b['chip_hours']:,.0f} | {cost} |")
 
 

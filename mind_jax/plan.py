@@ -16,7 +16,11 @@ checkpoint is not on this machine). It prints per-chip HBM (weights, optimizer s
 cache, activations and temporaries, total against the chip; if it does not fit, by how much
 and which key to change), FLOPs and bytes per step from the compiler's cost analysis, a
 predicted speed at the stated MFU / MBU, and chip-hours (and cost with --price) for the
-budget: a train config's steps x batch tokens, or --tokens output tokens to generate.
+budget: a train config's steps x batch tokens, or --tokens output tokens to generate. For a
+generate job it also sets the KV pool's pages against the job's lengths (prompts from its
+chunking, conversations from --records or the paper's per-style means): the sequences that
+decode at once, the KV bytes they hold and read per chip, and the prefill that sharing a
+chunk's prompt prefix across its styles saves.
 
 Needs the TPU compiler: pip install 'mind_jax[tpu]'. Exit status: 0 fits, 1 does not fit,
 2 bad input.
@@ -63,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--mbu", type=float, default=0.6,
                       help="assumed HBM bandwidth utilisation of decoding (default 0.6)")
   parser.add_argument("--price", type=float, help="price per chip-hour, for a cost line")
+  parser.add_argument("--records", metavar="DIR", help="generate: a previous run's output.dir; "
+                      "its conversations' lengths size the KV pages and the prediction "
+                      "(default: the paper's mean per style)")
   parser.add_argument("--no-exact-cost", dest="exact_cost", action="store_false",
                       help="skip the extra compile that exact FLOPs and bytes per step need "
                       "(train: layers unrolled; generate: a one-step decode); memory is unchanged")
@@ -146,7 +153,8 @@ def plan(args) -> dict:
   else:
     result = plan_generation(cfg, config, tpu_slice, args.num_slices, assumptions, args.tokens,
                              exact_cost=getattr(args, "exact_cost", True),
-                             compare_modes=getattr(args, "compare_modes", True))
+                             compare_modes=getattr(args, "compare_modes", True),
+                             records=getattr(args, "records", None))
   result["config"] = args.config
   return result
 

@@ -116,6 +116,74 @@ chunking: {{max_tokens: 32}}
   assert p["budget"]["tokens"] == 1e6 and p["step"]["predicted_tokens_per_second"] > 0
 
 
+def test_job_lengths_come_from_the_config_and_the_papers_or_a_runs_conversations(tmp_path):
+  from mind_jax.mind._pipeline import GenerateConfig
+  from mind_jax.planning._lengths import job_lengths
+  def with_(section, **keys):
+    return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=keys)})
+  cfg = GenerateConfig()  # 500-token chunks, seven styles, context_first, sharing on
+  cfg = with_("sampling", max_new_tokens=None)  # as the shipped configs: the paper's lengths
+  paper = job_lengths(cfg)
+  # A chunk and 200 tokens of instruction and template; the chunk shared by the 7 styles;
+  # the paper's two stated styles (452, 630) and five at its mean (540).
+  assert (paper.prompt, paper.shared_prefix, paper.sharers) == (700, 500, 7)
+  assert paper.output == pytest.approx((452 + 630 + 5 * 540) / 7)
+  squares = 452 ** 2 + 630 ** 2 + 5 * 540 ** 2
+  assert paper.output_weighted == pytest.approx(squares / (7 * paper.output))
+  # 64-token pages, 16 steps per call: the prefix's 7 whole pages held once per chunk; its own
+  # 252 prompt tokens, half its conversation, a call's steps, half a page, a reserve page.
+  assert paper.held_tokens(64, 16) == pytest.approx(
+      448 / 7 + 252 + paper.output_weighted / 2 + 16 + 32 + 64)
+  assert paper.read_tokens(64) == pytest.approx(700 + paper.output_weighted / 2 + 32)
+  assert paper.prefill_tokens() == pytest.approx(700 - 500 * 6 / 7)
+  alone = job_lengths(with_("prompt", order="instruction_first"))
+  assert (alone.shared_prefix, alone.sharers, alone.prefill_tokens()) == (0, 1, 700)
+  capped = job_lengths(with_("sampling", max_new_tokens=48))  # the generate default's cap
+  assert capped.output == capped.output_weighted == 48
+  (tmp_path / "part-00000-000000.jsonl").write_text("".join(
+      json.dumps({"id": str(i), "output_tokens": n, "finish_reason": reason}) + "\n"
+      for i, (n, reason) in enumerate([(100, "eos"), (300, "eos"), (0, "error")])))
+  run = job_lengths(cfg, records=str(tmp_path))
+  assert (run.output, run.output_weighted) == (200, 250) and str(tmp_path) in run.source
+  with pytest.raises(MindJaxError, match=r"--records .*: no conversations there"):
+    job_lengths(cfg, records=str(tmp_path / "empty"))
+
+
+@needs_libtpu
+def test_a_generate_plan_counts_the_pages_sequences_hold_not_rows_at_the_context_limit(
+    tmp_path, model_dir):
+  path = _yaml(tmp_path, f"""
+model: {{path: {model_dir}, dtype: float32}}
+mesh: {{axes: {{data: -1, fsdp: 1, tensor: 1}}}}
+engine: {{slots: 64, steps_per_call: 4, kv_memory: 8MiB}}
+sampling: {{context_limit: 1024, max_new_tokens: null}}
+chunking: {{max_tokens: 64}}
+""")
+  p = plan(_args(path, topology="v5e-4", tokens=1e6))
+  assert p["fits"] and p["mesh"]["data"] == 4
+  pages, step, lengths = p["pages"], p["step"], p["assumptions"]["lengths"]
+  # Keys and values of 2 layers, 1 kv head of 128, fp32; 8 MiB per chip of 64-token pages.
+  token_bytes = 2 * ARCH["num_hidden_layers"] * ARCH["num_key_value_heads"] * ARCH["head_dim"] * 4
+  assert pages["pool_bytes_per_chip"] == p["memory"]["kv_cache"] == 8 * 2 ** 20
+  assert pages["pool_tokens"] == 4 * 8 * 2 ** 20 // token_bytes
+  # 8 MiB per chip holds 4 sequences at the context limit, 16 over the 4 chips: a planner
+  # that reserved a row per slot would stop there. Sequences hold their lengths' pages.
+  rows_at_the_limit = 4 * 8 * 2 ** 20 // (1024 * token_bytes)
+  held = lengths["prompt"] - 64 + 64 / 7 + lengths["output_weighted"] / 2 + 4 + 32 + 64
+  assert pages["held_tokens_per_sequence"] == pytest.approx(held)
+  assert step["sequences_at_once"] == pages["pool_tokens"] / 4 // held * 4  # whole per shard
+  assert step["sequences_at_once"] > 1.5 * rows_at_the_limit
+  # A step reads the sequences' contexts (prefix included, in whole pages), not the pool.
+  read = step["sequences_at_once"] * (lengths["prompt"] + lengths["output_weighted"] / 2 + 32)
+  assert pages["kv_bytes_read_per_step_per_chip"] == pytest.approx(read * token_bytes / 4)
+  assert step["decode_bytes_per_step_per_chip"] == pytest.approx(
+      p["programs"]["decode"]["bytes_accessed_per_chip"] + read * token_bytes / 4)
+  # The chunk's 64 tokens prefilled once for 7 styles: 6/7 of them saved.
+  assert pages["prefill_tokens_saved_by_sharing"] == pytest.approx(64 * 6 / 7)
+  assert (step["prompt_bucket"], step["suffix_bucket"]) == (512, 256)
+  assert "decode at once (bound by the pool)" in format_plan(p)
+
+
 @needs_libtpu
 def test_per_chip_activations_do_not_grow_with_the_fsdp_axis(tmp_path, model_dir):
   """One sequence per chip on 4 and on 16 chips: the same activations per chip. (Left to XLA,

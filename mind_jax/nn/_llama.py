@@ -56,7 +56,7 @@ class LlamaAttention(nnx.Module):
       out, kv = cached_attention(
           q, k, v, cache_k, cache_v, table, positions, fresh=fresh,
           implementation=self.attention, rows_are_pages=rows_are_pages,
-          per_head=t == 1 and self.attention.startswith("tpu"))  # a TPU decode: see write_pages
+          per_head=self.attention.startswith("tpu"))  # see write_pages
     return self.o_proj(out.reshape(b, t, -1)), kv
 
 

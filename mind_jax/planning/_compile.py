@@ -16,12 +16,6 @@ import jax
 import jax.numpy as jnp
 
 
-# A conversation's mean output length in the paper's data (tokens), and the instruction and
-# chat template around a chunk in a prompt: how a token budget becomes prompts to prefill.
-from mind_jax.mind._pipeline import PAPER_MEAN_OUTPUT_TOKENS
-
-PROMPT_OVERHEAD_TOKENS = 200
-
 
 @dataclasses.dataclass
 class Program:
@@ -155,41 +149,61 @@ def abstract_model(config, mesh, rules: str):
   return model, params
 
 
-def prompt_bucket(engine_config, chunk_tokens: int) -> int:
-  """The prefill bucket a typical prompt (a chunk, its instruction and template) pads to."""
-  needed = chunk_tokens + PROMPT_OVERHEAD_TOKENS
-  return next((b for b in engine_config.buckets() if b >= needed), engine_config.max_len)
+def bucket_for(engine_config, tokens: float) -> int:
+  """The prefill bucket a prompt of `tokens` pads to."""
+  return next((b for b in engine_config.buckets() if b >= tokens), engine_config.max_len)
 
 
-def decode_window(engine, bucket: int) -> int:
-  """The attention window of a typical decode call (a prompt plus a mean conversation), as
-  the engine picks it."""
-  return engine._window_for(bucket + PAPER_MEAN_OUTPUT_TOKENS)
+def decode_window(engine, context_tokens: float) -> int:
+  """The attention window of a typical decode call (a sequence `context_tokens` long), as
+  the engine picks it (on TPU the whole context limit: the paged kernel has no window)."""
+  return engine._window_for(math.ceil(context_tokens))
 
 
-def generation_state(engine_config, config, mesh, rules: str) -> dict:
-  """The engine over an abstract model, its parameters, and per-chip bytes of the weights and
-  of the KV cache (arithmetic on the shardings: known even when a program does not fit)."""
+def generation_state(engine_config, config, mesh, rules: str, capacity: int) -> dict:
+  """The engine over an abstract model with its KV pool sized as the run sizes it on chips of
+  `capacity` bytes, its parameters, and per-chip bytes of the weights and of the pool
+  (arithmetic on the shardings: known even when a program does not fit)."""
   from mind_jax.engine import Engine
-  from mind_jax.nn import KVCache
   model, params = abstract_model(config, mesh, rules)
+  weights = bytes_per_chip(params)
   engine = Engine(model, None, engine_config, mesh, allocate=False, rules=rules)
-  shape = KVCache.layer_shape(config, engine_config.slots, engine_config.max_len)
-  cache = jax.ShapeDtypeStruct(shape, engine._cache_dtype, sharding=engine._cache_sharding())
-  return {"engine": engine, "model": model, "params": params, "weights": bytes_per_chip(params),
-          "kv_cache": 2 * config.num_hidden_layers * bytes_per_chip(cache)}
+  if engine_config.kv_pages is None and engine_config.kv_memory is None:
+    pages = default_pool_pages(engine, capacity - weights)
+    engine = Engine(model, None, dataclasses.replace(engine_config, kv_pages=pages), mesh,
+                    allocate=False, rules=rules)
+  pages = engine.pages_per_shard * engine.shards
+  return {"engine": engine, "model": model, "params": params, "weights": weights,
+          "kv_cache": engine._per_device(pages), "kv_pages": pages}
 
 
-def generation_programs(state: dict, chunk_tokens: int, exact_cost: bool = True) -> dict:
-  """Prefill at the typical prompt bucket, decode at the full context window (the memory
-  peak) and at the typical window (the speed), compiled."""
+def default_pool_pages(engine, free: int) -> int:
+  """The pool the engine takes by default on chips with `free` bytes after the weights (its
+  share of them, up to every slot at the context limit), never under one sequence at the
+  context limit per shard: a pool that small the compiler then refuses, with advice."""
+  from mind_jax.engine._engine import KV_CACHE_MEMORY_FRACTION
+  cfg, shards = engine.config, engine.shards
+  fit = int(KV_CACHE_MEMORY_FRACTION * max(free, 0)) // engine._per_device(shards) * shards
+  return max(min(cfg.slots * cfg.row_pages, fit), cfg.row_pages * shards)
+
+
+def generation_programs(state: dict, prompt_tokens: float, suffix_tokens: float,
+                        context_tokens: float, exact_cost: bool = True) -> dict:
+  """Prefill at a whole prompt's bucket and at a sharer's (its prompt less the shared
+  prefix), decode at the full context window (the memory peak) and at the typical window
+  (the speed), compiled."""
   engine, params = state["engine"], state["params"]
-  bucket = prompt_bucket(engine.config, chunk_tokens)
-  window = decode_window(engine, bucket)
+  bucket = bucket_for(engine.config, prompt_tokens)
+  suffix_bucket = bucket_for(engine.config, suffix_tokens)
+  window = decode_window(engine, context_tokens)
   full = engine.lower(params, bucket=bucket)
   out = {"prefill": compile_program("prefill", full["prefill"]),
          "decode_full": compile_program("decode", full["decode"]),
-         "bucket": bucket, "window": window}
+         "bucket": bucket, "suffix_bucket": suffix_bucket, "window": window}
+  # A sharer's prefill: the same program at its suffix's bucket (its attention over the
+  # shared pages is a kernel the compiler does not count either way).
+  out["prefill_suffix"] = out["prefill"] if suffix_bucket == bucket else compile_program(
+      "prefill", engine.lower(params, bucket=suffix_bucket)["prefill"])
   # The cost of one decode step: the program's scan over steps_per_call counts once in the
   # compiler's cost analysis, so compile a one-step call at the typical window.
   if not exact_cost:  # the memory figures only: the full call's cost, loop counted once

@@ -13,6 +13,7 @@ import logging
 
 from mind_jax._errors import MindJaxError
 from mind_jax.planning import _compile
+from mind_jax.planning._lengths import Lengths, job_lengths
 from mind_jax.planning._topology import Slice, devices as slice_devices
 
 log = logging.getLogger(__name__)
@@ -93,20 +94,23 @@ def plan_training(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: A
 
 def plan_generation(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: Assumptions,
                     tokens: float | None = None, exact_cost: bool = True,
-                    compare_modes: bool = True) -> dict:
+                    compare_modes: bool = True, records: str | None = None) -> dict:
   """The plan of a GenerateConfig's run: engines of engine.hosts hosts each (1: an engine per
   host, on its own chips and share of the documents; -1: one engine over the whole slice),
   each holding the model and its KV cache on its chips. `tokens`: output tokens to generate
   (default 1e9). On a multi-host slice, `compare_modes` also plans the other mode (per host
-  or whole slice, the mesh's data axis scaled to its chips) and reports both under "modes"."""
-  out = _plan_engines(cfg, config, tpu_slice, num_slices, assumptions, tokens, exact_cost)
+  or whole slice, the mesh's data axis scaled to its chips) and reports both under "modes".
+  `records`: a previous run's output directory, whose conversations' lengths replace the
+  paper's per-style means."""
+  out = _plan_engines(cfg, config, tpu_slice, num_slices, assumptions, tokens, exact_cost,
+                      records)
   if compare_modes and tpu_slice.hosts > 1:
     other = 1 if cfg.engine.hosts != 1 else -1
     modes = [_mode_row(cfg.engine.hosts, out)]
     try:
       alt = _with_engine_hosts(cfg, other, tpu_slice)
       modes.append(_mode_row(other, _plan_engines(alt, config, tpu_slice, num_slices,
-                                                  assumptions, tokens, exact_cost)))
+                                                  assumptions, tokens, exact_cost, records)))
     except MindJaxError as e:
       modes.append({"engine_hosts": other, "fits": False, "reason": str(e)})
     out["modes"] = modes
@@ -144,7 +148,7 @@ def _mode_row(hosts: int, p: dict) -> dict:
 
 
 def _plan_engines(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: Assumptions,
-                  tokens: float | None, exact_cost: bool) -> dict:
+                  tokens: float | None, exact_cost: bool, records: str | None = None) -> dict:
   from mind_jax.mind._pipeline import engine_config
   engine_slice = tpu_slice.engine_slice(cfg.engine.hosts)
   devices = slice_devices(engine_slice)
@@ -157,45 +161,48 @@ def _plan_engines(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: A
   chips = tpu_slice.chips * num_slices
   chip = tpu_slice.chip
   econfig = engine_config(cfg)
+  lengths = job_lengths(cfg, records)
   out = _header("generate", tpu_slice, num_slices, mesh, config)
   out.update(engines=engines, engine_hosts=cfg.engine.hosts, engine_chips=engine_slice.chips)
-  state = _compile.generation_state(econfig, config, mesh, cfg.mesh.rules)
+  state = _compile.generation_state(econfig, config, mesh, cfg.mesh.rules, chip.hbm_bytes)
   named = {"weights": state["weights"], "kv_cache": state["kv_cache"]}
   try:
-    compiled = _compile.generation_programs(state, cfg.chunking.max_tokens, exact_cost)
+    compiled = _compile.generation_programs(state, lengths.prompt, lengths.suffix,
+                                            lengths.read_tokens(econfig.page), exact_cost)
   except _compile.DoesNotFit as e:
     return {**out, **_refused(e, chip.hbm_bytes, named),
-            "advice": _generate_advice(cfg, econfig, named, mesh, chip.hbm_bytes, e.used)}
+            "advice": _generate_advice(named, chip.hbm_bytes, e.used)}
   prefill, decode = compiled["prefill"], compiled["decode"]
+  pages = _paged_load(state, lengths)
 
   def seconds(flops, moved):  # the slower of the compute bound and the memory bound
     return max(flops / (chip.peak_flops * assumptions.mfu),
                moved / (chip.hbm_bandwidth * assumptions.mbu))
 
-  if config.attention == "tpu":
-    # The engine gives the paged kernel the whole cache (no window to copy), and the compiler
-    # does not count what a Pallas kernel reads: each row's live cache, on average a prompt
-    # and half a conversation.
-    live = compiled["bucket"] + _compile.PAPER_MEAN_OUTPUT_TOKENS / 2
-    moved = decode.bytes_accessed + named["kv_cache"] * min(live / econfig.max_len, 1.0)
-  else:
-    # The one-step program copies the attention window of the cache out and back (read and
-    # write each way); a real call does that once per steps_per_call steps.
-    window_copy = 4 * named["kv_cache"] * compiled["window"] / econfig.max_len
-    moved = decode.bytes_accessed - window_copy * (1 - 1 / econfig.steps_per_call)
+  # The one-step program runs every slot's row; the step is predicted for that program, its
+  # rows holding `sequences` conversations.
+  moved = _decode_bytes(state, compiled, pages)
   step_seconds = seconds(decode.flops, moved)
-  prefill_seconds = seconds(prefill.flops, prefill.bytes_accessed)
+  sequences = pages["sequences_at_once"]
+  share = lengths.sharers
+  prefill_seconds = (seconds(prefill.flops, prefill.bytes_accessed) + (share - 1) * seconds(
+      compiled["prefill_suffix"].flops, compiled["prefill_suffix"].bytes_accessed)) / share
   budget = tokens or 1e9
-  prompts = budget / _compile.PAPER_MEAN_OUTPUT_TOKENS
-  engine_seconds = budget / (econfig.slots / step_seconds) + prompts * prefill_seconds
+  conversations = budget / lengths.output
+  engine_seconds = budget / (sequences / step_seconds) + conversations * prefill_seconds
   tokens_per_second = budget / engine_seconds * engines
   memory = _memory(chip.hbm_bytes, {"prefill": prefill, "decode": compiled["decode_full"]}, named)
   out.update(
       fits=memory["total_bytes_per_chip"] <= chip.hbm_bytes, memory=memory,
       total_bytes_per_chip=memory["total_bytes_per_chip"],
-      programs={"prefill": _program_row(prefill), "decode": _program_row(decode),
+      programs={"prefill": _program_row(prefill),
+                "prefill_suffix": _program_row(compiled["prefill_suffix"]),
+                "decode": _program_row(decode),
                 "decode_full_window": _program_row(compiled["decode_full"])},
-      step={"slots": econfig.slots, "steps_per_call": econfig.steps_per_call, "prompt_bucket": compiled["bucket"],
+      pages=pages,
+      step={"slots": econfig.slots, "sequences_at_once": sequences,
+            "steps_per_call": econfig.steps_per_call, "prompt_bucket": compiled["bucket"],
+            "suffix_bucket": compiled["suffix_bucket"],
             "decode_window": compiled["window"], "context_limit": econfig.max_len,
             "decode_bytes_per_step_per_chip": moved,
             "predicted_decode_step_seconds": step_seconds,
@@ -203,13 +210,50 @@ def _plan_engines(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: A
             "predicted_tokens_per_second": tokens_per_second,
             "predicted_tokens_per_second_per_chip": tokens_per_second / chips},
       budget=_budget(budget, tokens_per_second, chips, assumptions),
-      assumptions={**assumptions.as_dict(),
-                   "output_tokens_per_conversation": _compile.PAPER_MEAN_OUTPUT_TOKENS,
-                   "prompt_tokens": cfg.chunking.max_tokens + _compile.PROMPT_OVERHEAD_TOKENS})
+      assumptions={**assumptions.as_dict(), "lengths": lengths.as_dict()})
   if not out["fits"]:
-    out["advice"] = _generate_advice(cfg, econfig, named, mesh, chip.hbm_bytes,
-                                     memory["total_bytes_per_chip"])
+    out["advice"] = _generate_advice(named, chip.hbm_bytes, memory["total_bytes_per_chip"])
   return out
+
+
+def _paged_load(state: dict, lengths: Lengths) -> dict:
+  """The pool against the job's lengths, per engine: how many sequences decode at once (the
+  slots, or fewer where the pool runs out of pages first), the KV bytes per chip they hold
+  and read, and the prompt tokens sharing keeps from being prefilled again."""
+  engine = state["engine"]
+  cfg = engine.config
+  token_bytes = state["kv_cache"] / (state["kv_pages"] * cfg.page)  # per chip, per pool token
+  pool_tokens = state["kv_pages"] * cfg.page
+  # A sequence never holds more than a row at the context limit, and each shard of the pool
+  # holds at least one (the engine sizes it so).
+  held = min(lengths.held_tokens(cfg.page, cfg.steps_per_call), cfg.max_len)
+  fit = max(int(pool_tokens / engine.shards // held), 1) * engine.shards
+  sequences = min(cfg.slots, fit)
+  read = min(lengths.read_tokens(cfg.page), cfg.max_len)
+  return {"page_size": cfg.page, "pool_pages": state["kv_pages"], "pool_tokens": pool_tokens,
+          "pool_bytes_per_chip": state["kv_cache"],
+          "held_tokens_per_sequence": held, "read_tokens_per_sequence": read,
+          "sequences_that_fit": fit, "sequences_at_once": sequences,
+          "kv_bytes_held_per_chip": sequences * held * token_bytes,
+          "kv_bytes_read_per_step_per_chip": sequences * read * token_bytes,
+          "prefill_tokens_per_conversation": lengths.prefill_tokens(),
+          "prefill_tokens_saved_by_sharing": lengths.prompt - lengths.prefill_tokens(),
+          "prefill_saved_fraction": 1 - lengths.prefill_tokens() / lengths.prompt}
+
+
+def _decode_bytes(state: dict, compiled: dict, pages: dict) -> float:
+  """HBM bytes a decode step moves per chip: the compiler's count for the one-step program,
+  plus what it cannot count or counts once too often."""
+  decode, engine = compiled["decode"], state["engine"]
+  if engine.model_config.attention == "tpu":
+    # The paged kernel reads the live sequences' pages in place; the compiler does not count
+    # what a Pallas kernel reads.
+    return decode.bytes_accessed + pages["kv_bytes_read_per_step_per_chip"]
+  # XLA: a call gathers its rows' windows out of the pages and writes the entries back once
+  # for its steps (read and write each way), which the one-step program counts at each step.
+  token_bytes = state["kv_cache"] / pages["pool_tokens"]
+  window_copy = 4 * engine.config.slots * compiled["window"] * token_bytes
+  return decode.bytes_accessed - window_copy * (1 - 1 / engine.config.steps_per_call)
 
 
 def _header(job: str, tpu_slice: Slice, num_slices: int, mesh, config) -> dict:
@@ -243,22 +287,18 @@ def _train_advice(cfg) -> list[str]:
   return advice
 
 
-def _generate_advice(cfg, econfig, named: dict, mesh, capacity: int,
-                     used: float | None = None) -> list[str]:
-  from mind_jax.engine._engine import slot_ways
+def _generate_advice(named: dict, capacity: int, used: float | None = None) -> list[str]:
   advice = []
-  per_slot = named["kv_cache"] / econfig.slots  # per chip
-  data = slot_ways(mesh, cfg.mesh.rules)
-  # What is not KV cache stays (the compiler's figure where it gave one; else the weights and
-  # a tenth of the chip for temporaries); the rest holds slots.
+  # What is not KV pool stays (the compiler's figure where it gave one; else the weights and
+  # a tenth of the chip for temporaries); the pool may take the rest, less 5% headroom.
   rest = used - named["kv_cache"] if used else named["weights"] + 0.1 * capacity
-  fit = int((0.95 * capacity - rest) // (per_slot * data)) * data
-  if fit >= data:
-    advice.append(f"engine.slots={fit} (about that many fit at context_limit={econfig.max_len})")
+  pool = 0.95 * capacity - rest
+  if pool > 0:
+    advice.append(f"engine.kv_memory={pool / 2 ** 30:.1f}GiB (a KV pool that leaves the "
+                  f"programs {(rest - named['weights']) / 2 ** 30:.1f} GiB per chip)")
+    advice.append("fewer engine.slots (the decode program's temporaries grow with them)")
   else:
     advice.append(f"the weights take {named['weights'] / 2 ** 30:.1f} GiB of the chip's "
                   f"{capacity / 2 ** 30:.0f} GiB: a larger mesh.axes.tensor or a larger host")
-  advice.append(f"a shorter sampling.context_limit (each slot's KV cache takes "
-                f"{per_slot / 2 ** 20:.0f} MiB per chip)")
-  advice.append("a larger mesh.axes.tensor (weights and KV cache split over more chips)")
+  advice.append("a larger mesh.axes.tensor (weights and KV pool split over more chips)")
   return advice

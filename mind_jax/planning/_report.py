@@ -48,6 +48,26 @@ def _modes(p: dict) -> list[str]:
   return lines
 
 
+def _pages(pages: dict, lengths: dict, s: dict) -> list[str]:
+  """The KV pool against the job's lengths."""
+  bound = "the slots" if pages["sequences_at_once"] == s["slots"] else "the pool"
+  shared = (f", {lengths['shared_prefix']:.0f} of them shared by a chunk's {lengths['sharers']} "
+            "styles" if lengths["sharers"] > 1 else "")
+  return [
+      f"lengths ({lengths['source']}): prompts of {lengths['prompt']:.0f} tokens{shared}; "
+      f"conversations of {lengths['output']:.0f} on average",
+      f"KV pool: {pages['pool_pages']:,} pages of {pages['page_size']} tokens, "
+      f"{_gib(pages['pool_bytes_per_chip'])} per chip; a sequence holds "
+      f"{pages['held_tokens_per_sequence']:.0f} tokens of it and reads "
+      f"{pages['read_tokens_per_sequence']:.0f} per step on average: "
+      f"{pages['sequences_that_fit']:,} fit, {pages['sequences_at_once']:,} decode at once "
+      f"(bound by {bound}), holding {_gib(pages['kv_bytes_held_per_chip'])} per chip",
+      f"prefill: {pages['prefill_tokens_per_conversation']:.0f} prompt tokens per conversation "
+      f"({pages['prefill_saved_fraction']:.0%} saved by sharing), padded to "
+      + (f"{s['prompt_bucket']} tokens for a chunk's first prompt and {s['suffix_bucket']} for "
+         "the others'" if lengths["sharers"] > 1 else f"{s['prompt_bucket']} tokens")]
+
+
 def format_plan(p: dict) -> str:
   m, mem = p["model"], p["memory"]
   capacity = mem["capacity_bytes_per_chip"]
@@ -91,11 +111,12 @@ def format_plan(p: dict) -> str:
                  f"({s['predicted_tokens_per_second_per_chip']:,.0f} per chip); compiler FLOPs "
                  f"{s['compiler_flops'] / s['model_flops']:.2f}x the model's count (remat adds, kernels are not counted)")
   else:
+    lines += _pages(p["pages"], a["lengths"], s)
     lines.append(f"predicted at {a['mfu']:.0%} MFU / {a['mbu']:.0%} MBU: decode step "
-                 f"{s['predicted_decode_step_seconds'] * 1e3:.1f} ms for {s['slots']} slots at a "
-                 f"{s['decode_window']}-token window, prefill {s['predicted_prefill_seconds'] * 1e3:.1f}"
-                 f" ms per {s['prompt_bucket']}-token prompt; {_si(s['predicted_tokens_per_second'], 'tokens/s')}"
-                 f" output ({s['predicted_tokens_per_second_per_chip']:,.0f} per chip)")
+                 f"{s['predicted_decode_step_seconds'] * 1e3:.1f} ms for {s['sequences_at_once']} "
+                 f"sequences, prefill {s['predicted_prefill_seconds'] * 1e3:.1f} ms per "
+                 f"conversation; {_si(s['predicted_tokens_per_second'], 'tokens/s')} output "
+                 f"({s['predicted_tokens_per_second_per_chip']:,.0f} per chip)")
   cost = f", {b['cost']:,.0f} at {a['price']} per chip-hour" if "cost" in b else ""
   lines.append(f"budget: {b['tokens']:.3g} tokens: {b['hours']:,.1f} hours on the slice, "
                f"{b['chip_hours']:,.0f} chip-hours{cost}")
