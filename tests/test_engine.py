@@ -61,12 +61,14 @@ def test_greedy_equals_transformers_with_slot_refills(hf_checkpoints, loaded, va
   assert engine.stats["generate_calls"] < 70 * len(prompts) / 4  # several tokens per call
 
 
-@pytest.mark.parametrize("page_size", [8, 16])
+@pytest.mark.parametrize("page_size,buckets", [(8, (16,)), (16, None)],
+                         ids=["page8-pieces16", "page16"])
 def test_greedy_equals_transformers_with_shared_prefixes_and_preemption(hf_checkpoints, loaded,
-                                                                         page_size):
+                                                                         page_size, buckets):
   """Three groups of requests share a prompt prefix (as a chunk's seven styles do), at a
   length that ends mid-page; the pool holds two sequences at the context limit, so sequences
-  are preempted and recomputed. Every output is transformers' greedy one."""
+  are preempted and recomputed. Every output is transformers' greedy one. With one prefill
+  bucket of 16 tokens, every longer prompt and recompute is prefilled in 16-token pieces."""
   model, tokenizer = loaded["llama3.1-gqa"]
   heads = random_prompts([21, 13, 30], seed=11)
   tails = random_prompts([3, 9, 5, 12, 2, 7, 4, 10, 6], seed=12)
@@ -74,7 +76,7 @@ def test_greedy_equals_transformers_with_shared_prefixes_and_preemption(hf_check
   requests = [Request(i, p, GREEDY_70, prefix_len=len(heads[i // 3]))
               for i, p in enumerate(prompts)]
   config = EngineConfig(slots=6, max_len=128, steps_per_call=5, page_size=page_size,
-                        kv_pages=2 * 128 // page_size)
+                        kv_pages=2 * 128 // page_size, prefill_buckets=buckets)
   engine = Engine(model, tokenizer, config)
   results = engine.generate_all(requests)
   hf_model = hf_checkpoints["llama3.1-gqa"][1]
@@ -83,6 +85,10 @@ def test_greedy_equals_transformers_with_shared_prefixes_and_preemption(hf_check
     assert result.token_ids == hf_greedy(hf_model, prompt, 70), f"request {result.id}"
   assert engine.stats["preemptions"] > 0 and engine.stats["most_sequences_at_once"] > 2
   assert engine.stats["prefix_tokens_reused"] > 0
+  if buckets:  # every prefill ran a 16-token program: none compiled for a longer prompt
+    prefills = [p for p in engine._seen if p.startswith("prefill")]
+    assert prefills and all(p.endswith("up to 16") or "for 16 tokens after" in p
+                            for p in prefills), prefills
   # With room for every sequence: each group's prefix is computed once, by its first request.
   roomy = Engine(model, tokenizer, dataclasses.replace(config, kv_pages=None))
   assert [r.token_ids for r in roomy.generate_all(requests)] == [r.token_ids for r in results]
@@ -195,6 +201,55 @@ def test_same_seed_same_tokens_whatever_the_slots(loaded):
   changed = {r.id: r.token_ids for r in other_seed.generate_all(
       Request(f"r{i}", p, params) for i, p in enumerate(prompts))}
   assert changed != runs[0]
+
+
+def test_live_sequences_move_down_into_freed_slots_and_decode_as_before(hf_checkpoints, loaded,
+                                                                       monkeypatch):
+  """Requests end at different times; the scheduler moves the highest live slots into the
+  freed ones, so that a decode call runs only as many rows as there are sequences. A moved
+  sequence decodes as if it had stayed: greedy ones as transformers, sampled ones with their
+  own keys (as with one slot, where nothing moves)."""
+  from mind_jax.engine._engine import _Scheduler
+  model, tokenizer = loaded["llama3.1-gqa"]
+  packed = []
+  compact = _Scheduler._compact
+
+  def checked(self):
+    compact(self)
+    packed.append(sorted(self.live))
+
+  monkeypatch.setattr(_Scheduler, "_compact", checked)
+  prompts = random_prompts([6, 14, 3, 9, 20, 5, 11, 8], seed=21)
+  lengths = [40, 7, 25, 3, 33, 12, 18, 29]
+  engine = Engine(model, tokenizer, EngineConfig(slots=8, max_len=128, steps_per_call=2))
+  results = engine.generate_all(
+      Request(i, p, SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True))
+      for i, (p, n) in enumerate(zip(prompts, lengths)))
+  hf_model = hf_checkpoints["llama3.1-gqa"][1]
+  for prompt, n, result in zip(prompts, lengths, results):
+    assert result.token_ids == hf_greedy(hf_model, prompt, n), f"request {result.id}"
+  assert engine.stats["slot_moves"] >= 4
+  assert all(live == list(range(len(live))) for live in packed)
+  sampled = [Request(i, p, SamplingParams(max_new_tokens=n, temperature=1.0, ignore_eos=True))
+             for i, (p, n) in enumerate(zip(prompts, lengths))]
+  runs = [[r.token_ids for r in Engine(model, tokenizer, EngineConfig(
+      slots=slots, max_len=128, steps_per_call=2, seed=5)).generate_all(sampled)]
+      for slots in (8, 1)]
+  assert runs[0] == runs[1]
+
+
+def test_a_shape_wanted_a_few_times_runs_a_compiled_one_that_covers_it(loaded):
+  from mind_jax.engine._engine import COMPILE_AFTER_CALLS
+  model, tokenizer = loaded["llama3.1-gqa"]
+  engine = Engine(model, tokenizer, EngineConfig(slots=8, max_len=128))
+  assert engine._shape("decode", (8, 256)) == (8, 256)  # nothing compiled covers it
+  for _ in range(COMPILE_AFTER_CALLS - 1):  # covered: the compiled program runs it
+    assert engine._shape("decode", (4, 128)) == (8, 256)
+  assert engine._shape("decode", (4, 128)) == (4, 128)  # wanted often enough: its own
+  assert engine._shape("decode", (4, 128)) == (4, 128)
+  assert engine._shape("decode", (8, 512)) == (8, 512)  # wider than any compiled one
+  assert engine._shape("decode", (4, 200)) == (8, 256)  # the smallest that covers it
+  assert engine._shape("prefill", (64, 0)) == (64, 0)  # programs of another kind do not count
 
 
 def test_warmup_compiles_without_changing_results(loaded):

@@ -180,7 +180,7 @@ chunking: {{max_tokens: 64}}
       p["programs"]["decode"]["bytes_accessed_per_chip"] + read * token_bytes / 4)
   # The chunk's 64 tokens prefilled once for 7 styles: 6/7 of them saved.
   assert pages["prefill_tokens_saved_by_sharing"] == pytest.approx(64 * 6 / 7)
-  assert (step["prompt_bucket"], step["suffix_bucket"]) == (512, 256)
+  assert (step["prompt_buckets"], step["suffix_buckets"]) == ([512], [256])
   assert "decode at once (bound by the pool)" in format_plan(p)
 
 

@@ -7,12 +7,16 @@ Design (after JetStream's prefill / insert / generate split, with vLLM's paged c
   number of compiled programs stays small, writing its keys and values into its pages; its
   first token is sampled there and its decode slot made live in the same compiled call; a
   prompt prefix shared with earlier requests is not computed again: its pages are read in
-  place (the partly filled last one copied);
+  place (the partly filled last one copied); a long prompt goes in pieces (`PREFILL_PIECE`),
+  each after the first reading the earlier ones from the pages;
 - one generate call advances every live slot by `steps_per_call` tokens
   inside a `lax.scan`, and returns one packed `[steps, slots]` array of the
-  new tokens (-1 where a slot was idle), so the host syncs once per call;
+  new tokens (-1 where a slot was idle), so the host syncs once per call; it runs the rows up
+  to the highest live slot only, and the scheduler keeps live slots packed low;
 - the host scheduler reads that array, finishes requests (stop id,
-  max_new_tokens, context limit) and refills their slots from the queue.
+  max_new_tokens, context limit) and refills their slots from the queue;
+- a program shape met for the first time is compiled only when no compiled one covers it, or
+  once it has been wanted often enough to pay for its compilation (`COMPILE_AFTER_CALLS`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,20 @@ from mind_jax.nn._cache import CACHE_AXES, NO_PAGE
 log = logging.getLogger(__name__)
 
 MAX_STOP_IDS = 16  # stop ids per request (model EOS ids included), padded with -1
+
+# Prompts longer than this many tokens (rounded down to a bucket) are prefilled in pieces of it,
+# each after the first reading the earlier ones from the pages: a long prompt, or a preempted
+# sequence's recompute, runs the programs that the shared-prefix prefills already compiled
+# instead of one of its own for a rare length (on the CPU benchmark, five programs of 2.5-5 s
+# compiled for 13 calls).
+PREFILL_PIECE = 512
+
+# A call whose program shape (decode: rows and window; prefill: bucket and window) is not
+# compiled yet runs the smallest compiled one that covers it (more rows, a wider window, a
+# longer bucket), until the shape has been wanted this many times: a shape wanted for a few
+# calls only (a run's ramp-down, a rare recompute) would cost a compilation (2-4 s on this
+# CPU, far more for a large model on TPU) worth more than the padding it saves.
+COMPILE_AFTER_CALLS = 8
 
 
 @dataclasses.dataclass
@@ -219,7 +237,15 @@ class Engine:
     if allocate:
       self.state = self._init_state()
     self._buckets = config.buckets()
+    self._piece = max((b for b in self._buckets if b <= PREFILL_PIECE), default=self._buckets[0])
+    # A CPU step's cost grows with its rows (compute-bound: 32 rows of the benchmark's 60M
+    # generator took 946 ms a call, 16 rows 576), so there the rows a call runs follow the
+    # live sequences closely; on an accelerator a step costs about the weights' bytes whatever
+    # the rows, and coarse steps compile fewer programs.
+    self._fine_rows = self.mesh.devices.flat[0].platform == "cpu"
     self._seen: set[str] = set()
+    self._compiled: dict[str, set[tuple[int, int]]] = collections.defaultdict(set)
+    self._wanted: collections.Counter = collections.Counter()
     self.stats = collections.Counter()
 
   # --- memory ------------------------------------------------------------------------------
@@ -324,22 +350,38 @@ class Engine:
   def lower(self, params, bucket: int | None = None, window: int | None = None) -> dict:
     """{"prefill": ..., "decode": ...}: the two programs a run compiles, lowered for abstract
     `params` (ShapeDtypeStructs with shardings) at prompt bucket `bucket` (default the
-    largest) and attention window `window` tokens (default max_len), without allocating."""
-    bucket = bucket or self.config.buckets()[-1]
+    largest, from position 0) and attention window `window` tokens (default max_len),
+    without allocating."""
+    return {"prefill": self.lower_prefill(params, bucket), "decode": self.lower_decode(params, window)}
+
+  def lower_decode(self, params, window: int | None = None):
+    """The decode program at an attention window of `window` tokens (default max_len)."""
     window = window or self.config.max_len
-    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                         jax.eval_shape(self._empty_state), self._state_shardings())
+    table = self._host((self.config.slots, self._window_pages(window)), jnp.int32)
+    return self._generate.lower(params, self._abstract_state(), table)
+
+  def lower_prefill(self, params, bucket: int | None = None, end: int | None = None):
+    """The prefill program of `bucket` tokens from position 0, or with `end` those ending at
+    `end` after earlier tokens (a shared prefix's sharer, a later piece: `prefill_pieces`),
+    lowered as `lower` does."""
+    bucket = bucket or self.config.buckets()[-1]
+    pages = (self.config.row_pages if end is None
+             else self._window_pages(self._prefill_window(end)))
+    i32 = lambda: self._host((), jnp.int32)  # noqa: E731
+    return self._prefill_insert.lower(
+        params, self._abstract_state(), self._host((1, bucket), jnp.int32), i32(), i32(),
+        self._host((1, pages), jnp.int32), i32(), i32(), i32(), self._host((2,), jnp.uint32),
+        i32(), i32(), self._host((), jnp.float32), i32(), self._host((), jnp.float32),
+        self._host((MAX_STOP_IDS,), jnp.int32), end is None)
+
+  def _abstract_state(self) -> DecodeState:
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        jax.eval_shape(self._empty_state), self._state_shardings())
+
+  def _host(self, shape, dtype) -> jax.ShapeDtypeStruct:
     # Host inputs too carry the mesh's (replicated) sharding: with a TPU topology's devices
     # nothing may default to this process's own device.
-    host = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=self._replicated())  # noqa: E731
-    i32 = lambda: host((), jnp.int32)  # noqa: E731
-    prefill = self._prefill_insert.lower(
-        params, state, host((1, bucket), jnp.int32), i32(), i32(),
-        host((1, self.config.row_pages), jnp.int32), i32(), i32(), i32(), host((2,), jnp.uint32),
-        i32(), i32(), host((), jnp.float32), i32(), host((), jnp.float32),
-        host((MAX_STOP_IDS,), jnp.int32), True)
-    table = host((self.config.slots, self._window_pages(window)), jnp.int32)
-    return {"prefill": prefill, "decode": self._generate.lower(params, state, table)}
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=self._replicated())
 
   # --- compiled steps ------------------------------------------------------------------------
 
@@ -437,6 +479,14 @@ class Engine:
                    out_shardings=(self._state_shardings(), self._replicated()))
 
   @functools.cached_property
+  def _move_slot(self):
+    def run(state: DecodeState, src, dst):
+      moved = {f: getattr(state, f).at[dst].set(getattr(state, f)[src]) for f in _SLOT_FIELDS}
+      state = dataclasses.replace(state, **moved)
+      return dataclasses.replace(state, active=state.active.at[src].set(False))
+    return jax.jit(run, donate_argnums=0, out_shardings=self._state_shardings())
+
+  @functools.cached_property
   def _deactivate(self):
     def run(state: DecodeState, slot):
       return dataclasses.replace(state, active=state.active.at[slot].set(False))
@@ -457,16 +507,43 @@ class Engine:
     return min(_geometric(max(128, self.config.page), needed), self.config.max_len)
 
   def _rows_for(self, highest_live_slot: int) -> int:
-    """Rows a decode call runs: up to the highest live slot, 8 times a power of 4 (each row
-    count is a program per window to compile: with steps of 1.5x, compiling took 39 of a 146 s
-    CPU benchmark); every slot when the slots split over several shards (each shard's slots
-    are a block of their own)."""
+    """Rows a decode call runs: up to the highest live slot, 8 times a power of 4, or on a CPU
+    a multiple of 4 from 8 (each row count is a program per window to compile: see
+    COMPILE_AFTER_CALLS); every slot when the slots split over several shards (each shard's
+    slots are a block of their own)."""
     if self.shards > 1:
       return self.config.slots
+    if self._fine_rows:
+      return min(max(8, -(-(highest_live_slot + 1) // 4) * 4), self.config.slots)
     rows = 8
     while rows <= highest_live_slot:
       rows *= 4
     return min(rows, self.config.slots)
+
+  def _shape(self, program: str, wanted: tuple[int, int]) -> tuple[int, int]:
+    """The shape a call of `program` runs: `wanted`, or the smallest compiled shape covering
+    it until `wanted` has been asked for COMPILE_AFTER_CALLS times. Depends only on the calls
+    so far, so every host of an engine picks alike."""
+    self._wanted[program, wanted] += 1
+    compiled = self._compiled[program]
+    covering = [shape for shape in compiled if shape[0] >= wanted[0] and shape[1] >= wanted[1]]
+    if wanted in compiled or not covering or self._wanted[program, wanted] >= COMPILE_AFTER_CALLS:
+      compiled.add(wanted)
+      return wanted
+    return min(covering, key=math.prod)
+
+  @staticmethod
+  def _decode_program(rows: int, window: int) -> str:
+    return f"decode program for {rows} slots, attention window {window}"
+
+  def _prefill_window(self, needed: int) -> int:
+    """The attention window of a prefill after earlier tokens: 1,024 tokens (or a page) times a
+    power of two, or max_len. Its attention is a small part of its work, so few programs
+    beat a tight window."""
+    window = max(1024, self.config.page)
+    while window < needed:
+      window *= 2
+    return min(window, self.config.max_len)
 
   def _window_pages(self, window: int) -> int:
     return -(-window // self.config.page)
@@ -489,8 +566,8 @@ class Engine:
         table = np.full((rows, self._window_pages(window)), NO_PAGE, np.int32)
         self.state, emitted = self._generate(self._params, self.state, table)
         jax.block_until_ready(emitted)
-        self._timed(f"decode program for {rows} slots, attention window {window}",
-                    time.perf_counter() - start)
+        self._compiled["decode"].add((rows, window))
+        self._timed(self._decode_program(rows, window), time.perf_counter() - start)
     self.stats.clear()
 
   # --- host side -----------------------------------------------------------------------------
@@ -523,35 +600,69 @@ class Engine:
         return bucket
     return self.config.max_len
 
+  def prefill_pieces(self, start: int, end: int) -> list[tuple[int, int, int]]:
+    """(first, end, bucket) of each call prefilling tokens `start..end-1`: pieces of at most
+    `self._piece` tokens; one from position 0 pads to its bucket, one after earlier tokens
+    (which it reads from the pages) to `_bucket_after`."""
+    pieces = []
+    while True:
+      stop = min(end, start + self._piece)
+      n = stop - start
+      pieces.append((start, stop, self._bucket_after(n) if start else self._bucket(n)))
+      if stop == end:
+        return pieces
+      start = stop
+
   def _prefill(self, seq: _Sequence, start: int, table: np.ndarray, copy) -> int:
     """Prefills `seq`'s prompt (and the tokens it made before a preemption) from `start`,
     `table` its row of pages, `copy` (src, dst) a page to copy first; returns the next token."""
     request, sp = seq.request, seq.request.sampling
     ids = np.asarray(list(request.prompt_ids) + seq.tokens, np.int32)
-    bucket = self._bucket(len(ids) - start)
-    tokens = np.zeros((1, bucket), np.int32)
-    tokens[0, : len(ids) - start] = ids[start:]
+    self.stats["prefix_tokens_reused"] += start
+    budget = min(sp.max_new_tokens, self.config.max_len - len(request.prompt_ids))
+    *earlier, (first, _, bucket) = self.prefill_pieces(start, len(ids))
+    for begin, end, piece_bucket in earlier:
+      # A budget of 0 leaves the slot idle: this piece's pages are all it leaves behind.
+      self._prefill_piece(seq, ids[:end], begin, piece_bucket, table, copy, 0)
+      copy = None
+    return self._prefill_piece(seq, ids, first, bucket, table, copy, budget)
+
+  def _bucket_after(self, length: int) -> int:
+    """The bucket of `length` tokens prefilled after earlier ones: at least a quarter piece.
+    The remainders of long prompts and of recomputes come in every length, and each small
+    bucket would be programs (one per window) to compile for a few calls."""
+    return self._bucket(max(length, self._piece // 4))
+
+  def _prefill_piece(self, seq: _Sequence, ids: np.ndarray, start: int, bucket: int,
+                     table: np.ndarray, copy, budget: int) -> int:
+    """Tokens `start..len(ids)-1` of `seq` (padded to `bucket`) into its pages."""
+    sp = seq.request.sampling
     stops = np.full(MAX_STOP_IDS, -1, np.int32)
     stop_ids = self._stop_ids(sp)
     stops[: len(stop_ids)] = stop_ids
-    budget = min(sp.max_new_tokens, self.config.max_len - len(request.prompt_ids))
     src, dst = copy or (0, 0)
-    if start:  # attention reads the row's pages: only those up to the prompt's end
-      table = table[:, :self._window_pages(self._window_for(start + bucket))]
+    if start:  # attention reads the row's pages: only those up to the piece's last token
+      bucket, pages = self._shape("prefill after", (
+          bucket, self._window_pages(self._prefill_window(len(ids)))))
+      table = table[:, :pages]
+    else:
+      bucket = self._shape("prefill", (bucket, 0))[0]
+    tokens = np.zeros((1, bucket), np.int32)
+    tokens[0, : len(ids) - start] = ids[start:]
     begin = time.perf_counter()
     self.state, first = self._prefill_insert(
         self._params, self.state, tokens, np.int32(start), np.int32(len(ids)), table,
         np.int32(src), np.int32(dst), np.int32(seq.slot),
-        request_key(self.config.seed, request.id), np.int32(len(seq.tokens)), np.int32(budget),
-        np.float32(sp.temperature), np.int32(sp.top_k), np.float32(sp.top_p), stops, start == 0)
+        request_key(self.config.seed, seq.request.id), np.int32(len(seq.tokens)),
+        np.int32(budget), np.float32(sp.temperature), np.int32(sp.top_k),
+        np.float32(sp.top_p), stops, start == 0)
     first = int(first)
     self._timed(f"prefill program for prompts up to {bucket}" if start == 0 else
-                f"prefill program for {bucket} tokens after a prefix, window {table.shape[1]} "
+                f"prefill program for {bucket} tokens after earlier ones, window {table.shape[1]} "
                 "pages", time.perf_counter() - begin)
     self.stats["prefill_seconds"] += time.perf_counter() - begin
     self.stats["prefill_tokens"] += len(ids) - start
     self.stats["prefill_padded_tokens"] += bucket
-    self.stats["prefix_tokens_reused"] += start
     return first
 
   def _timed(self, program: str, seconds: float) -> None:
@@ -712,6 +823,24 @@ class _Scheduler:
     self.waiting.appendleft((seq.request, seq.tokens))
     engine.stats["preemptions"] += 1
 
+  def _compact(self) -> None:
+    """Moves the highest live slots into the lowest free ones, so that a decode call's rows
+    (up to the highest live slot) are about the live sequences. A slot's state is a few
+    numbers (its KV lives in its pages), so a move costs a small device call. One shard only:
+    sharded slots decode all their rows every call."""
+    if self.engine.shards > 1:
+      return
+    while self.live:
+      top, hole = max(self.live), self._free_slot([0])
+      if hole is None or hole > top:
+        return
+      seq = self.live.pop(top)
+      seq.slot = hole
+      self.live[hole] = seq
+      self.engine.state = self.engine._move_slot(self.engine.state, np.int32(top),
+                                                 np.int32(hole))
+      self.engine.stats["slot_moves"] += 1
+
   def _finish(self, seq: _Sequence) -> None:
     del self.live[seq.slot]
     self.pool.release(seq.pages)
@@ -755,19 +884,19 @@ class _Scheduler:
           break
         continue
       self._grow()
+      self._compact()
       engine.stats["most_sequences_at_once"] = max(engine.stats["most_sequences_at_once"],
                                                    len(self.live))
       call_start = time.perf_counter()
-      window = engine._window(list(self.live.values()))
-      rows = engine._rows_for(max(self.live))
+      rows, window = engine._shape("decode", (engine._rows_for(max(self.live)),
+                                              engine._window(list(self.live.values()))))
       table = np.full((rows, engine._window_pages(window)), NO_PAGE, np.int32)
       for slot, seq in self.live.items():
         pages = seq.pages[:table.shape[1]]
         table[slot, :len(pages)] = pages
       engine.state, emitted = engine._generate(engine._params, engine.state, table)
       emitted = np.asarray(emitted)  # the one host transfer per call: [steps, slots]
-      engine._timed(f"decode program for {rows} slots, attention window {window}",
-                    time.perf_counter() - call_start)
+      engine._timed(engine._decode_program(rows, window), time.perf_counter() - call_start)
       engine.stats["generate_seconds"] += time.perf_counter() - call_start
       engine.stats["generate_calls"] += 1
       engine.stats["sequence_steps"] += len(self.live) * engine.config.steps_per_call

@@ -189,21 +189,33 @@ def default_pool_pages(engine, free: int) -> int:
 
 def generation_programs(state: dict, prompt_tokens: float, suffix_tokens: float,
                         context_tokens: float, exact_cost: bool = True) -> dict:
-  """Prefill at a whole prompt's bucket and at a sharer's (its prompt less the shared
-  prefix), decode at the full context window (the memory peak) and at the typical window
-  (the speed), compiled."""
+  """The prefill programs of a whole prompt and of a sharer's (its prompt less the shared
+  prefix), in the pieces the engine runs them (`Engine.prefill_pieces`), decode at the full
+  context window (the memory peak) and at the typical window (the speed), compiled.
+  "prefill" is the whole prompt's first piece; "prefill_whole" and "prefill_sharer" list
+  each call's program."""
   engine, params = state["engine"], state["params"]
-  bucket = bucket_for(engine.config, prompt_tokens)
-  suffix_bucket = bucket_for(engine.config, suffix_tokens)
+  prompt = math.ceil(prompt_tokens)
+  prefix = prompt - math.ceil(suffix_tokens)
   window = decode_window(engine, context_tokens)
-  full = engine.lower(params, bucket=bucket)
-  out = {"prefill": compile_program("prefill", full["prefill"]),
-         "decode_full": compile_program("decode", full["decode"]),
-         "bucket": bucket, "suffix_bucket": suffix_bucket, "window": window}
-  # A sharer's prefill: the same program at its suffix's bucket (its attention over the
-  # shared pages is a kernel the compiler does not count either way).
-  out["prefill_suffix"] = out["prefill"] if suffix_bucket == bucket else compile_program(
-      "prefill", engine.lower(params, bucket=suffix_bucket)["prefill"])
+  compiled = {}
+
+  def program(start: int, end: int, bucket: int):
+    key = (bucket, None if start == 0 else engine._prefill_window(end))
+    if key not in compiled:
+      compiled[key] = compile_program("prefill", engine.lower_prefill(
+          params, bucket, None if start == 0 else end))
+    return compiled[key]
+
+  whole_pieces = engine.prefill_pieces(0, prompt)
+  sharer_pieces = engine.prefill_pieces(prefix, prompt) if prefix else whole_pieces
+  whole = [program(*piece) for piece in whole_pieces]
+  out = {"prefill": whole[0], "prefill_whole": whole,
+         "prefill_sharer": [program(*piece) for piece in sharer_pieces],
+         "prefill_programs": list(compiled.values()),
+         "decode_full": compile_program("decode", engine.lower_decode(params)),
+         "buckets": [b for _, _, b in whole_pieces],
+         "suffix_buckets": [b for _, _, b in sharer_pieces], "window": window}
   # The cost of one decode step: the program's scan over steps_per_call counts once in the
   # compiler's cost analysis, so compile a one-step call at the typical window.
   if not exact_cost:  # the memory figures only: the full call's cost, loop counted once
@@ -212,7 +224,7 @@ def generation_programs(state: dict, prompt_tokens: float, suffix_tokens: float,
   from mind_jax.engine import Engine
   one_step = Engine(state["model"], None, dataclasses.replace(engine.config, steps_per_call=1),
                     engine.mesh, allocate=False, rules=engine.rules)
-  out["decode"] = compile_program("decode", one_step.lower(params, bucket, window)["decode"])
+  out["decode"] = compile_program("decode", one_step.lower_decode(params, window))
   return out
 
 

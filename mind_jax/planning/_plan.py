@@ -185,24 +185,27 @@ def _plan_engines(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: A
   step_seconds = seconds(decode.flops, moved)
   sequences = pages["sequences_at_once"]
   share = lengths.sharers
-  prefill_seconds = (seconds(prefill.flops, prefill.bytes_accessed) + (share - 1) * seconds(
-      compiled["prefill_suffix"].flops, compiled["prefill_suffix"].bytes_accessed)) / share
+  calls = lambda programs: sum(seconds(p.flops, p.bytes_accessed) for p in programs)  # noqa: E731
+  prefill_seconds = (calls(compiled["prefill_whole"])
+                     + (share - 1) * calls(compiled["prefill_sharer"])) / share
   budget = tokens or 1e9
   conversations = budget / lengths.output
   engine_seconds = budget / (sequences / step_seconds) + conversations * prefill_seconds
   tokens_per_second = budget / engine_seconds * engines
-  memory = _memory(chip.hbm_bytes, {"prefill": prefill, "decode": compiled["decode_full"]}, named)
+  memory = _memory(chip.hbm_bytes, {**{f"prefill {i}": p for i, p in enumerate(
+      compiled["prefill_programs"])}, "decode": compiled["decode_full"]}, named)
   out.update(
       fits=memory["total_bytes_per_chip"] <= chip.hbm_bytes, memory=memory,
       total_bytes_per_chip=memory["total_bytes_per_chip"],
       programs={"prefill": _program_row(prefill),
-                "prefill_suffix": _program_row(compiled["prefill_suffix"]),
+                "prefill_suffix": _program_row(compiled["prefill_sharer"][-1]),
                 "decode": _program_row(decode),
                 "decode_full_window": _program_row(compiled["decode_full"])},
       pages=pages,
       step={"slots": econfig.slots, "sequences_at_once": sequences,
-            "steps_per_call": econfig.steps_per_call, "prompt_bucket": compiled["bucket"],
-            "suffix_bucket": compiled["suffix_bucket"],
+            "steps_per_call": econfig.steps_per_call, "prompt_bucket": compiled["buckets"][0],
+            "suffix_bucket": compiled["suffix_buckets"][-1],
+            "prompt_buckets": compiled["buckets"], "suffix_buckets": compiled["suffix_buckets"],
             "decode_window": compiled["window"], "context_limit": econfig.max_len,
             "decode_bytes_per_step_per_chip": moved,
             "predicted_decode_step_seconds": step_seconds,

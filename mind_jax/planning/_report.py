@@ -48,6 +48,11 @@ def _modes(p: dict) -> list[str]:
   return lines
 
 
+def _pieces(buckets: list[int]) -> str:
+  """Prefill calls' buckets: "512", or "512 + 256" for a prompt prefilled in pieces."""
+  return " + ".join(map(str, buckets))
+
+
 def _pages(pages: dict, lengths: dict, s: dict) -> list[str]:
   """The KV pool against the job's lengths."""
   bound = "the slots" if pages["sequences_at_once"] == s["slots"] else "the pool"
@@ -64,8 +69,9 @@ def _pages(pages: dict, lengths: dict, s: dict) -> list[str]:
       f"(bound by {bound}), holding {_gib(pages['kv_bytes_held_per_chip'])} per chip",
       f"prefill: {pages['prefill_tokens_per_conversation']:.0f} prompt tokens per conversation "
       f"({pages['prefill_saved_fraction']:.0%} saved by sharing), padded to "
-      + (f"{s['prompt_bucket']} tokens for a chunk's first prompt and {s['suffix_bucket']} for "
-         "the others'" if lengths["sharers"] > 1 else f"{s['prompt_bucket']} tokens")]
+      + (f"{_pieces(s['prompt_buckets'])} tokens for a chunk's first prompt and "
+         f"{_pieces(s['suffix_buckets'])} for the others'" if lengths["sharers"] > 1
+         else f"{_pieces(s['prompt_buckets'])} tokens")]
 
 
 def format_plan(p: dict) -> str:
