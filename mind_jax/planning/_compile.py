@@ -149,11 +149,6 @@ def abstract_model(config, mesh, rules: str):
   return model, params
 
 
-def bucket_for(engine_config, tokens: float) -> int:
-  """The prefill bucket a prompt of `tokens` pads to."""
-  return next((b for b in engine_config.buckets() if b >= tokens), engine_config.max_len)
-
-
 def decode_window(engine, context_tokens: float) -> int:
   """The attention window of a typical decode call (a sequence `context_tokens` long), as
   the engine picks it (on TPU the whole context limit: the paged kernel has no window)."""
