@@ -41,6 +41,19 @@ def test_the_prefix_cache_drops_only_prefixes_no_sequence_is_using():
   assert pool.lookup(0, prefix_key([1])) is not None and pool.free(0) == 1
 
 
+def test_the_prefix_a_waiting_request_will_read_is_dropped_last():
+  from mind_jax.engine._pages import PagePool, Prefix, prefix_key
+  pool = PagePool(per_shard=4, shards=1, page_size=8)
+  waited_for, other = pool.take(0, 2), pool.take(0, 2)
+  pool.remember(0, prefix_key([1]), Prefix(16, tuple(waited_for)))  # the least recently used
+  pool.remember(0, prefix_key([2]), Prefix(16, tuple(other)))
+  pool.release(waited_for + other)  # their sequences were preempted or ended
+  assert pool.take(0, 2, keep={prefix_key([1])}) is not None
+  assert pool.lookup(0, prefix_key([1])) is not None and pool.lookup(0, prefix_key([2])) is None
+  assert pool.take(0, 2, keep={prefix_key([1])}) is not None  # no other way: it goes too
+  assert pool.lookup(0, prefix_key([1])) is None
+
+
 @pytest.fixture(scope="module")
 def loaded(hf_checkpoints):
   return {name: mind_jax.load_pretrained(hf_checkpoints[name][0], progress=False)
@@ -85,10 +98,11 @@ def test_greedy_equals_transformers_with_shared_prefixes_and_preemption(hf_check
     assert result.token_ids == hf_greedy(hf_model, prompt, 70), f"request {result.id}"
   assert engine.stats["preemptions"] > 0 and engine.stats["most_sequences_at_once"] > 2
   assert engine.stats["prefix_tokens_reused"] > 0
-  if buckets:  # every prefill ran a 16-token program: none compiled for a longer prompt
+  if buckets:  # every prefill ran a program of at most 16 tokens: none for a longer prompt
     prefills = [p for p in engine._seen if p.startswith("prefill")]
-    assert prefills and all(p.endswith("up to 16") or "for 16 tokens after" in p
-                            for p in prefills), prefills
+    sizes = [int(p.split(" for ")[1].split()[0]) if " after " in p else int(p.split()[-1])
+             for p in prefills]
+    assert prefills and max(sizes) == 16 and all(size % 4 == 0 for size in sizes), prefills
   # With room for every sequence: each group's prefix is computed once, by its first request.
   roomy = Engine(model, tokenizer, dataclasses.replace(config, kv_pages=None))
   assert [r.token_ids for r in roomy.generate_all(requests)] == [r.token_ids for r in results]
@@ -250,6 +264,18 @@ def test_a_shape_wanted_a_few_times_runs_a_compiled_one_that_covers_it(loaded):
   assert engine._shape("decode", (8, 512)) == (8, 512)  # wider than any compiled one
   assert engine._shape("decode", (4, 200)) == (8, 256)  # the smallest that covers it
   assert engine._shape("prefill", (64, 0)) == (64, 0)  # programs of another kind do not count
+  # A shape that must be compiled is the one the calls will want a few calls later.
+  assert engine._shape("decode", (8, 1024), ahead=(8, 1536)) == (8, 1536)
+  assert engine._shape("decode", (8, 1024), ahead=(8, 1536)) == (8, 1536)
+
+
+def test_prompts_are_prefilled_in_pieces_padded_to_a_quarter_piece_after_the_first(loaded):
+  model, tokenizer = loaded["llama3.1-gqa"]
+  engine = Engine(model, tokenizer, EngineConfig(slots=2, max_len=128, prefill_buckets=(32, 64)))
+  assert engine.prefill_pieces(0, 20) == [(0, 20, 32)]  # from position 0: the prompt buckets
+  assert engine.prefill_pieces(0, 100) == [(0, 64, 64), (64, 100, 48)]
+  assert engine.prefill_pieces(30, 45) == [(30, 45, 16)]  # a sharer's suffix
+  assert engine.prefill_pieces(30, 127) == [(30, 94, 64), (94, 127, 48)]
 
 
 def test_warmup_compiles_without_changing_results(loaded):

@@ -492,11 +492,16 @@ class Engine:
       return dataclasses.replace(state, active=state.active.at[slot].set(False))
     return jax.jit(run, donate_argnums=0, out_shardings=self._state_shardings())
 
-  def _window(self, live: list[_Sequence]) -> int:
-    """The attention window (tokens) for the next generate call: past the furthest position
-    any live sequence can reach during the call."""
+  def _windows(self, live: list[_Sequence]) -> tuple[int, int]:
+    """The attention window (tokens) the next generate call needs: past the furthest position
+    any live sequence can reach during the call; and the one it will need COMPILE_AFTER_CALLS
+    calls later, to compile instead when a program must be compiled (one that serves only a
+    few calls before the next window takes over costs more than its narrower window saves:
+    on the CPU benchmark, a 1,024-token window for the run's first three calls)."""
     furthest = max(len(s.request.prompt_ids) + len(s.tokens) - 1 for s in live)
-    return self._window_for(furthest + self.config.steps_per_call)
+    steps = self.config.steps_per_call
+    return (self._window_for(furthest + steps),
+            self._window_for(furthest + COMPILE_AFTER_CALLS * steps))
 
   def _window_for(self, needed: int) -> int:
     """At least `needed` tokens: 128 (or a page) times a power of two, or 1.5 times one (a
@@ -520,14 +525,19 @@ class Engine:
       rows *= 4
     return min(rows, self.config.slots)
 
-  def _shape(self, program: str, wanted: tuple[int, int]) -> tuple[int, int]:
+  def _shape(self, program: str, wanted: tuple[int, int],
+             ahead: tuple[int, int] | None = None) -> tuple[int, int]:
     """The shape a call of `program` runs: `wanted`, or the smallest compiled shape covering
-    it until `wanted` has been asked for COMPILE_AFTER_CALLS times. Depends only on the calls
-    so far, so every host of an engine picks alike."""
+    it until `wanted` has been asked for COMPILE_AFTER_CALLS times; `ahead` (covering
+    `wanted`) when nothing compiled covers it. Depends only on the calls so far, so every
+    host of an engine picks alike."""
     self._wanted[program, wanted] += 1
     compiled = self._compiled[program]
     covering = [shape for shape in compiled if shape[0] >= wanted[0] and shape[1] >= wanted[1]]
-    if wanted in compiled or not covering or self._wanted[program, wanted] >= COMPILE_AFTER_CALLS:
+    if not covering:
+      compiled.add(ahead or wanted)
+      return ahead or wanted
+    if wanted in compiled or self._wanted[program, wanted] >= COMPILE_AFTER_CALLS:
       compiled.add(wanted)
       return wanted
     return min(covering, key=math.prod)
@@ -628,10 +638,13 @@ class Engine:
     return self._prefill_piece(seq, ids, first, bucket, table, copy, budget)
 
   def _bucket_after(self, length: int) -> int:
-    """The bucket of `length` tokens prefilled after earlier ones: at least a quarter piece.
-    The remainders of long prompts and of recomputes come in every length, and each small
-    bucket would be programs (one per window) to compile for a few calls."""
-    return self._bucket(max(length, self._piece // 4))
+    """The bucket of `length` tokens prefilled after earlier ones: a multiple of a quarter
+    piece. Sharers' suffixes and the remainders of long prompts and of recomputes come in
+    every length: power-of-two buckets padded a MIND suffix of 337-423 tokens to 512 (28% of
+    the benchmark's prefill compute was padding), while each finer bucket is programs (one
+    per window) to compile."""
+    quarter = max(self._piece // 4, 1)
+    return min(-(-length // quarter) * quarter, self._piece)
 
   def _prefill_piece(self, seq: _Sequence, ids: np.ndarray, start: int, bucket: int,
                      table: np.ndarray, copy, budget: int) -> int:
@@ -751,9 +764,7 @@ class _Scheduler:
     """A slot and pages for `request` (which made `tokens` before a preemption) and its
     prefill; None when no slot or not enough free pages: it waits."""
     engine = self.engine
-    length = len(request.prompt_ids) + len(tokens)
-    share = min(request.prefix_len, length - 1)  # at least one token to prefill
-    key = prefix_key(list(request.prompt_ids)[:share]) if share else None
+    share, key = self._prefix(request, tokens)
     # A sharer goes where its prefix's pages are; a new prefix (or none) to the shard with the
     # most free slots, where the requests sharing it can follow.
     holders = self.pool.shards_with(key) if key else []
@@ -766,12 +777,13 @@ class _Scheduler:
     # Pages for the prompt and the first decode call's tokens, and a page in reserve for each
     # running sequence of the shard. The prefix's pages are held first: making room may drop
     # cached prefixes, never this one.
+    length = len(request.prompt_ids) + len(tokens)
     needed = self._pages_for(length + engine.config.steps_per_call)
     whole = share // self.page if prefix else 0
     held = list(prefix.pages[:whole + (1 if share % self.page else 0)]) if prefix else []
     self.pool.share(held)
     reserve = self._reserve(shard)
-    pages = self.pool.take(shard, needed - whole + reserve)
+    pages = self.pool.take(shard, needed - whole + reserve, self._waiting_prefixes())
     if pages is None:
       self.pool.release(held)
       return None
@@ -803,7 +815,8 @@ class _Scheduler:
         continue  # preempted while an older sequence grew
       needed = self._pages_for(len(seq.request.prompt_ids) + len(seq.tokens) - 1 + steps)
       while len(seq.pages) < needed and self.live.get(seq.slot) is seq:
-        got = self.pool.take(self._shard(seq.slot), needed - len(seq.pages))
+        got = self.pool.take(self._shard(seq.slot), needed - len(seq.pages),
+                             self._waiting_prefixes())
         if got is not None:
           seq.pages.extend(got)
           break
@@ -811,6 +824,20 @@ class _Scheduler:
         youngest = max((s for s in self.live.values() if self._shard(s.slot) == shard),
                        key=lambda s: s.order)
         self._preempt(youngest)
+
+  def _waiting_prefixes(self) -> set[bytes]:
+    """The prefixes of the waiting requests, kept while pages can be found elsewhere: the
+    youngest sequences, preempted first, are often all of a chunk's styles (admitted
+    together), and their prefix, no longer in use, would otherwise be the first dropped and
+    recomputed by each."""
+    return {self._prefix(request, tokens)[1] for request, tokens in self.waiting} - {None}
+
+  @staticmethod
+  def _prefix(request: Request, tokens: list[int]) -> tuple[int, bytes | None]:
+    """(length, key) of the prefix `request` (which made `tokens` before a preemption) shares:
+    at most all but its last token, which its prefill needs to compute."""
+    share = min(request.prefix_len, len(request.prompt_ids) + len(tokens) - 1)
+    return share, (prefix_key(list(request.prompt_ids)[:share]) if share else None)
 
   def _preempt(self, seq: _Sequence) -> None:
     engine = self.engine
@@ -888,8 +915,9 @@ class _Scheduler:
       engine.stats["most_sequences_at_once"] = max(engine.stats["most_sequences_at_once"],
                                                    len(self.live))
       call_start = time.perf_counter()
-      rows, window = engine._shape("decode", (engine._rows_for(max(self.live)),
-                                              engine._window(list(self.live.values()))))
+      rows = engine._rows_for(max(self.live))
+      needed, ahead = engine._windows(list(self.live.values()))
+      rows, window = engine._shape("decode", (rows, needed), ahead=(rows, ahead))
       table = np.full((rows, engine._window_pages(window)), NO_PAGE, np.int32)
       for slot, seq in self.live.items():
         pages = seq.pages[:table.shape[1]]

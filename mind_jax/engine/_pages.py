@@ -49,13 +49,16 @@ class PagePool:
   def free(self, shard: int) -> int:
     return len(self._free[shard])
 
-  def take(self, shard: int, count: int) -> list[int] | None:
+  def take(self, shard: int, count: int, keep=frozenset()) -> list[int] | None:
     """`count` fresh pages of `shard` (reference 1), dropping cached prefixes to make room;
-    None (and nothing taken) if the shard cannot supply them."""
+    None (and nothing taken) if the shard cannot supply them. Prefixes in `keep` (those
+    waiting requests will read) are dropped last."""
     # Only entries no sequence is using free pages when dropped; an entry in use stays, so the
     # requests sharing a running prefix still find it.
-    unused = (key for key, p in list(self._prefixes[shard].items())
-              if all(self.refs[page] == 1 for page in p.pages))
+    unused = sorted((key for key, p in self._prefixes[shard].items()
+                     if all(self.refs[page] == 1 for page in p.pages)),
+                    key=lambda key: key in keep)  # stable: least recently used first
+    unused = iter(unused)
     while len(self._free[shard]) < count:
       key = next(unused, None)
       if key is None:
