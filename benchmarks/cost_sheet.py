@@ -14,6 +14,7 @@ TPU compiler (pip install 'mind_jax[tpu]'); about half an hour on 2 CPU cores.
 
   python benchmarks/cost_sheet.py --out bench_out [--price-v4 P --price-v5e P --price-v5p P --price-v6e P]
   python benchmarks/cost_sheet.py --out bench_out --only v5p-32 v6e-8      # some rows only
+  python benchmarks/cost_sheet.py --out bench_out --stage int8             # the int8 rows
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ ROWS = [
      ["engine.hosts=-1", "mesh.axes={data: 1, fsdp: 2, tensor: 8}", "mesh.rules=train",
       "engine.slots=32"]),
     ("generate 70B", "v5e", "tpu/configs/generate-v5e-32-global.yaml", "v5e-32", "llama3.1-70b", []),
+    # int8 projection weights (model.quantize=int8): the targets, and the smallest slices where
+    # the 70B generator then fits.
+    ("generate 70B int8", "v6e", "configs/generate-llama3.1-70b-pod.yaml", "v6e-8",
+     "llama3.1-70b", ["model.quantize=int8"]),
+    ("generate 70B int8", "v5p", "tpu/configs/generate-v5p-32.yaml", "v5p-32", "llama3.1-70b",
+     ["model.quantize=int8"]),
+    ("generate 70B int8", "v6e", "configs/generate-llama3.1-70b-pod.yaml", "v6e-4",
+     "llama3.1-70b", ["model.quantize=int8", "mesh.axes={data: 1, tensor: 4}"]),
     ("train 7B", "v6e", "configs/train-llama2-7b.yaml", "v6e-256", "llama2-7b", ["microbatches=6"]),
     ("train 7B", "v5p", "configs/train-llama2-7b.yaml", "v5p-128", "llama2-7b", []),
     ("train 7B", "v5e", "tpu/configs/train-v5e-256.yaml", "v5e-256", "llama2-7b", []),
@@ -53,13 +62,14 @@ def main() -> None:
   parser.add_argument("--out", required=True)
   parser.add_argument("--only", nargs="+", metavar="SLICE",
                       help="plan only the rows of these slices (e.g. v5p-32 v6e-8)")
+  parser.add_argument("--stage", help="plan only the rows whose stage contains this (e.g. int8)")
   for gen in ("v4", "v5e", "v5p", "v6e"):
     parser.add_argument(f"--price-{gen}", type=float, help=f"price per {gen} chip-hour")
   args = parser.parse_args()
   from mind_jax.plan import plan
   results = []
   for stage, gen, config, topology, preset, overrides in ROWS:
-    if args.only and topology not in args.only:
+    if (args.only and topology not in args.only) or (args.stage and args.stage not in stage):
       continue
     tokens = GENERATE_TOKENS if stage.startswith("generate") else TRAIN_TOKENS
     ns = argparse.Namespace(config=str(ROOT / config), overrides=overrides, topology=topology,

@@ -52,6 +52,17 @@ class ModelSection(Section):
   allow_unused_tensors: bool = pydantic.Field(
       False, description="load even if the checkpoint holds tensors the model does not use "
       "(e.g. config.json lists fewer layers than the weights); off: such a load is refused")
+  quantize: Literal["int8"] | None = pydantic.Field(
+      None, description="generation only: int8 stores every projection's weight (and an "
+      "untied output head) as int8 with one scale per output channel, quantized as an HF "
+      "checkpoint loads (or once, by mind_jax.convert quantize=int8 into an Orbax checkpoint); "
+      "embeddings and norms keep param_dtype")
+
+  def check_training(self) -> None:
+    """Refuses the keys a job with a backward pass cannot use."""
+    if self.quantize:
+      raise MindJaxError(f"model.quantize={self.quantize}: int8 weights are for generation "
+                         "(they have no gradients); train the float checkpoint")
 
   def check_inference(self) -> None:
     """Refuses the keys a job without a backward pass cannot use (accepted keys take effect)."""

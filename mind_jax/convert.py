@@ -41,6 +41,9 @@ class ConvertConfig(config_lib.Section):
       None, description="cast parameters to this dtype (default: keep the source's)")
   scan_layers: bool | None = pydantic.Field(
       None, description="store layers stacked for scan (default: as the source)")
+  quantize: Literal["int8"] | None = pydantic.Field(
+      None, description="int8: store the projections' weights as int8 with per-output-channel "
+      "scales (Orbax output only), for generation jobs to load without quantizing again")
   allow_unused_tensors: bool = pydantic.Field(
       False, description="load an HF checkpoint even if the model its config.json describes "
       "leaves some tensors unused (default: refuse, as config.json may not match the weights)")
@@ -68,13 +71,16 @@ def run(cfg: ConvertConfig) -> str:
     raise MindJaxError("give SRC and DST (or src=... dst=...)")
   require_model_dir(cfg.src)
   target = cfg.to or ("hf" if is_orbax_dir(cfg.src) else "orbax")
+  if cfg.quantize and target != "orbax":
+    raise MindJaxError(f"quantize={cfg.quantize}: int8 weights are written as an Orbax "
+                       "checkpoint (to=orbax); an HF export holds float weights")
   check_dst(cfg.src, cfg.dst, cfg.overwrite)
   mesh = cfg.mesh.build(use_first=True)
   start = time.perf_counter()
   # By default the checkpoint's own storage dtype is kept: bf16 stays bf16.
   model_section = config_lib.ModelSection(
       path=cfg.src, dtype=cfg.dtype or stored_dtype(cfg.src), scan_layers=cfg.scan_layers,
-      allow_unused_tensors=cfg.allow_unused_tensors)
+      allow_unused_tensors=cfg.allow_unused_tensors, quantize=cfg.quantize)
   model, tokenizer, _ = load_model(model_section, mesh, cfg.mesh.rules, progress=cfg.progress)
   log.info("loaded %s in %.1fs", cfg.src, time.perf_counter() - start)
   if target == "orbax":

@@ -19,6 +19,7 @@ from mind_jax.ckpts._safetensors import (INDEX_NAME, SafetensorsReader, host_emp
                                          write_shards)
 from mind_jax.nn import Llama, LlamaConfig
 from mind_jax.nn._config import read_hf_config
+from mind_jax.nn._quant import quantize_int8
 from mind_jax._progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,11 @@ def is_stacked(path: tuple, config: LlamaConfig) -> bool:
 
 
 def hf_names(path: tuple, config: LlamaConfig) -> list[str]:
-  """The HF tensor name(s) behind one parameter; a stacked one has one per layer."""
+  """The HF tensor name(s) behind one parameter; a stacked one has one per layer. An int8
+  projection's scales come from its weight."""
   parts = [str(p) for p in path]
+  if parts[-1] == "scale":
+    parts[-1] = "weight"
   if is_stacked(path, config):
     rest = ".".join(parts[2:])
     return [f"model.layers.{i}.{rest}" for i in range(config.num_hidden_layers)]
@@ -57,7 +61,7 @@ def load_hf_model(model_dir: str, config: LlamaConfig | None = None, mesh: Mesh 
     with progress_bar(total, "import", unit="B", enabled=progress) as bar:
       for path, variable in flat:
         read = _slice_reader(reader, hf_names(path, config), variable.dtype,
-                             is_stacked(path, config))
+                             is_stacked(path, config), _int8_part(path, variable))
         array = jax.make_array_from_callback(variable.shape, shardings[path], read)
         loaded.append((path, variable.replace(array)))
         bar.update(variable.size * variable.dtype.itemsize)
@@ -90,8 +94,17 @@ def _check_unused(reader: SafetensorsReader, flat, config: LlamaConfig, allow_un
               reader.model_dir, len(unused), _some(unused))
 
 
+def _int8_part(path: tuple, variable) -> str | None:
+  """"values" or "scale" for the parts of an int8 projection, else None."""
+  if str(path[-1]) == "scale":
+    return "scale"
+  return "values" if variable.dtype == np.int8 else None
+
+
 def _check_tensors(reader: SafetensorsReader, flat, config: LlamaConfig) -> None:
   for path, variable in flat:
+    if _int8_part(path, variable) == "scale":
+      continue  # checked as its weight
     expected = variable.shape[1:] if is_stacked(path, config) else variable.shape
     for name in hf_names(path, config):
       info = reader.info(name)
@@ -100,19 +113,28 @@ def _check_tensors(reader: SafetensorsReader, flat, config: LlamaConfig) -> None
                            f"expected {list(expected)} from config.json")
 
 
-def _slice_reader(reader, names, dtype, stacked):
+def _slice_reader(reader, names, dtype, stacked, int8_part=None):
   """The callback that produces one device's slice; replicas of a slice are read once.
 
   Each slice lands in fresh host memory that nothing else writes: on CPU, jax
-  may adopt it as the device buffer instead of copying.
+  may adopt it as the device buffer instead of copying. `int8_part` ("values" or "scale"):
+  the slice of an int8 projection's values or scales, quantized from the whole rows of the
+  slice's output channels (a channel's scale depends on all its inputs), never the whole
+  tensor.
   """
   done = {}
+
+  def tensor(name, index):
+    if int8_part is None:
+      return reader.read(name, index)
+    values, scale = quantize_int8(reader.read(name, (index[0], slice(None))))
+    return scale if int8_part == "scale" else values[:, index[1]]
 
   def read(index):
     key = str(index)
     if key not in done:
-      parts = [reader.read(names[i], index[1:]) for i in range(*index[0].indices(len(names)))] \
-          if stacked else [reader.read(names[0], index)]
+      parts = [tensor(names[i], index[1:]) for i in range(*index[0].indices(len(names)))] \
+          if stacked else [tensor(names[0], index)]
       shape = (len(parts),) + parts[0].shape if stacked else parts[0].shape
       if stacked or parts[0].dtype != dtype or not parts[0].flags.c_contiguous:
         out = host_empty(shape, dtype)
@@ -155,8 +177,11 @@ def save_pretrained(model: Llama, out_dir: str, tokenizer=None, max_shard_size: 
   names this function writes (model.safetensors, model-NNNNN-of-NNNNN.safetensors,
   the index) that the new write did not produce are removed.
   """
-  check_out_dir(out_dir, overwrite)
   config = model.config
+  if config.quantize:
+    raise MindJaxError(f"{out_dir}: the model's weights are {config.quantize} (model.quantize), "
+                       "a generation format; export the checkpoint it was loaded from instead")
+  check_out_dir(out_dir, overwrite)
   out_dtype = np.dtype(jnp.dtype(dtype or config.param_dtype))
   params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   sources = {}

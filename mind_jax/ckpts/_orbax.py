@@ -69,7 +69,7 @@ def save_orbax_model(model: Llama, out_dir: str, tokenizer=None, overwrite: bool
     write_json(os.path.join(out_dir, "config.json"), model.config.to_hf_dict())
     write_json(os.path.join(out_dir, MARKER), {
         "format": FORMAT, "scan_layers": model.config.scan_layers,
-        "param_dtype": model.config.param_dtype})
+        "param_dtype": model.config.param_dtype, "quantize": model.config.quantize})
     if tokenizer is not None:
       tokenizer.save(out_dir)
   return out_dir

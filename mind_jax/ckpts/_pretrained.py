@@ -39,17 +39,27 @@ def stored_dtype(path: str) -> str:
 
 
 def read_config(path: str, dtype: str = "float32", *, param_dtype: str | None = None,
-                scan_layers: bool | None = None, remat: str = "none",
+                scan_layers: bool | None = None, remat: str = "none", quantize: str | None = None,
                 key: str | None = None) -> LlamaConfig:
   """The architecture a model directory holds (config.json only, no weights), with the
-  dtypes, scan and remat a run asks for; layers are scanned, unless `scan_layers` says, as
-  an Orbax checkpoint stores them (an HF checkpoint: not). `key` names the config key that
-  gave `path`, for messages."""
+  dtypes, scan, remat and quantization a run asks for; layers are scanned, unless
+  `scan_layers` says, as an Orbax checkpoint stores them (an HF checkpoint: not). An HF
+  checkpoint is quantized as it loads; an Orbax one holds int8 weights only if it was
+  converted with them. `key` names the config key that gave `path`, for messages."""
   require_model_dir(path, key)
-  if scan_layers is None:
-    scan_layers = bool(read_marker(path).get("scan_layers")) if is_orbax_dir(path) else False
+  if is_orbax_dir(path):
+    marker = read_marker(path)
+    if scan_layers is None:
+      scan_layers = bool(marker.get("scan_layers"))
+    stored = marker.get("quantize")
+    if quantize is not None and quantize != stored:
+      raise MindJaxError(
+          f"{path}: an Orbax checkpoint of {stored or 'float'} weights, asked for "
+          f"quantize={quantize}; quantize an HF checkpoint as it loads, or convert one with "
+          f"`python -m mind_jax.convert ... quantize={quantize}`")
+    quantize = stored
   return read_hf_config(path, dtype=dtype, param_dtype=param_dtype or dtype,
-                        scan_layers=scan_layers, remat=remat)
+                        scan_layers=bool(scan_layers), remat=remat, quantize=quantize)
 
 
 def architecture(section, devices=None) -> LlamaConfig:
@@ -60,11 +70,12 @@ def architecture(section, devices=None) -> LlamaConfig:
   if section.path:
     return read_config(section.path, section.dtype, param_dtype=section.param_dtype,
                        scan_layers=section.scan_layers, remat=section.remat,
-                       key="model.path").replace(attention=attention)
+                       quantize=section.quantize, key="model.path").replace(attention=attention)
   from mind_jax.nn import preset
   return preset(section.preset or "tiny", dtype=section.dtype,
                 param_dtype=section.param_dtype or section.dtype,
-                scan_layers=bool(section.scan_layers), remat=section.remat, attention=attention)
+                scan_layers=bool(section.scan_layers), remat=section.remat, attention=attention,
+                quantize=section.quantize)
 
 
 def _devices(devices=None, mesh=None):
@@ -77,7 +88,8 @@ def _devices(devices=None, mesh=None):
 def load_pretrained(path: str, dtype: str = "float32", *, param_dtype: str | None = None,
                     mesh=None, rules="generate", scan_layers: bool | None = None,
                     remat: str = "none", progress: bool = True,
-                    allow_unused: bool = False, attention: str = "auto") -> tuple[Llama, Tokenizer | None]:
+                    allow_unused: bool = False, attention: str = "auto",
+                    quantize: str | None = None) -> tuple[Llama, Tokenizer | None]:
   """Loads a model and its tokenizer from an HF directory or a mind_jax Orbax checkpoint.
 
   `dtype` is the compute dtype and, unless `param_dtype` says otherwise, the
@@ -86,13 +98,17 @@ def load_pretrained(path: str, dtype: str = "float32", *, param_dtype: str | Non
   local directory. Tensors of an HF checkpoint that the model config.json
   describes does not use are an error unless `allow_unused` (then a warning). `attention`
   (auto, xla, tpu, cudnn) is resolved against the mesh's devices (default: this host's).
+  `quantize="int8"` stores the projections' weights as int8 with per-output-channel scales,
+  quantized slice by slice as an HF checkpoint is read (for generation; see `read_config`).
   """
   path = os.fspath(path)
-  config = read_config(path, dtype, param_dtype=param_dtype, scan_layers=scan_layers, remat=remat)
+  config = read_config(path, dtype, param_dtype=param_dtype, scan_layers=scan_layers, remat=remat,
+                       quantize=quantize)
   config = config.replace(attention=resolve_attention(attention, _devices(mesh=mesh)))
   orbax = is_orbax_dir(path)
   log.info("loading %s (%s, %.1fM parameters, %s)", path, "Orbax" if orbax else "safetensors",
-           config.num_params() / 1e6, config.param_dtype)
+           config.num_params() / 1e6,
+           config.param_dtype + (f", projections {config.quantize}" if config.quantize else ""))
   if orbax:
     model = load_orbax_model(path, config, mesh, rules)
   else:
@@ -123,7 +139,7 @@ def load_model(section, mesh=None, rules="generate", *, progress: bool = True,
         section.path, dtype=section.dtype, param_dtype=section.param_dtype, mesh=mesh,
         rules=rules, scan_layers=section.scan_layers, remat=section.remat,
         allow_unused=section.allow_unused_tensors, progress=progress,
-        attention=section.attention)
+        attention=section.attention, quantize=section.quantize)
     return model, tokenizer, section.path
   from flax import nnx
 

@@ -29,7 +29,7 @@ class JaxLM(TemplateLM):
 
   def __init__(self, pretrained: str, batch_size: int | str = 8, max_length: int | None = None,
                max_gen_toks: int = 256, dtype: str = "float32", seed: int = 0, tensor: int = 1,
-               **kwargs):
+               quantize: str | None = None, **kwargs):
     super().__init__()
     import jax
     import transformers
@@ -39,7 +39,8 @@ class JaxLM(TemplateLM):
     del kwargs  # harness-wide arguments (device, ...) that do not apply
     # The weights split over `tensor` chips (heads and MLP columns), as generation splits them.
     mesh = make_mesh({"data": 1, "tensor": int(tensor)}, jax.devices()[:int(tensor)])
-    self.model, _ = load_pretrained(pretrained, dtype=dtype, mesh=mesh, progress=False)
+    self.model, _ = load_pretrained(pretrained, dtype=dtype, mesh=mesh, progress=False,
+                                    quantize=quantize or None)
     # The harness's own choice of tokenizer class, so both backends encode alike.
     self.tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained, local_files_only=True)
     self.mesh, self.seed = mesh, seed

@@ -44,6 +44,9 @@ class EvaluateConfig(config_lib.Section):
   dtype: Literal["float32", "bfloat16"] = pydantic.Field("float32", description="compute dtype")
   tensor: int = pydantic.Field(
       1, ge=1, description="jax backend: chips the model is split over (tensor parallel)")
+  quantize: Literal["int8"] | None = pydantic.Field(
+      None, description="jax backend: int8 projection weights, as generation's model.quantize "
+      "(to score what an int8 generator sees)")
   seed: int = pydantic.Field(0, description="the harness's seeds (few-shot sampling, ...)")
   overwrite: bool = pydantic.Field(
       False, description="replace an earlier evaluation in out made with other settings")
@@ -142,6 +145,9 @@ def task_manager(cfg: EvaluateConfig, work: str):
 
 def evaluate(cfg: EvaluateConfig) -> dict:
   """Runs the tasks and writes OUT/results.json, OUT/results.md and OUT/samples/TASK.jsonl."""
+  if cfg.quantize and cfg.backend != "jax":
+    raise MindJaxError(f"--quantize {cfg.quantize}: int8 weights are the jax backend's; the hf "
+                       "backend runs the checkpoint as transformers loads it")
   model = resolve_model(cfg.model)
   check_output_dir(cfg.out, "--out", [model])
   if cfg.data_dir:  # read before `datasets` is imported, which fixes its offline mode
@@ -149,7 +155,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
   settings = {"model": f"{os.path.basename(os.path.normpath(model))}, content "
                        f"{dir_fingerprint(model)}", "tasks": cfg.tasks, "backend": cfg.backend,
               "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "dtype": cfg.dtype,
-              "seed": cfg.seed, "tasks_dir": cfg.tasks_dir, "data_dir": cfg.data_dir}
+              "seed": cfg.seed, "tasks_dir": cfg.tasks_dir, "data_dir": cfg.data_dir,
+              # Only when set: an evaluation made before the key existed resumes as it was.
+              **({"quantize": cfg.quantize} if cfg.quantize else {})}
 
   def remove_owned(record):
     del record
@@ -185,7 +193,7 @@ def _run_harness(cfg: EvaluateConfig, model: str, manager) -> dict:
   import mind_jax.evaluation._jax_lm  # noqa: F401  registers "mind_jax" with the harness
   if cfg.backend == "jax":
     name, args = "mind_jax", {"pretrained": model, "dtype": cfg.dtype, "seed": cfg.seed,
-                              "tensor": cfg.tensor}
+                              "tensor": cfg.tensor, "quantize": cfg.quantize}
   else:
     import torch
     name, args = "hf", {"pretrained": model, "dtype": cfg.dtype,

@@ -352,6 +352,9 @@ def run_settings(cfg: GenerateConfig, styles: list[Style], model_name: str | Non
   return {
       "model": model, "dtype": cfg.model.dtype,
       "param_dtype": cfg.model.param_dtype or cfg.model.dtype,
+      # int8 weights make other records; recorded only when set, so a run made before the key
+      # existed resumes.
+      **({"quantize": cfg.model.quantize} if cfg.model.quantize else {}),
       # Which corpus is read is free (a corpus may arrive in pieces: ids keep them apart); how
       # its records become documents and ids is not.
       "input": {"text_field": cfg.input.text_field, "id_field": cfg.input.id_field},

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mind_jax._errors import MindJaxError
+from mind_jax.nn._quant import QUANTIZE_MODES
 
 DType = Literal["float32", "bfloat16", "float16"]
 RopeType = Literal["default", "llama3"]
@@ -51,7 +52,9 @@ class LlamaConfig:
   `param_dtype` is how weights are stored, `dtype` is what matmuls run in.
   `scan_layers` stacks the layers into one scanned block so a deep model
   compiles once; `remat` names a rematerialisation policy for training;
-  `attention` names a registered attention implementation.
+  `attention` names a registered attention implementation. `quantize` ("int8", generation
+  only) stores every projection's weight as int8 with per-output-channel scales
+  (`mind_jax.nn._quant`); embeddings and norms stay in `param_dtype`.
   """
 
   vocab_size: int = 32000
@@ -73,6 +76,7 @@ class LlamaConfig:
   scan_layers: bool = False
   remat: Literal["none", "full", "dots", "dots_no_batch"] = "none"
   attention: str = "xla"
+  quantize: str | None = None
 
   def __post_init__(self):
     # Models are static jit arguments, so every field must be hashable.
@@ -86,6 +90,9 @@ class LlamaConfig:
       raise MindJaxError(
           f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
           f"{self.num_attention_heads}; set head_dim explicitly")
+    if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
+      raise MindJaxError(f"quantize={self.quantize!r}: expected one of {list(QUANTIZE_MODES)} "
+                         "or none")
     if self.resolved_head_dim % 2:
       raise MindJaxError(f"head_dim={self.resolved_head_dim} must be even for rotary embeddings")
 

@@ -35,7 +35,8 @@ class LlamaAttention(nnx.Module):
     self.num_kv_heads = config.num_key_value_heads
     self.head_dim = hd
     self.attention = config.attention
-    kw = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
+    kw = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs,
+              quantize=config.quantize)
     self.q_proj = Linear(d, self.num_heads * hd, ("q_heads", "embed"), **kw)
     self.k_proj = Linear(d, self.num_kv_heads * hd, ("kv_heads", "embed"), **kw)
     self.v_proj = Linear(d, self.num_kv_heads * hd, ("kv_heads", "embed"), **kw)
@@ -64,7 +65,8 @@ class LlamaMLP(nnx.Module):
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
     d, f = config.hidden_size, config.intermediate_size
-    kw = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
+    kw = dict(dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs,
+              quantize=config.quantize)
     self.gate_proj = Linear(d, f, ("mlp", "embed"), **kw)
     self.up_proj = Linear(d, f, ("mlp", "embed"), **kw)
     self.down_proj = Linear(f, d, ("embed", "mlp"), **kw)
@@ -184,7 +186,8 @@ class Llama(nnx.Module):
     self.model = LlamaModel(config, rngs=rngs)
     if not config.tie_word_embeddings:
       self.lm_head = Linear(config.hidden_size, config.vocab_size, ("vocab", "embed"),
-                            dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs)
+                            dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs,
+                            quantize=config.quantize)
 
   def __call__(self, input_ids, positions=None, segment_ids=None, cache: KVCache | None = None,
                logits_at=None):

@@ -120,6 +120,7 @@ def model_config(cfg: TrainConfig):
   """The architecture trained (config.json or preset, no weights), with the run's dtypes, scan
   and remat: the loader's rule, so the train state matches what it loads."""
   from mind_jax.ckpts import architecture
+  cfg.model.check_training()
   return architecture(cfg.model)
 
 
