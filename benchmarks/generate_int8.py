@@ -6,8 +6,8 @@ Workload: the MIND workload of benchmarks/generate_paged.py (CHAMP documents cut
 chunks, all seven styles, 256-512 greedy tokens each, EOS ignored), `--chunks` of them, on its
 `--model` (default: the 60M generator), bf16 compute in both; the paged engine's defaults.
 Decoding reads every weight once per step, so on an accelerator int8 halves a step's weight
-bytes; a CPU may gain nothing (XLA:CPU converts the int8 weights to bf16 for each matmul):
-what it is here is what is reported.
+bytes; a CPU whose steps are compute-bound may gain nothing: what it is here is what is
+reported.
 
   python benchmarks/generate_int8.py --out bench_out
 """
