@@ -738,6 +738,7 @@ class _Scheduler:
     self.live: dict[int, _Sequence] = {}
     self.waiting: collections.deque[tuple[Request, list[int]]] = collections.deque()
     self.admitted = 0
+    self.prefix_keys: dict[tuple, bytes] = {}
 
   def _shard(self, slot: int) -> int:
     return slot // self.slots_per_shard
@@ -795,6 +796,7 @@ class _Scheduler:
         copy = (prefix.pages[whole], pages[0])
       pages = held[:whole] + pages
       start = share
+    self.prefix_keys.pop((request.id, share), None)  # asked for again only if preempted
     seq = _Sequence(request, list(tokens), slot, pages, self.admitted)
     self.admitted += 1
     table = np.full((1, engine.config.row_pages), NO_PAGE, np.int32)
@@ -832,12 +834,17 @@ class _Scheduler:
     recomputed by each."""
     return {self._prefix(request, tokens)[1] for request, tokens in self.waiting} - {None}
 
-  @staticmethod
-  def _prefix(request: Request, tokens: list[int]) -> tuple[int, bytes | None]:
+  def _prefix(self, request: Request, tokens: list[int]) -> tuple[int, bytes | None]:
     """(length, key) of the prefix `request` (which made `tokens` before a preemption) shares:
-    at most all but its last token, which its prefill needs to compute."""
+    at most all but its last token, which its prefill needs to compute. Keys are hashed once
+    per request and length: a waiting request's is asked for at every page allocation."""
     share = min(request.prefix_len, len(request.prompt_ids) + len(tokens) - 1)
-    return share, (prefix_key(list(request.prompt_ids)[:share]) if share else None)
+    if share <= 0:
+      return share, None
+    key = self.prefix_keys.get((request.id, share))
+    if key is None:
+      key = self.prefix_keys[request.id, share] = prefix_key(list(request.prompt_ids)[:share])
+    return share, key
 
   def _preempt(self, seq: _Sequence) -> None:
     engine = self.engine
