@@ -74,6 +74,42 @@ def test_splash_packed_segments_match_xla():
   assert _max_diff(_real(out, seg), _real(attend(q, k, v, **kw), seg)) <= TOL
 
 
+# Every mesh shape the shipped configs run attention under (train: fsdp or data over 8 chips;
+# generate: tensor over 8 or 4, data over 8), and data x tensor ones that split both at once.
+KERNEL_MESHES = [{"data": 2, "tensor": 2}, {"data": 2, "fsdp": 2, "tensor": 2}, {"data": 8},
+                 {"fsdp": 8}, {"tensor": 8}, {"tensor": 4}, {"data": 2, "tensor": 4}]
+
+
+def _under_mesh(fn, axes):
+  """`fn` jitted and traced under `axes` (devices in order), as the model calls its kernels,
+  on arguments placed on the mesh (as the model's are; XLA on CPU cannot run a `shard_map` of
+  arrays that live on one device)."""
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, **axes},
+                            jax.devices()[:math.prod(axes.values())])
+
+  def run(*args):
+    with sharding.activation_layout(mesh, "train"):
+      return fn(*args)
+  on_mesh = NamedSharding(mesh, P())
+  return lambda *args: jax.jit(run)(*(jax.device_put(a, on_mesh) for a in args))
+
+
+@pytest.mark.parametrize("axes", KERNEL_MESHES, ids=lambda a: "x".join(f"{k}{v}" for k, v in a.items()))
+@pytest.mark.parametrize("kv_heads", [8, 2])
+def test_splash_per_shard_under_a_mesh_equals_xla_attention(axes, kv_heads):
+  """Splash runs per shard (rows over data/fsdp, heads over tensor where they divide): its
+  packed causal attention by value equals XLA's on one device, whichever axes split it."""
+  q, k, v = _qkv(8, 128, 8, kv_heads, 16, seed=3)
+  pos, seg = (jnp.tile(a, (4, 1)) for a in _packed(2, 128))
+  kw = dict(q_positions=pos, k_positions=pos, q_segments=seg, k_segments=seg)
+  ref = attend(q, k, v, **kw)
+  kernel = _under_mesh(
+      lambda q, k, v, pos, seg: _kernels.tpu_attend(q, k, v, q_positions=pos, k_positions=pos,
+                                                   q_segments=seg, k_segments=seg,
+                                                   interpret=True), axes)
+  assert _max_diff(_real(kernel(q, k, v, pos, seg), seg), _real(ref, seg)) <= TOL
+
+
 def test_keys_other_than_the_queries_own_go_to_xla():
   q, k, v = _qkv(1, 128, 4, 2, 16, seed=2)
   entries = jnp.arange(128)[None]
@@ -172,6 +208,58 @@ def test_paged_attention_per_shard_under_a_mesh_equals_one_device(axes, rules):
     ref, (ref_k, _) = step("xla", False, *args, fresh=start == 0)
     out, (got_k, _) = step("xla", True, *args, fresh=start == 0)
     assert jnp.array_equal(got_k, ref_k) and _max_diff(out, ref) <= 1e-2, start
+
+
+def _numpy_prefill(q, new_k, new_v, pool_k, pool_v, table, starts):
+  """Attention of rows whose tokens start at `starts`, written in numpy from the definition:
+  row r's keys are its pages' entries before its start (the prefix already in the cache) and
+  the call's own keys after, each query seeing positions up to its own, query head h reading
+  kv head h // (H / K)."""
+  q, new_k, new_v, pool_k, pool_v = (np.asarray(a, np.float64)
+                                     for a in (q, new_k, new_v, pool_k, pool_v))
+  b, t, h, d = q.shape
+  kv_heads, page = pool_k.shape[1], pool_k.shape[2]
+  out = np.zeros_like(q)
+  for r, start in enumerate(starts):
+    length = start + t
+    at = lambda pool, p: pool[table[r][p // page], :, p % page]  # noqa: E731
+    keys = np.stack([at(pool_k, p) if p < start else new_k[r, p - start] for p in range(length)])
+    vals = np.stack([at(pool_v, p) if p < start else new_v[r, p - start] for p in range(length)])
+    for i in range(t):
+      for head in range(h):
+        kvh = head // (h // kv_heads)
+        scores = keys[:start + i + 1, kvh] @ q[r, i, head] / np.sqrt(d)
+        weights = np.exp(scores - scores.max())
+        out[r, i, head] = weights @ vals[:start + i + 1, kvh] / weights.sum()
+  return out
+
+
+@pytest.mark.parametrize("axes", [None, *KERNEL_MESHES],
+                         ids=lambda a: "one-device" if a is None else
+                         "x".join(f"{k}{v}" for k, v in a.items()))
+def test_a_prefill_of_rows_at_mixed_offsets_equals_numpy(axes):
+  """Eight rows prefilled in one call, some from their first token and some after a prefix
+  already in their pages (at and inside page boundaries): each row attends over its own
+  prefix and its own new tokens, by XLA and by the TPU dispatch (interpret mode), on one
+  device and per shard under each mesh."""
+  from mind_jax.nn._paged import cached_attention
+  rows, t, page, pages = 8, 8, 16, 32
+  starts = [0, 16, 5, 24, 0, 9, 16, 3]
+  # 8 kv heads (the 70B's): `tensor` splits kv heads, up to 8 ways.
+  q = _qkv(rows, t, 16, 8, 16, seed=9)[0]
+  new_k, new_v = [a.transpose(0, 2, 1, 3) for a in _qkv(rows, t, 16, 8, 16, seed=10)[1:]]
+  pool_k, pool_v = _pool(pages, 8, page, 16, seed=11)
+  # Row r owns two pages of the pool's r-th eighth: its shard's, under any batch split.
+  table = np.stack([np.random.default_rng(r).permutation(4)[:2] + 4 * r for r in range(rows)])
+  positions = jnp.asarray(starts)[:, None] + jnp.arange(t)
+  expected = _numpy_prefill(q, new_k, new_v, pool_k, pool_v, table, starts)
+  for impl in ("xla", "tpu_interpret"):
+    def prefill(q, k, v, pk, pv, table, positions):
+      return cached_attention(q, k, v, pk, pv, table, positions, fresh=False,
+                              implementation=impl)[0]
+    run = jax.jit(prefill) if axes is None else _under_mesh(prefill, axes)
+    out = run(q, new_k, new_v, pool_k, pool_v, jnp.asarray(table, jnp.int32), positions)
+    assert np.max(np.abs(np.asarray(out, np.float64) - expected)) <= TOL, impl
 
 
 def test_tiny_llama_packed_forward_with_interpreted_kernels():
