@@ -15,6 +15,7 @@ TPU compiler (pip install 'mind_jax[tpu]'); about half an hour on 2 CPU cores.
   python benchmarks/cost_sheet.py --out bench_out [--price-v4 P --price-v5e P --price-v5p P --price-v6e P]
   python benchmarks/cost_sheet.py --out bench_out --only v5p-32 v6e-8      # some rows only
   python benchmarks/cost_sheet.py --out bench_out --stage int8             # the int8 rows
+  python benchmarks/cost_sheet.py --out bench_out --stage kv8              # int8 weights + KV
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ ROWS = [
      ["model.quantize=int8"]),
     ("generate 70B int8", "v6e", "configs/generate-llama3.1-70b-pod.yaml", "v6e-4",
      "llama3.1-70b", ["model.quantize=int8", "mesh.axes={data: 1, tensor: 4}"]),
+    # int8 weights and an int8 KV cache (engine.kv_dtype=int8): twice the tokens per pool byte.
+    ("generate 70B int8+kv8", "v6e", "configs/generate-llama3.1-70b-pod.yaml", "v6e-8",
+     "llama3.1-70b", ["model.quantize=int8", "engine.kv_dtype=int8"]),
+    ("generate 70B int8+kv8", "v5p", "tpu/configs/generate-v5p-32.yaml", "v5p-32",
+     "llama3.1-70b", ["model.quantize=int8", "engine.kv_dtype=int8"]),
+    ("generate 70B int8+kv8", "v6e", "configs/generate-llama3.1-70b-pod.yaml", "v6e-4",
+     "llama3.1-70b", ["model.quantize=int8", "engine.kv_dtype=int8",
+                      "mesh.axes={data: 1, tensor: 4}"]),
     ("train 7B", "v6e", "configs/train-llama2-7b.yaml", "v6e-256", "llama2-7b", ["microbatches=6"]),
     ("train 7B", "v5p", "configs/train-llama2-7b.yaml", "v5p-128", "llama2-7b", []),
     ("train 7B", "v5e", "tpu/configs/train-v5e-256.yaml", "v5e-256", "llama2-7b", []),

@@ -72,6 +72,14 @@ class ModelSection(Section):
                          "at none")
 
 
+def kv_dtype_field():
+  """`engine.kv_dtype` of the jobs that decode (generate, sample): one wording for both."""
+  return pydantic.Field(
+      None, description="KV cache entries: the model's dtype (default), or int8 with one "
+      "float32 scale per token and kv head (about half the bytes: more sequences fit; the "
+      "records differ slightly from the float cache's)")
+
+
 class MeshSection(Section):
   """Device mesh and sharding rules."""
 

@@ -56,6 +56,7 @@ class EngineSection(config_lib.Section):
       None, description="prompt lengths compiled for; a prompt pads up to the next (default: "
       "one, the longest prompt rounded up to a power of two, when padding to it at most doubles "
       "the prefill; else powers of two from 32)")
+  kv_dtype: Literal["int8"] | None = config_lib.kv_dtype_field()
 
 
 class SampleConfig(config_lib.Section):
@@ -109,7 +110,7 @@ def engine_config(cfg: SampleConfig, requests, model_config, mesh):
   slots = cfg.engine.slots
   if slots is None:
     slots = -(-len(requests) // data) * data
-    fit = slots_that_fit(model_config, mesh, max_len)
+    fit = slots_that_fit(model_config, mesh, max_len, cache_dtype=cfg.engine.kv_dtype)
     if fit is not None and fit < slots:
       log.info("%d prompts, but the KV cache holds %d slots at max_len=%d", len(requests),
                fit, max_len)
@@ -120,7 +121,7 @@ def engine_config(cfg: SampleConfig, requests, model_config, mesh):
   log.info("engine: %d slots, max_len %d, %d steps per call, prefill buckets %s", slots, max_len,
            steps, list(buckets) if buckets else "powers of two")
   return EngineConfig(slots=slots, max_len=max_len, steps_per_call=steps, seed=cfg.sampling.seed,
-                      prefill_buckets=buckets)
+                      prefill_buckets=buckets, cache_dtype=cfg.engine.kv_dtype)
 
 
 def run(cfg: SampleConfig, prompts) -> int:

@@ -104,10 +104,15 @@ def test_a_chunks_styles_share_their_prompt_prefix_and_it_is_prefilled_once(defa
 
 def test_engine_paging_keys_take_effect_or_fail_in_one_line(tmp_path):
   from mind_jax.mind._pipeline import engine_config
-  cfg = make_config(tmp_path, "engine.page_size=32", "engine.kv_pages=96", "engine.kv_memory=1.5GiB")
+  from mind_jax.mind._pipeline import run_settings
+  cfg = make_config(tmp_path, "engine.page_size=32", "engine.kv_pages=96", "engine.kv_memory=1.5GiB",
+                    "engine.kv_dtype=int8")
   engine = engine_config(cfg)
   assert (engine.page, engine.kv_pages, engine.kv_memory) == (32, 96, 3 * 2**29)
+  assert engine.cache_dtype == "int8" and run_settings(cfg, [], "m")["kv_dtype"] == "int8"
+  assert "kv_dtype" not in run_settings(make_config(tmp_path), [], "m")  # older runs resume
   for key, message in [("engine.page_size=48", "does not divide the context limit 4096; use 128"),
+                       ("engine.kv_dtype=int4", "engine.kv_dtype: Input should be 'int8'"),
                        ("engine.page_size=12", "a page must hold a multiple of 8 tokens"),
                        ("engine.kv_memory=lots", "invalid size 'lots'")]:
     with pytest.raises(MindJaxError, match=message) as error:

@@ -176,8 +176,9 @@ chunking: {{max_tokens: 64}}
   # A step reads the sequences' contexts (prefix included, in whole pages), not the pool.
   read = step["sequences_at_once"] * (lengths["prompt"] + lengths["output_weighted"] / 2 + 32)
   assert pages["kv_bytes_read_per_step_per_chip"] == pytest.approx(read * token_bytes / 4)
-  assert step["decode_bytes_per_step_per_chip"] == pytest.approx(
-      p["programs"]["decode"]["bytes_accessed_per_chip"] + read * token_bytes / 4)
+  # A float32 pool is not the paged kernel's (it reads bfloat16): XLA gathers the pages in the
+  # one-step program, so the compiler's count holds them already.
+  assert step["decode_bytes_per_step_per_chip"] == p["programs"]["decode"]["bytes_accessed_per_chip"]
   # The chunk's 64 tokens prefilled once for 7 styles: 6/7 of them saved.
   assert pages["prefill_tokens_saved_by_sharing"] == pytest.approx(64 * 6 / 7)
   assert (step["prompt_buckets"], step["suffix_buckets"]) == ([512], [256])

@@ -79,6 +79,8 @@ def test_the_engine_is_sized_from_the_prompts():
   assert engine.prefill_buckets is None and engine.max_len == 2048 and engine.slots == 9
   # What the user sets wins.
   cfg = config.load_config(SampleConfig, None, ["engine.slots=4", "engine.max_len=600",
-                                                "engine.prefill_buckets=[128,512]"])
+                                                "engine.prefill_buckets=[128,512]",
+                                                "engine.kv_dtype=int8"])
   engine = engine_config(cfg, similar, model_config, one_device_mesh())
   assert (engine.slots, engine.max_len, engine.prefill_buckets) == (4, 600, (128, 512))
+  assert engine.cache_dtype == "int8"

@@ -40,7 +40,7 @@ from mind_jax._errors import MindJaxError
 from mind_jax.engine._sampling import SamplingParams, request_key, sample, token_keys
 from mind_jax.nn import KVCache, Llama
 from mind_jax.engine._pages import PagePool, Prefix, prefix_key
-from mind_jax.nn._cache import CACHE_AXES, NO_PAGE
+from mind_jax.nn._cache import CACHE_AXES, NO_PAGE, pool_sharding
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ class EngineConfig:
   steps_per_call: tokens each slot advances per generate call.
   prefill_buckets: prompt lengths compiled for; prompts pad up to the next one.
   seed: global seed; each request's key derives from it and the request id.
-  cache_dtype: KV cache dtype (default: the model's compute dtype).
+  cache_dtype: KV cache dtype (default: the model's compute dtype); "int8": int8 entries
+    with a float32 scale per token and kv head (`mind_jax.nn.Int8Pages`).
   page_size: tokens per KV page, a multiple of 8 dividing max_len (default: PAGE_SIZE, or
     the largest power of two from 8 below it that divides max_len; with none, PAGE_SIZE and
     a row's last page partly unused).
@@ -326,7 +327,7 @@ class Engine:
 
   def _state_shardings(self) -> DecodeState:
     row, row2 = self._row_sharding(), self._row_sharding(1)
-    cache = self._cache_sharding()
+    cache = pool_sharding(self._cache_sharding(), self._cache_dtype)
     layers = (cache,) * self.model_config.num_hidden_layers
     return DecodeState(cache=KVCache(layers, layers, self._replicated()), tokens=row,
                        positions=row, keys=row2, generated=row, budget=row, active=row,

@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 import pydantic
 
@@ -81,6 +82,7 @@ class EngineSection(config_lib.Section):
   kv_memory: str | None = pydantic.Field(
       None, description="KV pool per chip, e.g. 20GiB or 500MB (default: 90% of the memory "
       "left after the weights, up to every slot at the context limit)")
+  kv_dtype: Literal["int8"] | None = config_lib.kv_dtype_field()
   share_prefixes: bool = pydantic.Field(
       True, description="prefill the prompt tokens a chunk's styles have in common once and "
       "share their KV pages (off: every prompt prefilled whole; the records are the same)")
@@ -231,7 +233,8 @@ def engine_config(cfg: GenerateConfig) -> EngineConfig:
   return EngineConfig(slots=cfg.engine.slots, max_len=cfg.sampling.context_limit,
                       steps_per_call=cfg.engine.steps_per_call, seed=cfg.seed,
                       page_size=cfg.engine.page_size, kv_pages=cfg.engine.kv_pages,
-                      kv_memory=None if memory is None else parse_size(memory))
+                      kv_memory=None if memory is None else parse_size(memory),
+                      cache_dtype=cfg.engine.kv_dtype)
 
 
 def unit_id(doc_id: str, chunk_index: int, style_key: str) -> str:
@@ -355,6 +358,7 @@ def run_settings(cfg: GenerateConfig, styles: list[Style], model_name: str | Non
       # int8 weights make other records; recorded only when set, so a run made before the key
       # existed resumes.
       **({"quantize": cfg.model.quantize} if cfg.model.quantize else {}),
+      **({"kv_dtype": cfg.engine.kv_dtype} if cfg.engine.kv_dtype else {}),
       # Which corpus is read is free (a corpus may arrive in pieces: ids keep them apart); how
       # its records become documents and ids is not.
       "input": {"text_field": cfg.input.text_field, "id_field": cfg.input.id_field},

@@ -25,15 +25,19 @@ import jax.numpy as jnp
 CAUSAL_BLOCK = 128
 
 
-def attend(q, k, v, *, q_positions, k_positions, q_segments=None, k_segments=None):
+def attend(q, k, v, *, q_positions, k_positions, q_segments=None, k_segments=None,
+           k_scales=None, v_scales=None):
   """q `[B, T, H, D]`, k/v `[B, K, S, D]` (the cache layout) -> `[B, T, H, D]`.
 
-  Scores and softmax are in float32.
+  Scores and softmax are in float32. `k_scales`/`v_scales` `[B, K, S]`: each key and value
+  vector is `k`/`v` times its scale (an int8 cache, read without a dequantized copy: the key
+  scales multiply the scores, the value scales the probabilities).
   """
-  if q_positions is k_positions and q.shape[1] > CAUSAL_BLOCK:
+  if q_positions is k_positions and q.shape[1] > CAUSAL_BLOCK and k_scales is None:
     return _causal_blocks(q, k, v, q_positions, q_segments)
   return _attend(q, k, v, q_positions=q_positions, k_positions=k_positions,
-                 q_segments=q_segments, k_segments=k_segments)
+                 q_segments=q_segments, k_segments=k_segments, k_scales=k_scales,
+                 v_scales=v_scales)
 
 
 def _causal_blocks(q, k, v, positions, segments):
@@ -55,8 +59,10 @@ def _causal_blocks(q, k, v, positions, segments):
   return jnp.concatenate(outs, axis=1)
 
 
-def _attend(q, k, v, *, q_positions, k_positions, q_segments=None, k_segments=None):
+def _attend(q, k, v, *, q_positions, k_positions, q_segments=None, k_segments=None,
+            k_scales=None, v_scales=None):
   b, t, h, d = q.shape
+  k, v = k.astype(q.dtype), v.astype(q.dtype)
   kv_heads = k.shape[1]
   groups = h // kv_heads
   # Batch dims (b, k) lead in every operand and the cache is the left operand of the score
@@ -66,11 +72,16 @@ def _attend(q, k, v, *, q_positions, k_positions, q_segments=None, k_segments=No
   scores = jnp.einsum("bksd,bkqd->bksq", k, q, preferred_element_type=jnp.float32)
   # The barrier keeps XLA from folding the transpose back into the matmul's output layout.
   scores = jnp.swapaxes(jax.lax.optimization_barrier(scores), -1, -2).reshape(b, kv_heads, groups, t, -1) * (d ** -0.5)
+  if k_scales is not None:
+    scores = scores * k_scales[:, :, None, None, :]
   visible = k_positions[:, None, :] <= q_positions[:, :, None]
   if q_segments is not None:
     visible &= q_segments[:, :, None] == k_segments[:, None, :]
   scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, groups * t, -1)
+  probs = jax.nn.softmax(scores, axis=-1)
+  if v_scales is not None:
+    probs = probs * v_scales[:, :, None, None, :]
+  probs = probs.astype(v.dtype).reshape(b, kv_heads, groups * t, -1)
   out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
   return out.reshape(b, kv_heads, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 

@@ -5,6 +5,11 @@ A row's token at position `p` lives in page `table[row, p // page_size]` at offs
 is the plain per-row cache a single model call or a test uses; the engine keeps a pool of
 short pages and hands them out as sequences grow (mind_jax.engine), several rows sharing the
 pages of a common prompt prefix.
+
+A pool may hold int8 entries (`Int8Pages`): each (page, kv head, token) vector of head_dim
+values stored as int8 with one float32 scale (absmax / 127), quantized once, when written. Every
+read, a prefill's own keys included, sees the same dequantized values, so a sequence computed
+in one prefill, in pieces, or recomputed after preemption attends over identical keys.
 """
 
 from __future__ import annotations
@@ -24,12 +29,58 @@ CACHE_AXES = ("cache_batch", "cache_heads", "cache_seq", "head_dim")
 # A page-table entry that names no page: writes there are dropped, reads see masked junk.
 NO_PAGE = -1
 
+INT8_MAX = 127
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Int8Pages:
+  """A pool (or rows gathered from one) in int8: entry = `values` * `scales`, `values` int8
+  `[..., tokens, head_dim]`, `scales` float32 `[..., tokens]`, one per token and kv head."""
+
+  values: jax.Array
+  scales: jax.Array
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return self.values.shape
+
+  @property
+  def dtype(self):
+    return self.values.dtype
+
+  def dequantize(self, dtype) -> jax.Array:
+    return (self.values.astype(jnp.float32) * self.scales[..., None]).astype(dtype)
+
+
+def quantize_kv(x: jax.Array) -> Int8Pages:
+  """`x` `[..., head_dim]` as int8 vectors with one scale each (absmax / 127; a zero vector
+  gets scale 0 and values 0)."""
+  x = x.astype(jnp.float32)
+  scales = jnp.max(jnp.abs(x), axis=-1) / INT8_MAX
+  safe = jnp.where(scales > 0, scales, 1.0)[..., None]
+  values = jnp.clip(jnp.round(x / safe), -INT8_MAX, INT8_MAX).astype(jnp.int8)
+  return Int8Pages(values, scales)
+
+
+def through_pool(x: jax.Array, pool) -> jax.Array:
+  """`x` `[..., head_dim]` as a read from `pool` would give it back: quantized and dequantized
+  for an int8 pool (a fresh prefill's own keys equal what later reads see), else `x`."""
+  return quantize_kv(x).dequantize(x.dtype) if isinstance(pool, Int8Pages) else x
+
+
+def _zeros(shape, dtype):
+  if jnp.dtype(dtype) == jnp.int8:
+    return Int8Pages(jnp.zeros(shape, jnp.int8), jnp.zeros(shape[:-1], jnp.float32))
+  return jnp.zeros(shape, dtype)
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-  """Per layer, key and value pools `[pages, kv_heads, page_size, head_dim]`, and the page
-  table `[rows, table_pages]` (int32, NO_PAGE where a row has no page).
+  """Per layer, key and value pools `[pages, kv_heads, page_size, head_dim]` (arrays, or
+  `Int8Pages` for dtype int8), and the page table `[rows, table_pages]` (int32, NO_PAGE where a
+  row has no page).
 
   Attention needs no per-row lengths: a query at position p sees the row's entries 0..p.
   Entries past a row's end (stale tokens of a page's earlier owner, padding of a prefill)
@@ -57,21 +108,25 @@ class KVCache:
 
   @classmethod
   def pool(cls, config: LlamaConfig, pages: int, page_size: int, dtype=None) -> KVCache:
-    """`pages` zero pages of `page_size` tokens, with an empty page table."""
+    """`pages` zero pages of `page_size` tokens, with an empty page table (int8: `Int8Pages`)."""
     shape = cls.layer_shape(config, pages, page_size)
     dtype = jnp.dtype(dtype or config.dtype)
     layers = config.num_hidden_layers
-    return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
-               v=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
+    return cls(k=tuple(_zeros(shape, dtype) for _ in range(layers)),
+               v=tuple(_zeros(shape, dtype) for _ in range(layers)),
                table=jnp.zeros((0, 1), jnp.int32))
 
   @classmethod
   def create(cls, config: LlamaConfig, slots: int, max_len: int, dtype=None, sharding=None) -> KVCache:
     """`empty`, allocated now (on `sharding`'s devices when given)."""
     layers = config.num_hidden_layers
-    shardings = None if sharding is None else cls(
-        (sharding,) * layers, (sharding,) * layers,
-        jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()), False, True)
+    if sharding is not None:
+      pool = pool_sharding(sharding, dtype or config.dtype)
+      shardings = cls((pool,) * layers, (pool,) * layers,
+                      jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()),
+                      False, True)
+    else:
+      shardings = None
     return jax.jit(lambda: cls.empty(config, slots, max_len, dtype), out_shardings=shardings)()
 
   @staticmethod
@@ -80,9 +135,13 @@ class KVCache:
 
   @classmethod
   def nbytes_for(cls, config: LlamaConfig, pages: int, page_size: int, dtype=None) -> int:
-    """Bytes of a pool before it is allocated (keys and values, all layers)."""
-    itemsize = jnp.dtype(dtype or config.dtype).itemsize
-    per_layer = int(np.prod(cls.layer_shape(config, pages, page_size))) * itemsize
+    """Bytes of a pool before it is allocated (keys and values, all layers; int8: with the
+    float32 scale of each token and kv head)."""
+    dtype = jnp.dtype(dtype or config.dtype)
+    shape = cls.layer_shape(config, pages, page_size)
+    per_layer = int(np.prod(shape)) * dtype.itemsize
+    if dtype == jnp.int8:
+      per_layer += int(np.prod(shape[:-1])) * 4
     return 2 * config.num_hidden_layers * per_layer
 
   @property
@@ -114,7 +173,11 @@ class KVCache:
     at = jnp.clip(positions, 0, rows.page_size - 1)[:, None, :, None]
 
     def put(pool, window):
-      new = jnp.take_along_axis(window, at, axis=2).transpose(0, 2, 1, 3)  # [rows, T, K, D]
+      if isinstance(window, Int8Pages):  # the entries as they are: quantized once, when made
+        new = Int8Pages(jnp.take_along_axis(window.values, at, axis=2).transpose(0, 2, 1, 3),
+                        jnp.take_along_axis(window.scales, at[..., 0], axis=2).transpose(0, 2, 1))
+      else:
+        new = jnp.take_along_axis(window, at, axis=2).transpose(0, 2, 1, 3)  # [rows, T, K, D]
       return write_pages(pool, new, page, offset)
 
     return dataclasses.replace(self, k=tuple(map(put, self.k, rows.k)),
@@ -123,7 +186,7 @@ class KVCache:
   def copy_page(self, src, dst) -> KVCache:
     """Page `dst` of every layer set to page `src` (copy-on-write of a shared prefix's last,
     partly filled page; `src == dst` copies nothing)."""
-    copy = lambda pool: pool.at[dst].set(pool[src])  # noqa: E731
+    copy = lambda pool: jax.tree.map(lambda a: a.at[dst].set(a[src]), pool)  # noqa: E731
     return dataclasses.replace(self, k=tuple(map(copy, self.k)), v=tuple(map(copy, self.v)))
 
 
@@ -148,7 +211,13 @@ def write_pages(pool: jax.Array, new: jax.Array, page: jax.Array, offset: jax.Ar
   holds more than one kv head: every step of a decode loop, and in every prefill (the 70B
   v5p-32 plan: 551 GB moved per chip for one 1,024-token prompt). Elsewhere (XLA:CPU writes
   the windows about 3x faster) they stay windows.
+
+  An `Int8Pages` pool takes float entries quantized here, or `Int8Pages` entries as they are.
   """
+  if isinstance(pool, Int8Pages):
+    new = new if isinstance(new, Int8Pages) else quantize_kv(new)
+    return Int8Pages(write_pages(pool.values, new.values, page, offset, per_head),
+                     _write_scales(pool.scales, new.scales, page, offset, per_head))
   new = new.astype(pool.dtype)
   if not per_head:
     return pool.at[page, :, offset].set(new, mode="drop")
@@ -156,10 +225,34 @@ def write_pages(pool: jax.Array, new: jax.Array, page: jax.Array, offset: jax.Ar
   return pool.at[page[:, :, None], heads, offset[:, :, None]].set(new, mode="drop")
 
 
-def read_pages(pool: jax.Array, table: jax.Array) -> jax.Array:
-  """The rows' pages in order, `[B, K, table_pages * page_size, D]` (entry j = position j).
-  Entries naming no page read some page of the pool: finite values a query never sees."""
+def _write_scales(scales, new, page, offset, per_head):
+  """`write_pages` of the scales `[P, K, page_size]` of entries `[B, T, K]`."""
+  if not per_head:
+    return scales.at[page, :, offset].set(new, mode="drop")
+  heads = jnp.arange(scales.shape[1])[None, None, :]
+  return scales.at[page[:, :, None], heads, offset[:, :, None]].set(new, mode="drop")
+
+
+def read_pages(pool, table: jax.Array):
+  """The rows' pages in order, `[B, K, table_pages * page_size, D]` (entry j = position j;
+  `Int8Pages` from an int8 pool). Entries naming no page read some page of the pool: finite
+  values a query never sees."""
+  if isinstance(pool, Int8Pages):
+    b, n = table.shape
+    scales = pool.scales[jnp.clip(table, 0, pool.shape[0] - 1)]  # [B, n, K, page]
+    return Int8Pages(read_pages(pool.values, table),
+                     scales.transpose(0, 2, 1, 3).reshape(b, pool.shape[1], -1))
   b, n = table.shape
   _, k, page, d = pool.shape
   rows = pool[jnp.clip(table, 0, pool.shape[0] - 1)]  # [B, n, K, page, D]
   return rows.transpose(0, 2, 1, 3, 4).reshape(b, k, n * page, d)
+
+
+def pool_sharding(sharding: jax.sharding.NamedSharding, dtype):
+  """The sharding of one layer's pool from that of its `[pages, K, page, D]` entries (an
+  `Int8Pages` pool: its scales split the same way, without the head dim)."""
+  if jnp.dtype(dtype) != jnp.int8:
+    return sharding
+  spec = tuple(sharding.spec) + (None,) * (4 - len(sharding.spec))
+  return Int8Pages(sharding, jax.sharding.NamedSharding(sharding.mesh,
+                                                        jax.sharding.PartitionSpec(*spec[:3])))

@@ -181,10 +181,19 @@ def _page_size(length: int) -> int | None:
   return None
 
 
+def paged_kernel_reads(pool_dtype, head_dim: int, page: int) -> bool:
+  """Whether a decode over pages of `pool_dtype` goes to the Pallas kernel (`paged_decode`)
+  rather than XLA: what the compiler's byte count leaves out (it does not see a kernel's)."""
+  return (_page_size(page) is not None and jnp.dtype(pool_dtype) == jnp.bfloat16
+          and head_dim % PAGED_HEAD_DIM == 0)
+
+
 def paged_decode(q, pool_k, pool_v, table, positions, interpret: bool = False):
   """`attend_pages` by the Pallas paged attention kernel where it can: one query per row
   (decode), a bfloat16 pool (the kernel reads pages as bfloat16; a float32 pool goes to XLA
-  rather than silently dropping precision), head dims of multiples of 128 (its TPU lowering:
+  rather than silently dropping precision; so does an int8 one: the kernel takes int8 pages
+  only with scales as large as the pages, one per value, where ours keep one per vector),
+  head dims of multiples of 128 (its TPU lowering:
   Llama-3.2-1B's 64-dim heads decode through XLA). Runs on the pages it is given (per shard).
 
   The pool `[P, K, page, D]` is viewed, by a reshape that copies nothing, as one-head pages
@@ -193,9 +202,9 @@ def paged_decode(q, pool_k, pool_v, table, positions, interpret: bool = False):
   """
   b, t, h, d = q.shape
   pages, kv, page, _ = pool_k.shape
-  sub = _page_size(page)
-  if t != 1 or sub is None or pool_k.dtype != jnp.bfloat16 or d % PAGED_HEAD_DIM:
+  if t != 1 or not paged_kernel_reads(pool_k.dtype, d, page):
     return attend_pages(q, pool_k, pool_v, table, positions)
+  sub = _page_size(page)
   from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention
   per_page = page // sub
   columns = table.shape[1] * per_page

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from mind_jax import sharding as sharding_lib
 from mind_jax.nn._attention import attend, get_attention
-from mind_jax.nn._cache import page_slots, read_pages, write_pages
+from mind_jax.nn._cache import Int8Pages, page_slots, read_pages, through_pool, write_pages
 
 
 def attend_pages(q, pool_k, pool_v, table, positions, rows_are_pages: bool = False):
@@ -35,7 +35,11 @@ def attend_pages(q, pool_k, pool_v, table, positions, rows_are_pages: bool = Fal
   else:
     k, v = read_pages(pool_k, table), read_pages(pool_v, table)
   keys = jnp.broadcast_to(jnp.arange(k.shape[2]), (q.shape[0], k.shape[2]))
-  return attend(q, k.astype(q.dtype), v.astype(q.dtype), q_positions=positions, k_positions=keys)
+  if isinstance(k, Int8Pages):
+    return attend(q, k.values, v.values, q_positions=positions, k_positions=keys,
+                  k_scales=k.scales, v_scales=v.scales)
+  return attend(q, k.astype(q.dtype), v.astype(q.dtype), q_positions=positions,
+                k_positions=keys)
 
 
 _PAGED = {"xla": attend_pages}
@@ -57,8 +61,10 @@ def cached_attention(q, k, v, cache_k, cache_v, table, positions, *, fresh: bool
   cache_k, cache_v = _per_shard(write, layout, (cache_k, cache_v, k, v, table, positions),
                                 ("pool", "pool", "btkd", "btkd", "bn", "bt"), ("pool", "pool"))
   if fresh:
-    # The rows start here: their own keys are all they see (the splash kernel's case on TPU).
+    # The rows start here: their own keys are all they see (the splash kernel's case on TPU),
+    # as the pool gives them back.
     attention = get_attention(implementation)
+    k, v = through_pool(k, cache_k), through_pool(v, cache_v)
     out = attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), q_positions=positions,
                     k_positions=positions)
   else:
@@ -108,6 +114,9 @@ def _per_shard(fn, layout, args, layouts, out_layouts):
   h = heads or None
   specs = {"pool": P(b, h, None, None), "btkd": P(b, None, h, None), "bthd": P(b, None, h, None),
            "bn": P(b, None), "bt": P(b, None)}
+  pool = args[layouts.index("pool")]
+  if isinstance(pool, Int8Pages):
+    specs["pool"] = Int8Pages(specs["pool"], P(b, h, None))
 
   def local(*args):
     shard = 0

@@ -247,11 +247,18 @@ def _paged_load(state: dict, lengths: Lengths) -> dict:
 def _decode_bytes(state: dict, compiled: dict, pages: dict) -> float:
   """HBM bytes a decode step moves per chip: the compiler's count for the one-step program,
   plus what it cannot count or counts once too often."""
+  from mind_jax.nn._kernels import paged_kernel_reads
   decode, engine = compiled["decode"], state["engine"]
-  if engine.model_config.attention == "tpu":
+  model = engine.model_config
+  if model.attention == "tpu" and paged_kernel_reads(engine._cache_dtype, model.resolved_head_dim,
+                                                     engine.config.page):
     # The paged kernel reads the live sequences' pages in place; the compiler does not count
     # what a Pallas kernel reads.
     return decode.bytes_accessed + pages["kv_bytes_read_per_step_per_chip"]
+  if model.attention == "tpu":
+    # Pages the kernel does not take (int8, 64-dim heads) are gathered by XLA at every step of
+    # the one-step program, as it counts them.
+    return decode.bytes_accessed
   # XLA: a call gathers its rows' windows out of the pages and writes the entries back once
   # for its steps (read and write each way), which the one-step program counts at each step.
   token_bytes = state["kv_cache"] / pages["pool_tokens"]
