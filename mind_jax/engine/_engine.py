@@ -41,6 +41,7 @@ from mind_jax.engine._sampling import SamplingParams, request_key, sample, token
 from mind_jax.nn import KVCache, Llama
 from mind_jax.engine._pages import PagePool, Prefix, prefix_key
 from mind_jax.nn._cache import CACHE_AXES, NO_PAGE, pool_sharding
+from mind_jax.nn._kernels import paged_kernel_reads
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +313,13 @@ class Engine:
                "for %.1f sequences per slot shard at the context limit %d (from %s)", pages,
                cfg.page, pages // shards, shards, _human(per_device),
                self._cache_dtype.name, pages / shards / cfg.row_pages, cfg.max_len, source)
+      model = self.model_config
+      if model.attention == "tpu" and not paged_kernel_reads(
+          self._cache_dtype, model.resolved_head_dim, cfg.page):
+        log.warning("the TPU paged attention kernel does not read a %s pool of %d-dim heads: "
+                    "decoding gathers the pages through XLA at every step (for int8 the plan "
+                    "predicts 2.4-4.9x fewer tokens/s than a bfloat16 pool; docs/planning.md)",
+                    self._cache_dtype.name, model.resolved_head_dim)
     return pages
 
   def _cache_sharding(self) -> NamedSharding:
