@@ -1,6 +1,7 @@
 """Continued pretraining: exact against PyTorch, resumable to the bit, exported for transformers."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -55,53 +56,105 @@ def batches(seed=0, packed=False):
   return out
 
 
-def train_mind_jax(checkpoint, data, mesh=None, microbatches=1, **model_keys):
+def train_mind_jax(checkpoint, data, mesh=None, microbatches=1, opt=OPT, z_loss=0.0,
+                   **model_keys):
+  """Trains on `data`; returns the per-step metrics ({name: array over steps}) and the
+  final weights."""
   mesh = mesh or make_mesh({"data": 1}, jax.devices()[:1])
   model, _, _ = load_model(ModelSection(path=checkpoint, **model_keys), mesh, "train")
-  trainer = Trainer.create(model.config, mesh, optimizer(OPT, STEPS), learning_rate(OPT, STEPS),
-                           microbatches=microbatches)
+  trainer = Trainer.create(model.config, mesh, optimizer(opt, STEPS), learning_rate(opt, STEPS),
+                           microbatches=microbatches, z_loss=z_loss)
   state = trainer.init_state(flat_params(model))
-  losses = []
+  history = []
   for batch in data:
     state, metrics = trainer.step(state, {k: jax.device_put(v, trainer.batch_sharding)
                                           for k, v in batch.items()})
-    losses.append(host_metrics(metrics)["loss"])
-  return np.array(losses), {k: np.asarray(v) for k, v in state["params"].items()}
+    history.append(host_metrics(metrics))
+  metrics = {k: np.array([m[k] for m in history]) for k in history[0]}
+  return metrics, {k: np.asarray(v) for k, v in state["params"].items()}
 
 
-def train_torch(checkpoint, data):
+def torch_learning_rate(opt, step, steps=STEPS):
+  """The schedule the options describe, written out independently of mind_jax's: a linear
+  warmup from 0 to the peak at `warmup_steps`, then a decay that reaches `end_learning_rate`
+  at step `steps` (the count after the last update, as transformers' schedules count)."""
+  peak, end, warmup = opt.learning_rate, opt.end_learning_rate, opt.warmup_steps
+  if step < warmup:
+    return peak * step / warmup
+  done = (step - warmup) / (steps - warmup)  # 0 -> 1 over the decay
+  if opt.schedule == "constant":
+    return peak
+  if opt.schedule == "linear":
+    return peak + (end - peak) * done
+  return end + (peak - end) * 0.5 * (1 + math.cos(math.pi * done))
+
+
+def train_torch(checkpoint, data, opt=OPT, z_loss=0.0):
+  """The same training in transformers + torch.optim.AdamW, every rule written out here; returns
+  the per-step loss, learning rate and (unclipped) gradient norm, and the final weights."""
   import transformers
   model = transformers.LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
   named = dict(model.named_parameters())
-  # The usual rule, written out here: no decay on norm scales.
-  groups = [{"params": [p for n, p in named.items() if "norm" not in n],
-             "weight_decay": OPT.weight_decay},
-            {"params": [p for n, p in named.items() if "norm" in n], "weight_decay": 0.0}]
-  adamw = torch.optim.AdamW(groups, lr=OPT.learning_rate, betas=(OPT.b1, OPT.b2), eps=OPT.eps)
-  schedule = learning_rate(OPT, STEPS)
+  # No decay on norm scales; none on the embedding table and the head unless asked for.
+  undecayed = {n for n in named if "norm" in n}
+  if not opt.decay_embeddings:
+    undecayed |= {"model.embed_tokens.weight", "lm_head.weight"}
+  groups = [{"params": [p for n, p in named.items() if n not in undecayed],
+             "weight_decay": opt.weight_decay},
+            {"params": [p for n, p in named.items() if n in undecayed], "weight_decay": 0.0}]
+  adamw = torch.optim.AdamW(groups, lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps)
   scheduler = torch.optim.lr_scheduler.LambdaLR(
-      adamw, lambda step: float(schedule(step)) / OPT.learning_rate)
+      adamw, lambda step: torch_learning_rate(opt, step) / opt.learning_rate)
   model.train()
-  losses = []
+  metrics = {"loss": [], "lr": [], "grad_norm": []}
   for batch in data:
-    labels = torch.tensor(batch["tokens"], dtype=torch.long)
-    out = model(torch.tensor(batch["tokens"], dtype=torch.long), labels=labels)
+    tokens = torch.tensor(batch["tokens"], dtype=torch.long)
+    out = model(tokens, labels=tokens)
+    loss = out.loss
+    if z_loss:  # PaLM's z-loss: the squared log-partition, averaged like the loss
+      log_z = torch.logsumexp(out.logits[:, :-1].float(), dim=-1)
+      loss = loss + z_loss * torch.mean(log_z ** 2)
     adamw.zero_grad()
-    out.loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), OPT.clip_norm)
+    loss.backward()
+    # Returns the norm of the gradients as they were, before clipping.
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt.clip_norm or math.inf)
+    metrics["lr"].append(adamw.param_groups[0]["lr"])  # the rate this update uses
+    metrics["grad_norm"].append(norm.item())
+    metrics["loss"].append(out.loss.item())
     adamw.step()
     scheduler.step()
-    losses.append(out.loss.item())
-  return np.array(losses), {n: p.detach().numpy() for n, p in named.items()}
+  metrics = {k: np.array(v) for k, v in metrics.items()}
+  return metrics, {n: p.detach().numpy() for n, p in named.items()}
 
 
 # --- fidelity -----------------------------------------------------------------------------------
 
-def test_ten_steps_equal_transformers_with_torch_adamw(checkpoint):
+PARITY_CASES = {
+    # AdamW 0.9/0.95, wd 0.1, a 2-step warmup into cosine decay; the gradient norm stays near
+    # 0.9, so clipping at 1.0 never acts here.
+    "defaults": (OPT, 0.0),
+    # A clip that rescales every step's gradients.
+    "clipping-at-0.1": (OptimizerSection(warmup_steps=2, clip_norm=0.1), 0.0),
+    # Linear decay, no decay on embeddings and head (a large rate and weight decay, so the
+    # decay shows in the weights), and a z-loss heavy enough to steer the gradients.
+    "linear-no-embedding-decay-z-loss": (
+        OptimizerSection(warmup_steps=3, schedule="linear", learning_rate=1e-3,
+                         end_learning_rate=1e-4, weight_decay=1.0, decay_embeddings=False),
+        1e-2),
+}
+
+
+@pytest.mark.parametrize("case", PARITY_CASES)
+def test_ten_steps_equal_transformers_with_torch_adamw(checkpoint, case):
+  opt, z_loss = PARITY_CASES[case]
   data = batches()
-  ours, our_weights = train_mind_jax(checkpoint, data)
-  theirs, their_weights = train_torch(checkpoint, data)
-  assert np.max(np.abs(ours - theirs) / theirs) < 1e-5, (ours, theirs)
+  ours, our_weights = train_mind_jax(checkpoint, data, opt=opt, z_loss=z_loss)
+  theirs, their_weights = train_torch(checkpoint, data, opt=opt, z_loss=z_loss)
+  np.testing.assert_allclose(ours["loss"], theirs["loss"], rtol=1e-5)
+  # The logged metrics are those of the update each step made: its rate and the norm of
+  # the gradients it started from.
+  np.testing.assert_allclose(ours["lr"], theirs["lr"], rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(ours["grad_norm"], theirs["grad_norm"], rtol=1e-5)
   assert set(our_weights) == set(their_weights)
   worst = max(np.abs(our_weights[n] - their_weights[n]).max() for n in their_weights)
   assert worst < 1e-5, worst
@@ -111,7 +164,7 @@ def test_gradient_accumulation_equals_the_large_batch(checkpoint):
   data = batches(1, packed=True)
   plain, plain_weights = train_mind_jax(checkpoint, data)
   accumulated, accumulated_weights = train_mind_jax(checkpoint, data, microbatches=4)
-  np.testing.assert_allclose(accumulated, plain, rtol=1e-6)
+  np.testing.assert_allclose(accumulated["loss"], plain["loss"], rtol=1e-6)
   for name, value in plain_weights.items():
     np.testing.assert_allclose(accumulated_weights[name], value, atol=1e-6)
 
@@ -121,7 +174,7 @@ def test_an_8_device_mesh_equals_one_device(checkpoint):
   one, one_weights = train_mind_jax(checkpoint, data)
   eight, eight_weights = train_mind_jax(
       checkpoint, data, mesh=make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), microbatches=2)
-  np.testing.assert_allclose(eight, one, rtol=1e-5)
+  np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-5)
   for name, value in one_weights.items():
     np.testing.assert_allclose(eight_weights[name], value, atol=1e-5)
 
@@ -130,8 +183,110 @@ def test_scanned_and_rematerialised_layers_train_the_same(checkpoint):
   data = batches(3, packed=True)
   plain, _ = train_mind_jax(checkpoint, data)
   scanned, weights = train_mind_jax(checkpoint, data, scan_layers=True, remat="full")
-  np.testing.assert_allclose(scanned, plain, rtol=1e-5)
+  np.testing.assert_allclose(scanned["loss"], plain["loss"], rtol=1e-5)
   assert weights["model.layers.self_attn.q_proj.weight"].shape[0] == 2  # stacked: one per layer
+
+
+# --- the optimizer's rules, the held-out loss and the FLOP count, against hand arithmetic -------
+
+@pytest.mark.parametrize("schedule, expected", [
+    # at step:    0    1    2    4          6    10
+    ("constant", [0.0, 1.0, 2.0, 2.0,       2.0, 2.0]),
+    ("linear",   [0.0, 1.0, 2.0, 1.55,      1.1, 0.2]),  # 2 - 1.8 x (step - 2) / 8
+    ("cosine",   [0.0, 1.0, 2.0, 1.7363961, 1.1, 0.2]),  # 0.2 + 0.9 x (1 + cos(pi (step - 2) / 8))
+])
+def test_the_learning_rate_warms_up_from_0_to_the_peak_then_decays_to_the_end_rate(
+    schedule, expected):
+  # Peak 2 (not 1), so a rule that confuses the end rate with its ratio to the peak shows.
+  opt = OptimizerSection(learning_rate=2.0, end_learning_rate=0.2, warmup_steps=2,
+                         schedule=schedule)
+  rates = learning_rate(opt, 10)
+  np.testing.assert_allclose([float(rates(s)) for s in (0, 1, 2, 4, 6, 10)], expected,
+                             rtol=1e-6)
+
+
+def test_without_warmup_the_first_update_runs_at_the_peak():
+  rates = learning_rate(OptimizerSection(learning_rate=2.0, warmup_steps=0), 10)
+  assert float(rates(0)) == pytest.approx(2.0)
+
+
+LLAMA_PARAMETER_NAMES = [
+    "model.embed_tokens.weight",
+    "model.layers.0.input_layernorm.weight",
+    "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+    "model.layers.0.self_attn.v_proj.weight", "model.layers.0.self_attn.o_proj.weight",
+    "model.layers.0.post_attention_layernorm.weight",
+    "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight",
+    "model.layers.0.mlp.down_proj.weight",
+    "model.norm.weight",
+    "lm_head.weight",
+]
+
+
+@pytest.mark.parametrize("decay_embeddings", [True, False])
+def test_weight_decay_spares_norm_scales_and_the_embeddings_and_head_unless_asked(
+    decay_embeddings):
+  import jax.numpy as jnp
+  import optax
+  opt = OptimizerSection(learning_rate=0.1, weight_decay=0.5, warmup_steps=0,
+                         schedule="constant", decay_embeddings=decay_embeddings)
+  tx = optimizer(opt, 1)
+  params = {name: jnp.ones(3) for name in LLAMA_PARAMETER_NAMES}
+  # With zero gradients AdamW's step is its decay alone: w -> w x (1 - lr x wd) = 0.95.
+  grads = {name: jnp.zeros(3) for name in LLAMA_PARAMETER_NAMES}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  after = optax.apply_updates(params, updates)
+  spared = {"model.layers.0.input_layernorm.weight",
+            "model.layers.0.post_attention_layernorm.weight", "model.norm.weight"}
+  if not decay_embeddings:
+    spared |= {"model.embed_tokens.weight", "lm_head.weight"}
+  for name in LLAMA_PARAMETER_NAMES:
+    np.testing.assert_allclose(after[name], 1.0 if name in spared else 0.95, rtol=1e-6,
+                               err_msg=name)
+
+
+def test_the_held_out_loss_is_the_token_mean_over_every_batch_it_reads(checkpoint):
+  import grain
+  import transformers
+  from mind_jax.training._loop import _held_out_loss
+  mesh = make_mesh({"data": 1}, jax.devices()[:1])
+  model, _, _ = load_model(ModelSection(path=checkpoint), mesh, "train")
+  trainer = Trainer.create(model.config, mesh, optimizer(OPT, STEPS), learning_rate(OPT, STEPS))
+  state = trainer.init_state(flat_params(model))
+  held_out = batches(5)[:3]
+  loss = _held_out_loss(trainer, state, grain.MapDataset.source(held_out).to_iter_dataset(), 3)
+  reference = transformers.LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+  with torch.no_grad():
+    per_batch = [reference(torch.tensor(b["tokens"], dtype=torch.long),
+                           labels=torch.tensor(b["tokens"], dtype=torch.long)).loss.item()
+                 for b in held_out]
+  # Every batch weighs B x (L - 1) tokens, so the mean over all tokens is that of the batches.
+  assert loss == pytest.approx(np.mean(per_batch), rel=1e-5), per_batch
+
+
+def test_step_flops_counts_causal_attention_at_a_long_sequence():
+  import dataclasses
+  from mind_jax.nn import LlamaConfig
+  from mind_jax.training._step import step_flops
+  config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+  seq, rows = 8192, 2
+  tokens = seq * rows
+  # The weights each token multiplies: per layer q and o (64 x 4 heads x 32), k and v
+  # (64 x 2 heads x 32), the MLP (3 x 64 x 96) and two norm scales; the final norm; the head
+  # (64 x 300). Not the embedding table, a lookup. 2 FLOPs forward, 4 backward, per weight.
+  per_layer = 2 * 64 * 128 + 2 * 64 * 64 + 3 * 64 * 96 + 2 * 64
+  weights = 2 * per_layer + 64 + 64 * 300
+  # Attention, per token and layer: scores (q . k) and the sum over v, each a multiply-add
+  # (2 FLOPs) per key and width (4 heads x 32 = 128); causal, a query sees seq/2 keys on
+  # average. Backward is twice forward.
+  forward = 2 * 2 * (seq // 2) * 128
+  attention = 2 * 3 * forward
+  assert attention > 10 * 6 * weights  # at this length attention is most of the work
+  assert step_flops(config, tokens, seq) == tokens * (6 * weights + attention)
+  # Tied embeddings: the table serves as the head, whose matmul still runs.
+  tied = dataclasses.replace(config, tie_word_embeddings=True)
+  assert step_flops(tied, tokens, seq) == tokens * (6 * weights + attention)
 
 
 # --- the job: resume, preemption, export --------------------------------------------------------
@@ -250,6 +405,30 @@ def test_a_checkpoint_cut_off_mid_save_is_skipped_with_a_warning(tmp_path):
   done = _run(workdir, "steps=6")
   assert "9.orbax-checkpoint-tmp-1700000000: a checkpoint cut off while it was written; " \
       "skipped" in done.stderr and "start_step: 6" in done.stdout
+
+
+def test_a_run_whose_steps_are_not_a_multiple_of_checkpoint_every_saves_its_last_step(tmp_path):
+  workdir = tmp_path / "run"
+  _run(workdir, "steps=10")  # checkpoint.every=3: saves after steps 3, 6, 9 and the last, 10
+  assert _saved(workdir)[-1] == 10
+  # So rerunning the finished command finds it finished: no step is trained again.
+  done = _run(workdir, "steps=10")
+  assert "start_step: 10" in done.stdout and "final_loss: None" in done.stdout, done.stdout
+  assert _steps_logged(workdir) == 10
+
+
+def test_mfu_is_the_hand_counted_flops_per_second_over_the_peak_of_every_device(tmp_path):
+  workdir = tmp_path / "run"
+  _run(workdir, "steps=2", "peak_flops=1e12")  # 4 devices, the batch split over them
+  # The tiny preset: per layer q and o (64 x 64), k and v (64 x 2 heads x 16), the MLP
+  # (3 x 64 x 160), two norm scales; the final norm; the head (64 x 512); 6 FLOPs per weight
+  # and token. Causal attention: 6 x 64 positions x width 64 per layer and token.
+  per_layer = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 160 + 2 * 64
+  weights = 2 * per_layer + 64 + 64 * 512
+  attention = 2 * 6 * 64 * 64
+  flops = 4 * 64 * (6 * weights + attention)  # batch_size=4 rows of seq_len=64
+  for m in read_metrics(workdir):
+    assert m["mfu"] == pytest.approx(flops / m["step_seconds"] / (4 * 1e12), rel=1e-9), m
 
 
 def test_the_export_loads_in_transformers_with_the_trained_logits(uninterrupted):

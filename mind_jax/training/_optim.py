@@ -36,4 +36,4 @@ def optimizer(opt: OptimizerSection, steps: int) -> optax.GradientTransformation
   mask = lambda params: {name: decays(name, opt) for name in params}  # noqa: E731
   adamw = optax.adamw(learning_rate(opt, steps), b1=opt.b1, b2=opt.b2, eps=opt.eps,
                       weight_decay=opt.weight_decay, mask=mask)
-  return optax.chain(adamw, optax.clip_by_global_norm(opt.clip_norm)) if opt.clip_norm else adamw
+  return optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw) if opt.clip_norm else adamw
