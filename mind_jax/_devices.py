@@ -5,6 +5,8 @@ benchmarks read this one table."""
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 
 GiB = 2 ** 30
 
@@ -55,3 +57,20 @@ def peak_bandwidth(device_kind: str) -> float | None:
   """The chip's HBM bandwidth in bytes/s, or None where it is not in the table."""
   entry = chip(device_kind)
   return entry.hbm_bandwidth if entry else None
+
+
+# Device files of accelerators: TPU VMs (/dev/accel* up to v5p, /dev/vfio on v5e and v6e),
+# NVIDIA and AMD GPUs.
+ACCELERATOR_FILES = ("/dev/accel*", "/dev/vfio/*", "/dev/nvidia[0-9]*", "/dev/kfd")
+
+
+def cpu_only_unless_accelerated() -> None:
+  """On a machine without accelerators, JAX runs on its CPU backend only: libtpu (which the
+  test extra installs) otherwise starts, finds no TPU, and prints lines about missing TPU
+  hosts on every job. A platform the user chose (JAX_PLATFORMS) stands; compiling for a TPU
+  topology (`plan`) does not need the TPU backend."""
+  if os.environ.get("JAX_PLATFORMS") or any(glob.glob(p) for p in ACCELERATOR_FILES):
+    return
+  import jax
+  # jax read JAX_PLATFORMS when imported; its backends start at the first device query.
+  jax.config.update("jax_platforms", "cpu")

@@ -15,6 +15,9 @@ def run_cli(job) -> int:
   A job that returns an int sets the exit status itself.
   """
   import sys
+
+  from mind_jax._devices import cpu_only_unless_accelerated
+  cpu_only_unless_accelerated()
   try:
     result = job()
   except MindJaxError as e:

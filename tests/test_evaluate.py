@@ -105,6 +105,16 @@ def test_the_jax_backend_scores_like_the_harness_hf_model(setup):
   assert "| tiny_mc | acc |" in (jax_out / "results.md").read_text()
 
 
+def test_outside_a_git_checkout_nothing_about_git_is_printed(setup, tmp_path, monkeypatch,
+                                                             capfd):
+  """The harness asks git for the working directory's commit; outside a checkout git's
+  "fatal: not a git repository" reached the terminal. The record says None instead."""
+  monkeypatch.chdir(tmp_path)
+  results, _ = run(setup, "jax", "tasks=[tiny_mc]", "limit=2")
+  assert "fatal" not in capfd.readouterr().err
+  assert results["git_hash"] is None
+
+
 def test_champ_scores_right_and_wrong_answers():
   assert process_results({"answer": "239"}, [" 239"]) == {"exact_match": 1.0}
   assert process_results({"answer": "239"}, [" 240"]) == {"exact_match": 0.0}

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from typing import Literal
 
@@ -198,11 +199,29 @@ def _run_harness(cfg: EvaluateConfig, model: str, manager) -> dict:
     import torch
     name, args = "hf", {"pretrained": model, "dtype": cfg.dtype,
                         "device": "cuda" if torch.cuda.is_available() else "cpu"}
-  return lm_eval.simple_evaluate(
-      model=name, model_args=args, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot,
-      batch_size=cfg.batch_size, limit=cfg.limit, task_manager=manager, log_samples=True,
-      random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
-      fewshot_random_seed=cfg.seed, bootstrap_iters=1000)
+  import lm_eval.evaluator
+  # The harness records the working directory's git commit by running git with its stderr on
+  # the terminal: outside a checkout a user reads "fatal: not a git repository". The same
+  # record, quietly (None where there is no checkout).
+  harness_hash = lm_eval.evaluator.get_git_commit_hash
+  lm_eval.evaluator.get_git_commit_hash = _quiet_git_hash
+  try:
+    return lm_eval.simple_evaluate(
+        model=name, model_args=args, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot,
+        batch_size=cfg.batch_size, limit=cfg.limit, task_manager=manager, log_samples=True,
+        random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
+        fewshot_random_seed=cfg.seed, bootstrap_iters=1000)
+  finally:
+    lm_eval.evaluator.get_git_commit_hash = harness_hash
+
+
+def _quiet_git_hash() -> str | None:
+  try:
+    done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True,
+                          timeout=10)
+  except (OSError, subprocess.TimeoutExpired):
+    return None
+  return done.stdout.strip() or None
 
 
 def results_table(results: dict) -> str:
