@@ -26,6 +26,7 @@ from conftest import make_hf_checkpoint, record, write_parts
 # A generation small enough to rerun often: one document, one style, four tokens.
 GEN = ["input.limit=1", "prompt.styles=[debate]", "sampling.max_new_tokens=4", "engine.slots=8"]
 GOOD, NOT_UTF8, NO_TEXT = b'{"text": "a b"}', b'{"text": "\xff"}', b'{"body": "a"}'
+CONTROL_CHARACTER = b'{"text": "a\x01b"}'  # a raw U+0001 inside a JSON string
 
 
 def _main(job: str) -> Callable:
@@ -218,6 +219,10 @@ CASES = [
         "generate", [*GEN, f"input.source={_corpus(w, [GOOD, b'{oops'])}",
                      f"output.dir={w / 'out'}"]),
         r"\S+/corpus.jsonl:2: malformed JSON \(.* at column 2\)"),
+    Case("generate: a control character inside a JSON string", lambda w: (
+        "generate", [*GEN, f"input.source={_corpus(w, [GOOD, CONTROL_CHARACTER])}",
+                     f"output.dir={w / 'out'}"]),
+        r"\S+/corpus.jsonl:2: malformed JSON \(Invalid control character at column 12\) "),
     Case("generate: line that is not UTF-8", lambda w: (
         "generate", [*GEN, f"input.source={_corpus(w, [NOT_UTF8])}",
                      f"output.dir={w / 'out'}"]),

@@ -245,7 +245,9 @@ def _jsonl_records(path, label, start=0):
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        yield line_number, f"{path}:{line_number}", None, (f"malformed JSON ({e.msg} at "
+        # Some of json's messages end in "at" ("Invalid control character at").
+        reason = e.msg.removesuffix(" at")
+        yield line_number, f"{path}:{line_number}", None, (f"malformed JSON ({reason} at "
                                                             f"column {e.colno})")
         continue
       yield line_number, f"{name}:{line_number}", record, None
