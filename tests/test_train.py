@@ -413,7 +413,9 @@ def test_a_run_whose_steps_are_not_a_multiple_of_checkpoint_every_saves_its_last
   assert _saved(workdir)[-1] == 10
   # So rerunning the finished command finds it finished: no step is trained again.
   done = _run(workdir, "steps=10")
-  assert "start_step: 10" in done.stdout and "final_loss: None" in done.stdout, done.stdout
+  last = read_metrics(workdir)[-1]
+  assert last["step"] == 10 and f"final_loss: {last['loss']}" in done.stdout, done.stdout
+  assert "already_complete: True" in done.stdout and "the run is already complete" in done.stderr
   assert _steps_logged(workdir) == 10
 
 

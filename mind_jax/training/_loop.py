@@ -24,7 +24,7 @@ from mind_jax._outdir import check_output_dir, claim, dir_fingerprint
 from mind_jax._progress import progress_bar
 from mind_jax.training._config import (TrainConfig, data_pipeline, load_tokenizer_for,
                                        model_config)
-from mind_jax.training._metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLog
+from mind_jax.training._metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLog, logged_loss
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,15 @@ def run(cfg: TrainConfig) -> dict:
   batches = DeviceBatches(dataset, mesh, "train", cfg.data.prefetch)
   manager = _checkpoint_manager(cfg)
   start = manager.latest_step() or 0
+  export_dir = os.path.join(cfg.workdir, EXPORT)
+  if start >= cfg.steps and os.path.exists(os.path.join(export_dir, "config.json")):
+    batches.close()
+    manager.close()
+    loss = logged_loss(cfg.workdir, start)
+    log.info("the run is already complete: step %d of %d in %s (exported to %s); nothing to "
+             "train", start, cfg.steps, cfg.workdir, export_dir)
+    return {"workdir": os.path.abspath(cfg.workdir), "start_step": start, "steps": cfg.steps,
+            "export": export_dir, "already_complete": True, "final_loss": loss}
   if start:
     log.info("resuming from %s/%s/%d", cfg.workdir, CHECKPOINTS, start)
     restored = manager.restore(start, args=ocp.args.Composite(

@@ -19,6 +19,17 @@ TENSORBOARD_DIR = "tensorboard"
 TIMING_FIELDS = ("step_seconds", "tokens_per_s", "mfu")
 
 
+def logged_loss(workdir: str, step: int) -> float | None:
+  """The training loss metrics.jsonl holds for `step`, or None where it holds none."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    losses = [record.get("loss") for record in map(json.loads, filter(str.strip, f))
+              if record.get("step") == step]
+  return losses[-1] if losses else None
+
+
 class MetricsLog:
 
   def __init__(self, workdir: str, resume_step: int, enabled: bool = True):
