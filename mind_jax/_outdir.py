@@ -93,8 +93,28 @@ def differences(recorded: Mapping, current: Mapping) -> list[str]:
   styles both hold are still made the same way.
   """
   old, new = flatten(recorded), flatten(current)
-  return [f"{key} ({old[key]!r} -> {new[key]!r})" for key in sorted(old.keys() & new.keys())
-          if old[key] != new[key]]
+  out = []
+  for key in sorted(old.keys() & new.keys()):
+    if old[key] != new[key]:
+      out.extend(_changed(key, old[key], new[key]))
+  return out
+
+
+def _changed(key: str, old, new) -> list[str]:
+  """A difference as a user reads it: lists of sections (data sources) item by item and key
+  by key, not as two whole reprs."""
+  sections = lambda v: isinstance(v, list) and all(isinstance(i, Mapping) for i in v)  # noqa: E731
+  if not (sections(old) and sections(new)):
+    return [f"{key} ({old!r} -> {new!r})"]
+  if len(old) != len(new):
+    return [f"{key} ({len(old)} items -> {len(new)})"]
+  out = []
+  for i, (a, b) in enumerate(zip(old, new)):
+    a, b = flatten(a), flatten(b)
+    for name in sorted(a.keys() | b.keys()):
+      if a.get(name) != b.get(name):
+        out.extend(_changed(f"{key}[{i}].{name}", a.get(name), b.get(name)))
+  return out
 
 
 def file_fingerprint(path: str, sample_bytes: int = 1 << 20) -> str:

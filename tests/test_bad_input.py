@@ -433,6 +433,11 @@ CASES = [
         "train", [f"workdir={_trained(w)}", f"model.path={w / 'ckpt'}", "data.seq_len=64"]),
         r"workdir=\S+/run: written with other settings: .*model \('preset tiny, seed 0' -> "
         r"'ckpt, content [0-9a-f]+'\)"),
+    Case("train: a workdir trained on other source weights", lambda w: (
+        "train", [f"workdir={_trained(w)}", "data.seq_len=64", "steps=2",
+                  "data.sources=[{path: champ, weight: 2}]"]),
+        r"workdir=\S+/run: written with other settings: data.sources\[0\].weight \(1.0 -> 2.0\); "
+        r"write to another"),
     Case("train: checkpoints with no run.json", lambda w: (
         "train", [f"workdir={_write(w / 'run' / 'checkpoints' / '3' / 'x', 'old')}".rsplit("/", 3)[0]]),
         r"workdir=\S+/run: holds 1 file\(s\) like this job's output \(checkpoints, ...\) but no "
