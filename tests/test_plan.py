@@ -239,6 +239,22 @@ def test_a_program_that_does_not_fit_says_by_how_much_and_what_to_change(tmp_pat
 
 
 @needs_libtpu
+def test_a_state_larger_than_the_chip_is_advised_more_chips_only(capsys):
+  """Llama-3.1-8B training on one v5e chip: fp32 weights and two Adam moments are 12 bytes for
+  each of its 8,030,261,248 parameters, 89.75 GiB against 16. Fewer activations (microbatches,
+  remat) cannot fit that, so they are not offered."""
+  code = main(["--config", str(ROOT / "configs" / "train-llama3.1-8b.yaml"), "--topology",
+               "v5e-1", "--preset", "llama3.1-8b", "--json"])
+  out = json.loads(capsys.readouterr().out)
+  assert code == 1 and out["fits"] is False
+  state_gib = 8_030_261_248 * 12 / 2 ** 30
+  assert f"{state_gib:.2f}" == "89.75"
+  assert out["advice"] == [
+      "the weights and optimizer state alone are 89.75 GiB per chip of 16: only more chips on "
+      "the fsdp axis can fit it (a larger slice, or mesh.axes.fsdp over more of this one)"]
+
+
+@needs_libtpu
 def test_json_output_and_exit_status(tmp_path, model_dir, capsys):
   assert main(["--config", _train_yaml(tmp_path, model_dir), "--topology", "v4-8", "--json"]) == 0
   out = json.loads(capsys.readouterr().out)

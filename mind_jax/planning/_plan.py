@@ -69,7 +69,8 @@ def plan_training(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: A
   try:
     compiled = _compile.training_programs(cfg, config, mesh, exact_cost)
   except _compile.DoesNotFit as e:
-    return {**out, **_refused(e, capacity, e.named), "advice": _train_advice(cfg)}
+    return {**out, **_refused(e, capacity, e.named),
+            "advice": _train_advice(cfg, e.named, capacity)}
   step = compiled["step"]
   model_flops = step_flops(config, cfg.tokens_per_step, cfg.data.seq_len)
   seconds = model_flops / (chips * tpu_slice.chip.peak_flops * assumptions.mfu)
@@ -88,7 +89,7 @@ def plan_training(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: A
       budget=_budget(tokens or cfg.budget_tokens, tokens_per_second, chips, assumptions),
       assumptions=assumptions.as_dict())
   if not out["fits"]:
-    out["advice"] = _train_advice(cfg)
+    out["advice"] = _train_advice(cfg, compiled["named"], capacity)
   return out
 
 
@@ -285,7 +286,13 @@ def _refused(e: _compile.DoesNotFit, capacity: int, named: dict | None = None) -
   return {"fits": False, "total_bytes_per_chip": e.used, "memory": memory, "compiler": str(e)}
 
 
-def _train_advice(cfg) -> list[str]:
+def _train_advice(cfg, named: dict, capacity: int) -> list[str]:
+  state = named.get("weights", 0) + named.get("optimizer_state", 0)
+  if state > capacity:
+    # Activations are not the problem: microbatches and remat cannot help.
+    return [f"the weights and optimizer state alone are {state / 2 ** 30:.2f} GiB per chip of "
+            f"{capacity / 2 ** 30:.0f}: only more chips on the fsdp axis can fit it (a larger "
+            f"slice, or mesh.axes.fsdp over more of this one)"]
   advice = []
   per = cfg.batch_size // cfg.microbatches
   if per > 1:
