@@ -123,12 +123,25 @@ def test_champ_scores_right_and_wrong_answers():
   assert is_right(" n = 1", "n=1") and not is_right(" n = 2", "n=1")
 
 
-def test_bad_input_is_one_line_before_anything_runs(setup, tmp_path):
+def test_bad_input_is_one_line_before_anything_runs(setup, tmp_path, monkeypatch):
+  import shutil
   from mind_jax import MindJaxError
+  from mind_jax.evaluation import _run
   (tmp_path / "empty").mkdir()
   with pytest.raises(MindJaxError, match=r"--model=\S+/empty: no weights"):
     evaluate(load_config(EvaluateConfig, None, [f"model={tmp_path / 'empty'}",
                                                 f"out={tmp_path / 'o'}"]))
+  # Weights cut short in the copy: named before the harness (a minute of set-up) starts.
+  cut = shutil.copytree(setup / "model", tmp_path / "cut")
+  weights = cut / "model.safetensors"
+  size = weights.stat().st_size
+  with open(weights, "r+b") as f:
+    f.truncate(size - 100)
+  with monkeypatch.context() as m:
+    m.setattr(_run, "task_manager", lambda *a: pytest.fail("the harness started"))
+    with pytest.raises(MindJaxError, match=rf"\S+/cut/model.safetensors: truncated "
+                       rf"\({size - 100} bytes where its header describes {size}\)"):
+      evaluate(load_config(EvaluateConfig, None, [f"model={cut}", f"out={tmp_path / 'o'}"]))
   with pytest.raises(MindJaxError, match=r"--tasks: unknown task 'no_such_task'"):
     run(setup, "jax", "tasks=[no_such_task]")
   missing = tmp_path / "tasks"

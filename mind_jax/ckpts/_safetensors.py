@@ -77,14 +77,20 @@ def _read_header(path: str) -> dict[str, TensorInfo]:
   except (json.JSONDecodeError, UnicodeDecodeError):
     raise MindJaxError(f"{path}: not a safetensors file (bad header)") from None
   base = 8 + length
-  infos = {}
+  infos, end = {}, 0
   for name, entry in header.items():
     if name == "__metadata__":
       continue
     if entry["dtype"] not in _DTYPES:
       raise MindJaxError(f"{path}: tensor {name} has unsupported dtype {entry['dtype']}")
-    begin, _ = entry["data_offsets"]
+    begin, stop = entry["data_offsets"]
+    end = max(end, stop)
     infos[name] = TensorInfo(path, name, _DTYPES[entry["dtype"]], tuple(entry["shape"]), base + begin)
+  # A copy cut short is named now, before a job spends minutes on what comes before the weights.
+  size = os.path.getsize(path)
+  if size < base + end:
+    raise MindJaxError(f"{path}: truncated ({size} bytes where its header describes "
+                       f"{base + end})")
   return infos
 
 

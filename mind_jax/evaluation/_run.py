@@ -72,6 +72,9 @@ def resolve_model(path: str | None) -> str:
   if not weights and not is_orbax_dir(path):
     raise MindJaxError(f"--model={path}: no weights (model.safetensors, its shards, or a "
                        "mind_jax Orbax checkpoint)")
+  if weights:
+    from mind_jax.ckpts._safetensors import SafetensorsReader
+    SafetensorsReader(path)  # every header and file size: a damaged file before the harness
   return path
 
 
