@@ -168,7 +168,8 @@ def read_run_record(out_dir: str) -> dict | None:
 
 def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: str,
           remove_owned, foreign: Iterable[str] = (), dry_run: bool = False,
-          notes: Mapping | None = None, files: Iterable[str] | None = None) -> dict:
+          notes: Mapping | None = None, files: Iterable[str] | None = None,
+          grows: Iterable[str] = ()) -> dict:
   """Makes `out_dir` this run's, or refuses with one line; returns the record written.
 
   - A directory holding another job's record, or files of the kinds this job writes but no
@@ -180,7 +181,8 @@ def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: st
   - A record with the same settings is a resume: the record is kept, widened by any new keys.
   `dry_run` checks without writing or deleting anything. `notes` are recorded for the jobs
   that read this output (the generator's tokenizer, say) but not compared; `files`, when the
-  job lists what it writes, are the files the record owns.
+  job lists what it writes, are the files the record owns. `grows`: keys whose value may rise
+  on a resume (a training's `steps`: the run is extended); the record takes the new value.
   """
   from etils import epath
   flat = flatten(settings)
@@ -197,8 +199,9 @@ def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: st
     raise MindJaxError(f"{where}: holds the output of mind_jax.{record.get('job')}; "
                        f"write elsewhere")
   else:
-    changed = differences(record["settings"], flat)
     previous = record["settings"]
+    grown = {k for k in grows if k in previous and k in flat and flat[k] > previous[k]}
+    changed = [c for c in differences(previous, flat) if c.split(" (")[0] not in grown]
     if changed and not overwrite:
       raise MindJaxError(
           f"{where}: written with other settings: {', '.join(changed)}; write to another "
@@ -218,6 +221,16 @@ def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: st
     except OSError as e:
       raise MindJaxError(f"{where}: cannot write {RUN_RECORD} ({e.strerror or e})") from None
   return new_record
+
+
+def write_run_notes(out_dir: str, notes: Mapping, enabled: bool = True) -> None:
+  """Merges `notes` into the run record's notes (what a run learns after claiming its
+  directory: where a training was extended). `enabled`: the host that writes."""
+  record = read_run_record(out_dir)
+  if enabled and record is not None:
+    from etils import epath
+    record["notes"] = {**record.get("notes", {}), **notes}
+    write_json(epath.Path(out_dir) / RUN_RECORD, record, shared=True)
 
 
 def replaces(out_dir: str, job: str, settings: Mapping) -> bool:

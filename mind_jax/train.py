@@ -12,8 +12,9 @@ train sharding rules) or, without one, from a preset's random weights.
 WORKDIR (workdir=...) gets Orbax checkpoints (checkpoints/), metrics.jsonl and TensorBoard
 events (tensorboard/), and the trained model in Hugging Face format (hf/). Rerunning the
 same command resumes from the newest complete checkpoint with the data where it stopped;
-SIGTERM saves at once and exits 0. A workdir holding a run with other settings is refused
-(overwrite=true replaces it). `python -m mind_jax.mix` shows what the data section feeds.
+SIGTERM saves at once and exits 0. A larger `steps` extends a run (the learning rate from
+there follows the schedule for the new length). A workdir holding a run with other settings is
+refused (overwrite=true replaces it). `python -m mind_jax.mix` shows what the data section feeds.
 """
 
 from __future__ import annotations

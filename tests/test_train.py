@@ -419,6 +419,49 @@ def test_a_run_whose_steps_are_not_a_multiple_of_checkpoint_every_saves_its_last
   assert _steps_logged(workdir) == 10
 
 
+def test_a_finished_run_extended_to_more_steps_continues_with_the_schedule_of_its_new_length(
+    tmp_path):
+  """steps=6 finished, then the same command with steps=10: it resumes at step 6 (nothing
+  trained twice), and from there the rate is the schedule for 10 steps (written out here),
+  said in run.json and as a marker line in metrics.jsonl. Any other change stays refused."""
+  workdir = tmp_path / "run"
+  linear = ["optimizer.schedule=linear", "optimizer.end_learning_rate=1e-4"]
+  _run(workdir, "steps=6", *linear)
+  extended = _run(workdir, "steps=10", *linear)
+  assert "extending the run from 6 to 10 steps at step 6" in extended.stderr
+  opt = OptimizerSection(schedule="linear", learning_rate=1e-3, end_learning_rate=1e-4,
+                         warmup_steps=2)
+  # The update of logged step n runs at the rate of n - 1 updates done.
+  expected = [torch_learning_rate(opt, n - 1, steps=6 if n <= 6 else 10) for n in range(1, 11)]
+  logged = read_metrics(workdir)
+  assert [m["step"] for m in logged] == list(range(1, 11))
+  np.testing.assert_allclose([m["lr"] for m in logged], expected, rtol=1e-6)
+  with open(workdir / "metrics.jsonl") as f:
+    events = [json.loads(line) for line in f if "event" in line]
+  assert events == [{"step": 6, "event": "extended", "from_steps": 6, "to_steps": 10}]
+  with open(workdir / "run.json") as f:
+    record = json.load(f)
+  assert record["settings"]["steps"] == 10
+  assert record["notes"]["extended"] == [{"from_steps": 6, "to_steps": 10, "at_step": 6}]
+  shorter = subprocess.run(_command(workdir, "steps=8", *linear), capture_output=True,
+                           text=True, env=_env())
+  assert shorter.returncode == 2 and "steps (10 -> 8)" in shorter.stderr
+
+
+def test_with_a_constant_rate_an_extended_run_ends_as_one_made_in_one_go(tmp_path):
+  constant = "optimizer.schedule=constant"
+  _run(tmp_path / "extended", "steps=6", constant)
+  _run(tmp_path / "extended", "steps=10", constant)
+  _run(tmp_path / "one_go", "steps=10", constant)
+  from safetensors.numpy import load_file
+  extended, one_go = (load_file(str(tmp_path / name / "hf" / "model.safetensors"))
+                      for name in ("extended", "one_go"))
+  assert extended.keys() == one_go.keys()
+  assert all(np.array_equal(extended[k], one_go[k]) for k in one_go)  # bit for bit
+  assert [m["loss"] for m in read_metrics(tmp_path / "extended")] == [
+      m["loss"] for m in read_metrics(tmp_path / "one_go")]
+
+
 def test_mfu_is_the_hand_counted_flops_per_second_over_the_peak_of_every_device(tmp_path):
   workdir = tmp_path / "run"
   _run(workdir, "steps=2", "peak_flops=1e12")  # 4 devices, the batch split over them

@@ -20,7 +20,7 @@ import time
 
 from mind_jax._errors import MindJaxError
 from mind_jax._hosts import init_hosts, sync_hosts
-from mind_jax._outdir import check_output_dir, claim, dir_fingerprint
+from mind_jax._outdir import check_output_dir, claim, dir_fingerprint, write_run_notes
 from mind_jax._progress import progress_bar
 from mind_jax.training._config import (TrainConfig, data_pipeline, load_tokenizer_for,
                                        model_config)
@@ -43,6 +43,20 @@ def run_settings(cfg: TrainConfig) -> dict:
   return {"model": model, "dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype,
           "data": data, "optimizer": cfg.optimizer.model_dump(), "batch_size": cfg.batch_size,
           "steps": cfg.steps, "z_loss": cfg.z_loss, "seed": cfg.seed}
+
+
+def _extensions(cfg: TrainConfig) -> list[dict]:
+  """The run's extensions (`steps` raised on a rerun), the one this run makes last with
+  `at_step` None until the checkpoint it resumes from is known."""
+  from mind_jax._outdir import read_run_record
+  record = read_run_record(cfg.workdir)
+  if not record or record.get("job") != "train" or cfg.overwrite:
+    return []
+  done = list(record.get("notes", {}).get("extended", []))
+  before = record["settings"].get("steps")
+  if isinstance(before, int) and cfg.steps > before:
+    done.append({"from_steps": before, "to_steps": cfg.steps, "at_step": None})
+  return done
 
 
 def _owned(workdir: str) -> list[str]:
@@ -170,9 +184,11 @@ def run(cfg: TrainConfig) -> dict:
       elif os.path.exists(path):
         os.remove(path)
 
+  extensions = _extensions(cfg)
   claim(cfg.workdir, "train", run_settings(cfg), overwrite=cfg.overwrite, key="workdir",
-        remove_owned=remove_owned, foreign=foreign,
-        notes={"tokenizer": tokenizer.source, "sources": [s.name for s in mixture.sources]})
+        remove_owned=remove_owned, foreign=foreign, grows=("steps",),
+        notes={"tokenizer": tokenizer.source, "sources": [s.name for s in mixture.sources],
+               **({"extended": extensions} if extensions else {})})
   # Nobody looks for checkpoints before host 0 has removed a replaced run's.
   sync_hosts(hosts, "train: workdir claimed")
 
@@ -191,6 +207,13 @@ def run(cfg: TrainConfig) -> dict:
              "train", start, cfg.steps, cfg.workdir, export_dir)
     return {"workdir": os.path.abspath(cfg.workdir), "start_step": start, "steps": cfg.steps,
             "export": export_dir, "already_complete": True, "final_loss": loss}
+  extending = bool(extensions) and extensions[-1]["at_step"] is None
+  if extending:
+    extensions[-1]["at_step"] = start
+    write_run_notes(cfg.workdir, {"extended": extensions}, enabled=host == 0)
+    log.info("extending the run from %d to %d steps at step %d: from here the learning rate "
+             "follows the schedule for %d steps (warmup unchanged), as if the run had been "
+             "planned at that length", extensions[-1]["from_steps"], cfg.steps, start, cfg.steps)
   if start:
     log.info("resuming from %s/%s/%d", cfg.workdir, CHECKPOINTS, start)
     restored = manager.restore(start, args=ocp.args.Composite(
@@ -209,6 +232,9 @@ def run(cfg: TrainConfig) -> dict:
   peak = cfg.peak_flops or peak_flops(jax.devices()[0].device_kind)
   flops_per_step = step_flops(config, cfg.tokens_per_step, cfg.data.seq_len)
   metrics_log = MetricsLog(cfg.workdir, start, enabled=host == 0)
+  if extending:
+    metrics_log.mark(start, {"event": "extended", "from_steps": extensions[-1]["from_steps"],
+                             "to_steps": cfg.steps})
   preemption = _Preemption(hosts)
   summary = {"workdir": os.path.abspath(cfg.workdir), "start_step": start}
   last_saved = start

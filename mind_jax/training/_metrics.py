@@ -58,6 +58,19 @@ class MetricsLog:
     self.events.add_event(event_pb2.Event(wall_time=time.time(), step=step,
                                           summary=summary_pb2.Summary(value=values)))
 
+  def mark(self, step: int, event: dict) -> None:
+    """An event line (no loss; `read_metrics` leaves it out) and, in TensorBoard, the run's
+    planned steps from `step` on."""
+    if not self.enabled:
+      return
+    self.file.write(json.dumps({"step": step, **event}) + "\n")
+    self.file.flush()
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    value = summary_pb2.Summary.Value(tag="train/planned_steps",
+                                      simple_value=float(event.get("to_steps", 0)))
+    self.events.add_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                          summary=summary_pb2.Summary(value=[value])))
+
   def close(self) -> None:
     if self.enabled:
       self.file.close()
@@ -65,5 +78,6 @@ class MetricsLog:
 
 
 def read_metrics(workdir: str) -> list[dict]:
+  """The per-step records of metrics.jsonl (event lines, such as an extension, left out)."""
   with open(os.path.join(workdir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [r for r in map(json.loads, filter(str.strip, f)) if "event" not in r]
