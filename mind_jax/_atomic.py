@@ -10,6 +10,7 @@ names. Local paths and gs:// alike (through etils.epath).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -40,9 +41,16 @@ def atomic_open(path, mode: str = "w", shared: bool = False) -> Iterator:
       f.flush()
       try:
         os.fsync(f.fileno())
-      except (AttributeError, OSError, ValueError):
-        pass  # no file descriptor (an object store): its upload completes on close
+      except (AttributeError, OSError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+          raise
+        # else: no file descriptor (an object store): its upload completes on close
     tmp.replace(path)
+  except OSError as e:
+    tmp.unlink(missing_ok=True)
+    if e.filename is None and e.errno:  # a failed write() names no file: name the one kept
+      raise OSError(e.errno, e.strerror, str(path)) from e
+    raise
   except BaseException:
     tmp.unlink(missing_ok=True)
     raise

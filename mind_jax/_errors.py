@@ -1,4 +1,6 @@
-"""The one exception type users see from bad input."""
+"""The exception types users see: bad input, and storage that refuses a write."""
+
+import re
 
 
 class MindJaxError(ValueError):
@@ -7,6 +9,57 @@ class MindJaxError(ValueError):
   The message is one line that names the file, key or tensor at fault, so a
   command-line tool can print it without a traceback.
   """
+
+
+class DiskFull(MindJaxError):
+  """A write refused for space (or a read-only file system). The job ends with this one line
+  and exit status 1; what it had completed stays on disk and a rerun resumes from it."""
+
+
+# errno values of a write the storage refused: ENOSPC, EDQUOT, EROFS.
+_FULL_ERRNOS = {28: "no space left on device", 122: "disk quota exceeded",
+                30: "read-only file system"}
+# The same, as tensorstore and gcsfs word them inside other exceptions.
+_FULL_TEXT = re.compile(r"No space left on device|os_error_code='?(28|122|30)'?|Disk quota "
+                        r"exceeded|Read-only file system|storage quota", re.IGNORECASE)
+_WRITTEN = re.compile(r'(?:Failed writing|local file|Failed to open|file): "([^"]+)"')
+
+
+def disk_full(error: BaseException, kept: str = "") -> DiskFull | None:
+  """`error` (or what caused it) as one line if it is the storage refusing a write: the reason,
+  the file, the space free where it was going, and `kept` (what a rerun resumes from)."""
+  import os
+  import shutil
+  seen = error
+  while seen is not None:
+    if isinstance(seen, DiskFull):
+      return seen
+    reason = None
+    if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+      reason, path = _FULL_ERRNOS[seen.errno], seen.filename
+    elif _FULL_TEXT.search(str(seen)):
+      text = str(seen)
+      match = _WRITTEN.search(text)
+      reason = "no space left on device"
+      for errno_value, words in _FULL_ERRNOS.items():
+        if words.lower() in text.lower() or f"os_error_code='{errno_value}'" in text:
+          reason = words
+      path = match.group(1) if match else None
+    if reason:
+      where = ""
+      if path:
+        where = f" writing {path}"
+        folder = os.path.dirname(os.fspath(path))
+        while folder and not os.path.exists(folder):
+          folder = os.path.dirname(folder)
+        if folder:
+          free = shutil.disk_usage(folder).free
+          where += f" ({free / 2 ** 20:.1f} MiB free there)" if free >= 2 ** 20 else (
+              f" ({free / 2 ** 10:.0f} KiB free there)")
+      tail = kept or "what was completed before is kept; free space and rerun the same command"
+      return DiskFull(f"{reason}{where}; {tail}")
+    seen = seen.__cause__ or seen.__context__
+  return None
 
 
 def run_cli(job) -> int:
@@ -20,8 +73,12 @@ def run_cli(job) -> int:
   cpu_only_unless_accelerated()
   try:
     result = job()
-  except MindJaxError as e:
+  except Exception as e:  # noqa: BLE001  only a full disk is handled here; the rest re-raised
+    full = disk_full(e)
+    if full is None and not isinstance(e, MindJaxError):
+      raise
     # One line, always: a message that quotes another library's may carry its line breaks.
-    print("error: " + " ".join(part.strip() for part in str(e).splitlines()), file=sys.stderr)
-    return 2
+    print("error: " + " ".join(part.strip() for part in str(full or e).splitlines()),
+          file=sys.stderr)
+    return 2 if full is None else 1
   return result if isinstance(result, int) else 0

@@ -18,7 +18,7 @@ import shutil
 import signal
 import time
 
-from mind_jax._errors import MindJaxError
+from mind_jax._errors import DiskFull, MindJaxError
 from mind_jax._hosts import init_hosts, sync_hosts
 from mind_jax._outdir import check_output_dir, claim, dir_fingerprint, write_run_notes
 from mind_jax._progress import progress_bar
@@ -89,6 +89,30 @@ def _checkpoint_manager(cfg: TrainConfig):
   options = ocp.CheckpointManagerOptions(max_to_keep=cfg.checkpoint.keep,
                                          enable_async_checkpointing=cfg.checkpoint.async_save)
   return ocp.CheckpointManager(directory, options=options)
+
+
+class _Space:
+  """Whether the workdir holds one more checkpoint, asked before each save: a full disk then
+  stops the run in one line with its last checkpoint complete, instead of failing inside the
+  asynchronous writer (tracebacks from its threads, a partial checkpoint set aside)."""
+
+  MARGIN = 1.1  # the state's bytes plus the iterator's state and the writer's metadata
+
+  def __init__(self, workdir: str, state):
+    import jax
+    self.workdir = workdir
+    self.need = int(sum(x.nbytes for x in jax.tree.leaves(state)) * self.MARGIN)
+
+  def check(self, step: int, last_complete: int) -> None:
+    """Every host asks (they share the workdir, so they agree) and stops alike."""
+    free = shutil.disk_usage(self.workdir).free
+    if free < self.need:
+      kept = (f"the last complete checkpoint is step {last_complete}" if last_complete else
+              "no checkpoint was written yet")
+      raise DiskFull(
+          f"workdir={self.workdir}: {free / 2 ** 20:.1f} MiB free, but the checkpoint of step "
+          f"{step} needs about {self.need / 2 ** 20:.1f} MiB; {kept}; free space and rerun the "
+          "same command")
 
 
 def _save(manager, step: int, state, batches, force: bool = False) -> None:
@@ -238,6 +262,10 @@ def run(cfg: TrainConfig) -> dict:
   preemption = _Preemption(hosts)
   summary = {"workdir": os.path.abspath(cfg.workdir), "start_step": start}
   last_saved = start
+  space = _Space(cfg.workdir, state)
+  if start < cfg.steps:  # refused before a step is trained where not one checkpoint fits
+    space.check(min(cfg.steps, (start // cfg.checkpoint.every + 1) * cfg.checkpoint.every),
+                start)
   try:
     with progress_bar(cfg.steps, "train", "step", enabled=host == 0) as bar:
       bar.update(start)
@@ -245,6 +273,8 @@ def run(cfg: TrainConfig) -> dict:
         if preemption.stop_now():
           log.warning("SIGTERM: saving step %d and stopping", step)
           if step != last_saved:
+            manager.wait_until_finished()
+            space.check(step, last_saved)
             _save(manager, step, state, batches, force=True)
           manager.wait_until_finished()
           return {**summary, "stopped_at": step, "preempted": True}
@@ -268,6 +298,8 @@ def run(cfg: TrainConfig) -> dict:
         bar.update(1)
         done = step + 1
         if done % cfg.checkpoint.every == 0 or done == cfg.steps:
+          manager.wait_until_finished()  # the previous checkpoint's bytes are on disk
+          space.check(done, last_saved)
           _save(manager, done, state, batches)
           last_saved = done
         if cfg.export.every and done % cfg.export.every == 0 and done != cfg.steps:

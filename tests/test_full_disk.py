@@ -1,0 +1,105 @@
+"""A full disk: each job stops with one line and exit status 1, keeps what it completed, and the
+same command, rerun once there is room, ends as an uninterrupted run does.
+
+The disk is a tmpfs mounted for the test (the suite runs as root on CI); where mounting is not
+permitted the tests are skipped, saying so.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A mount point and a function that sets its size (mount, then remount to grow it)."""
+  point = tmp_path / "small"
+  point.mkdir()
+  mounted = []
+
+  def size(kib: int):
+    options = f"size={kib}k" + (",remount" if mounted else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                          capture_output=True, text=True)
+    if done.returncode:
+      pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the full-disk tests "
+                  "need root and mount permission")
+    mounted.append(True)
+    return point
+
+  yield size
+  if mounted:
+    subprocess.run(["umount", str(point)], capture_output=True)
+
+
+def _job(name, *args):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  return subprocess.run([sys.executable, "-m", f"mind_jax.{name}", *args], capture_output=True,
+                        text=True, env=env)
+
+
+def _one_line_exit_1(done, pattern):
+  import re
+  assert done.returncode == 1, done.stderr[-2000:]
+  assert "Traceback" not in done.stderr, done.stderr[-3000:]
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and re.search(pattern, errors[0]), done.stderr[-2000:]
+
+
+TRAIN = ["steps=30", "checkpoint.every=10"]
+
+
+def test_training_stops_before_a_checkpoint_that_does_not_fit_and_resumes_once_it_does(
+    tmp_path, small_disk):
+  """The tiny preset's checkpoints are about 1.7 MiB: 3 MiB holds the one of step 10, not the
+  one of step 20."""
+  disk = small_disk(3 * 1024)
+  full = _job("train", *TRAIN, f"workdir={disk / 'w'}")
+  _one_line_exit_1(full, r"workdir=\S+/w: [\d.]+ MiB free, but the checkpoint of step 20 needs "
+                         r"about [\d.]+ MiB; the last complete checkpoint is step 10; free "
+                         r"space and rerun the same command")
+  assert sorted(os.listdir(disk / "w" / "checkpoints")) == ["10"]
+  small_disk(64 * 1024)
+  resumed = _job("train", *TRAIN, f"workdir={disk / 'w'}")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "start_step: 10" in resumed.stdout
+  whole = _job("train", *TRAIN, f"workdir={tmp_path / 'whole'}")
+  assert whole.returncode == 0, whole.stderr[-2000:]
+  from safetensors.numpy import load_file
+  a, b = (load_file(str(d / "hf" / "model.safetensors")) for d in (disk / "w", tmp_path / "whole"))
+  assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_training_refuses_to_start_where_not_one_checkpoint_fits(small_disk):
+  disk = small_disk(1024)
+  full = _job("train", *TRAIN, f"workdir={disk / 'w'}")
+  _one_line_exit_1(full, r"the checkpoint of step 10 needs about [\d.]+ MiB; no checkpoint was "
+                         r"written yet")
+  assert not os.path.exists(disk / "w" / "metrics.jsonl") or not open(
+      disk / "w" / "metrics.jsonl").read()  # not one step trained
+
+
+def _records(out):
+  rows = []
+  for name in sorted(os.listdir(out)):
+    if name.startswith("part-") and name.endswith(".jsonl"):
+      with open(out / name) as f:
+        rows += [json.loads(line) for line in f]
+  return sorted(rows, key=lambda r: r["id"])
+
+
+def test_generation_on_a_full_disk_keeps_its_parts_and_finishes_on_a_rerun(tmp_path, small_disk):
+  args = ["input.limit=2", "output.records_per_part=4"]
+  disk = small_disk(24)
+  full = _job("generate", *args, f"output.dir={disk / 'g'}")
+  _one_line_exit_1(full, r"no space left on device writing \S+/g/(part-\S+\.jsonl|manifest-\d+"
+                         r"\.json) \(\d+ KiB free there\); what was completed before is kept")
+  assert not [n for n in os.listdir(disk / "g") if n.endswith(".tmp")]  # no partial part file
+  small_disk(4 * 1024)
+  assert _job("generate", *args, f"output.dir={disk / 'g'}").returncode == 0
+  assert _job("generate", *args, f"output.dir={tmp_path / 'whole'}").returncode == 0
+  assert _records(disk / "g") == _records(tmp_path / "whole")
