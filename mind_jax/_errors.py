@@ -25,6 +25,28 @@ _FULL_TEXT = re.compile(r"No space left on device|os_error_code='?(28|122|30)'?|
 _WRITTEN = re.compile(r'(?:Failed writing|local file|Failed to open|file): "([^"]+)"')
 
 
+def _existing(path: str) -> str:
+  import os
+  folder = os.path.abspath(os.fspath(path))
+  while not os.path.exists(folder):
+    folder = os.path.dirname(folder)
+  return folder
+
+
+def _size(n: float) -> str:
+  return f"{n / 2 ** 20:.1f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:.0f} KiB"
+
+
+def check_space(path: str, need: int, key: str, what: str, kept: str) -> None:
+  """Refuses, as `DiskFull`, to write `what` (about `need` bytes) under `path` where the disk
+  has less free: one line before the write, instead of a failure inside it."""
+  import shutil
+  free = shutil.disk_usage(_existing(path)).free
+  if free < need:
+    raise DiskFull(f"{key}={path}: {_size(free)} free, but {what} needs about {_size(need)}; "
+                   f"{kept}; free space and rerun the same command")
+
+
 def disk_full(error: BaseException, kept: str = "") -> DiskFull | None:
   """`error` (or what caused it) as one line if it is the storage refusing a write: the reason,
   the file, the space free where it was going, and `kept` (what a rerun resumes from)."""
@@ -48,14 +70,8 @@ def disk_full(error: BaseException, kept: str = "") -> DiskFull | None:
     if reason:
       where = ""
       if path:
-        where = f" writing {path}"
-        folder = os.path.dirname(os.fspath(path))
-        while folder and not os.path.exists(folder):
-          folder = os.path.dirname(folder)
-        if folder:
-          free = shutil.disk_usage(folder).free
-          where += f" ({free / 2 ** 20:.1f} MiB free there)" if free >= 2 ** 20 else (
-              f" ({free / 2 ** 10:.0f} KiB free there)")
+        free = shutil.disk_usage(_existing(os.path.dirname(os.fspath(path)))).free
+        where = f" writing {path} ({_size(free)} free there)"
       tail = kept or "what was completed before is kept; free space and rerun the same command"
       return DiskFull(f"{reason}{where}; {tail}")
     seen = seen.__cause__ or seen.__context__

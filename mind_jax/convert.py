@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from typing import Literal
@@ -24,7 +25,7 @@ from typing import Literal
 import pydantic
 
 from mind_jax import config as config_lib
-from mind_jax._errors import MindJaxError, run_cli
+from mind_jax._errors import MindJaxError, check_space, run_cli
 from mind_jax._outdir import check_output_dir
 from mind_jax._progress import setup_logging
 
@@ -83,11 +84,22 @@ def run(cfg: ConvertConfig) -> str:
       allow_unused_tensors=cfg.allow_unused_tensors, quantize=cfg.quantize)
   model, tokenizer, _ = load_model(model_section, mesh, cfg.mesh.rules, progress=cfg.progress)
   log.info("loaded %s in %.1fs", cfg.src, time.perf_counter() - start)
-  if target == "orbax":
-    save_orbax_model(model, cfg.dst, tokenizer, overwrite=cfg.overwrite)
-  else:
-    save_pretrained(model, cfg.dst, tokenizer, max_shard_size=cfg.max_shard_size,
-                    progress=cfg.progress, overwrite=cfg.overwrite)
+  import jax
+  from flax import nnx
+  weights = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
+  check_space(cfg.dst, int(weights * 1.05), "dst", f"the {target} checkpoint",
+              "nothing was written")
+  fresh = not os.path.isdir(cfg.dst) or not os.listdir(cfg.dst)
+  try:
+    if target == "orbax":
+      save_orbax_model(model, cfg.dst, tokenizer, overwrite=cfg.overwrite)
+    else:
+      save_pretrained(model, cfg.dst, tokenizer, max_shard_size=cfg.max_shard_size,
+                      progress=cfg.progress, overwrite=cfg.overwrite)
+  except Exception:
+    if fresh:  # ours alone: a rerun must find it new or empty again
+      shutil.rmtree(cfg.dst, ignore_errors=True)
+    raise
   log.info("wrote %s checkpoint to %s (%.1fs in all)", target, cfg.dst, time.perf_counter() - start)
   return target
 

@@ -103,3 +103,53 @@ def test_generation_on_a_full_disk_keeps_its_parts_and_finishes_on_a_rerun(tmp_p
   assert _job("generate", *args, f"output.dir={disk / 'g'}").returncode == 0
   assert _job("generate", *args, f"output.dir={tmp_path / 'whole'}").returncode == 0
   assert _records(disk / "g") == _records(tmp_path / "whole")
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+  out = tmp_path_factory.mktemp("gen") / "g"
+  assert _job("generate", "input.limit=2", f"output.dir={out}").returncode == 0
+  return out
+
+
+def _same_files(a, b, names):
+  for name in names:
+    with open(a / name, "rb") as x, open(b / name, "rb") as y:
+      assert x.read() == y.read(), name
+
+
+def test_filter_and_report_on_a_full_disk_finish_on_a_rerun(tmp_path, small_disk, generated):
+  disk = small_disk(24)
+  for job, args, out, same in (
+      ("filter", [str(generated), "--out"], "f", ["kept/part-00000-000000.jsonl"]),
+      ("report", [str(generated), "--out"], "r", ["report.md"])):
+    full = _job(job, *args, str(disk / out))
+    _one_line_exit_1(full, rf"no space left on device writing \S+/{out}/\S+ \(\d+ KiB free "
+                           r"there\); what was completed before is kept")
+    assert not [n for _, _, files in os.walk(disk / out) for n in files if n.endswith(".tmp")]
+  small_disk(4 * 1024)
+  for job, args, out, same in (
+      ("filter", [str(generated), "--out"], "f", ["kept/part-00000-000000.jsonl"]),
+      ("report", [str(generated), "--out"], "r", ["report.md"])):
+    assert _job(job, *args, str(disk / out)).returncode == 0
+    assert _job(job, *args, str(tmp_path / out)).returncode == 0
+    _same_files(disk / out, tmp_path / out, same)
+
+
+def test_convert_refuses_a_checkpoint_that_does_not_fit_before_writing(tmp_path, small_disk):
+  from conftest import make_hf_checkpoint
+  make_hf_checkpoint(tmp_path / "hf")
+  disk = small_disk(24)
+  full = _job("convert", str(tmp_path / "hf"), str(disk / "c"))
+  _one_line_exit_1(full, r"dst=\S+/c: 24 KiB free, but the orbax checkpoint needs about \d+ "
+                         r"KiB; nothing was written; free space and rerun the same command")
+  assert not os.path.exists(disk / "c")
+  small_disk(4 * 1024)
+  assert _job("convert", str(tmp_path / "hf"), str(disk / "c")).returncode == 0
+  import jax
+  from flax import nnx
+  from mind_jax.ckpts import load_pretrained
+  ours, _ = load_pretrained(str(disk / "c"), progress=False)
+  theirs, _ = load_pretrained(str(tmp_path / "hf"), progress=False)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(nnx.state(ours)),
+                                                   jax.tree.leaves(nnx.state(theirs))))

@@ -18,7 +18,7 @@ import shutil
 import signal
 import time
 
-from mind_jax._errors import DiskFull, MindJaxError
+from mind_jax._errors import MindJaxError, check_space
 from mind_jax._hosts import init_hosts, sync_hosts
 from mind_jax._outdir import check_output_dir, claim, dir_fingerprint, write_run_notes
 from mind_jax._progress import progress_bar
@@ -105,14 +105,9 @@ class _Space:
 
   def check(self, step: int, last_complete: int) -> None:
     """Every host asks (they share the workdir, so they agree) and stops alike."""
-    free = shutil.disk_usage(self.workdir).free
-    if free < self.need:
-      kept = (f"the last complete checkpoint is step {last_complete}" if last_complete else
-              "no checkpoint was written yet")
-      raise DiskFull(
-          f"workdir={self.workdir}: {free / 2 ** 20:.1f} MiB free, but the checkpoint of step "
-          f"{step} needs about {self.need / 2 ** 20:.1f} MiB; {kept}; free space and rerun the "
-          "same command")
+    check_space(self.workdir, self.need, "workdir", f"the checkpoint of step {step}",
+                f"the last complete checkpoint is step {last_complete}" if last_complete else
+                "no checkpoint was written yet")
 
 
 def _save(manager, step: int, state, batches, force: bool = False) -> None:
