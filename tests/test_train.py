@@ -462,6 +462,27 @@ def test_with_a_constant_rate_an_extended_run_ends_as_one_made_in_one_go(tmp_pat
       m["loss"] for m in read_metrics(tmp_path / "one_go")]
 
 
+def test_checkpoint_keep_holds_the_newest_and_export_every_writes_the_weights_of_its_steps(
+    tmp_path):
+  """checkpoint.keep=2 of saves at 3, 6, 9, 12: the newest two stay; extended to 15 with
+  keep=1, the run restores 12 and keeps 15 alone. export.every=4 writes
+  hf-step4 and hf-step8 (not hf-step12: the final export is hf/), each equal to the final
+  export of a run that stops there (constant rate, so the schedules agree)."""
+  constant = "optimizer.schedule=constant"
+  workdir = tmp_path / "run"
+  _run(workdir, "checkpoint.keep=2", "export.every=4", constant)
+  assert _saved(workdir) == [9, 12]
+  assert sorted(n for n in os.listdir(workdir) if n.startswith("hf-step")) == ["hf-step4",
+                                                                              "hf-step8"]
+  _run(workdir, "steps=15", "checkpoint.keep=1", "export.every=4", constant)
+  assert _saved(workdir) == [15]
+  from safetensors.numpy import load_file
+  _run(tmp_path / "four", "steps=4", constant)
+  step4, four = (load_file(str(d / "model.safetensors"))
+                 for d in (workdir / "hf-step4", tmp_path / "four" / "hf"))
+  assert step4.keys() == four.keys() and all(np.array_equal(step4[k], four[k]) for k in four)
+
+
 def test_mfu_is_the_hand_counted_flops_per_second_over_the_peak_of_every_device(tmp_path):
   workdir = tmp_path / "run"
   _run(workdir, "steps=2", "peak_flops=1e12")  # 4 devices, the batch split over them

@@ -360,3 +360,22 @@ def test_a_gcs_source_resumes(fake_gcs):
   assert same(take(again, 7), whole[3:])
   seen = " ".join(_texts(dataset, 40))
   assert "<a" in seen and "<b" in seen  # both files of the bucket are read
+
+
+@pytest.mark.parametrize("add_bos,add_eos", [(True, True), (False, True), (True, False),
+                                             (False, False)])
+def test_data_add_bos_and_add_eos_frame_each_document_as_configured(tmp_path, add_bos, add_eos):
+  """The training config's keys reach the pipeline: a one-document source's sequence is the
+  tokenizer's own ids for the text, with BOS before and EOS after only where asked."""
+  from mind_jax.config import load_config
+  from mind_jax.training import TrainConfig
+  from mind_jax.training._config import data_pipeline
+  source = write_jsonl(tmp_path / "one.jsonl", ["x + y = 10"])
+  cfg = load_config(TrainConfig, None, [
+      f"data.sources=[{{path: {source}}}]", "data.seq_len=64", "batch_size=1",
+      f"data.add_bos={str(add_bos).lower()}", f"data.add_eos={str(add_eos).lower()}"])
+  _, _, dataset = data_pipeline(cfg, tokenizer=TOKENIZER)
+  row = next(iter(dataset))["tokens"][0]
+  expected = [BOS] * add_bos + TOKENIZER.encode("x + y = 10") + [EOS] * add_eos
+  # The bin fills with the next epoch's copy of the one document, framed the same way.
+  assert row[:2 * len(expected)].tolist() == expected * 2
