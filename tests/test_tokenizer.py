@@ -55,3 +55,35 @@ def test_bad_tokenizer_paths(tmp_path):
   (tmp_path / "junk.model").write_bytes(b"not a model")
   with pytest.raises(MindJaxError, match="not a SentencePiece model"):
     load_tokenizer(str(tmp_path / "junk.model"))
+
+
+def _bpe_with_regex(tmp_path):
+  """A byte-level BPE with the GPT-2 pre-tokenizer regex (Llama 3's kind), trained here."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from transformers import PreTrainedTokenizerFast
+  core = Tokenizer(models.BPE())
+  core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  core.decoder = decoders.ByteLevel()
+  core.train_from_iterator(MATH * 50, trainers.BpeTrainer(
+      vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  PreTrainedTokenizerFast(tokenizer_object=core).save_pretrained(str(tmp_path))
+  return load_tokenizer(str(tmp_path))
+
+
+def test_a_text_longer_than_a_window_gets_the_ids_of_whole_text_encoding(tmp_path):
+  """Texts over LONG_TEXT characters are encoded in overlapping windows (memory follows the
+  window): the ids equal the UTF-8 bytes (byte tokenizer) and the BPE's own encoding of the
+  whole text, across every window boundary."""
+  import numpy as np
+  from mind_jax.text._tokenizer import LONG_TEXT
+  rs = np.random.RandomState(0)
+  words = ["the", "sum", "x²", "∫", "n(n+1)/2", "odd", "\n\n", "  ", "3,", "4"]
+  text = " ".join(rs.choice(words) for _ in range(3 * LONG_TEXT // 3))
+  assert len(text) > 2 * LONG_TEXT
+  byte = byte_tokenizer()
+  assert byte.encode(text) == list(text.encode("utf-8"))
+  assert np.array_equal(byte.encode_batch(["short", text])[1], list(text.encode("utf-8")))
+  bpe = _bpe_with_regex(tmp_path)
+  whole = bpe.hf.backend_tokenizer.encode(text, add_special_tokens=False).ids
+  assert bpe.encode(text) == whole
+  assert np.array_equal(bpe.encode_batch([text])[0], whole)

@@ -101,7 +101,7 @@ class Framing:
     self.tail = [tokenizer.eos_ids[0]] if add_eos and tokenizer.eos_ids else []
 
   def __call__(self, texts) -> list[np.ndarray]:
-    return [np.array(self.head + ids + self.tail, dtype=np.int32)
+    return [np.concatenate([self.head, ids, self.tail]).astype(np.int32)
             for ids in self.tokenizer.encode_batch(texts)]
 
 

@@ -34,6 +34,9 @@ from mind_jax.data._select import group_winners
 CONVERSATION_JOBS = ("filter", "generate")
 # How many documents are read and tokenized together (one call of the Rust tokenizer).
 READ_BATCH = 256
+# Characters a stream reads ahead at most (besides the one document that may exceed it): a
+# source of one huge document, taken READ_BATCH times over its epochs, held that many copies.
+READ_CHARS = 4_000_000
 
 
 class SourceSection(config_lib.Section):
@@ -282,7 +285,8 @@ class _DocumentIterator(grain.DatasetIterator):
     skip = self.position.piece if self.records is None else 0
     if self.records is None:
       self._open(self.position)
-    while len(found) < limit:
+    chars = 0
+    while len(found) < limit and chars < READ_CHARS:
       entry = next(self.records, None)
       at = self.read_at
       if entry is None:  # end of file: the next one, or the next epoch
@@ -314,6 +318,7 @@ class _DocumentIterator(grain.DatasetIterator):
         continue
       ends_without_documents = 0
       found.append((text, start, skip))
+      chars += len(text)
       skip = 0
     return found
 

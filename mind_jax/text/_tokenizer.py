@@ -8,6 +8,8 @@ import os
 import shutil
 from collections.abc import Sequence
 
+import numpy as np
+
 from mind_jax._errors import MindJaxError
 
 # Without torch, importing transformers prints "PyTorch was not found..." once per process,
@@ -18,6 +20,11 @@ from mind_jax._errors import MindJaxError
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 log = logging.getLogger(__name__)
+
+# Characters: a text longer than this is encoded in overlapping windows of this size
+# (`Tokenizer._encode_long`), shorter ones whole.
+LONG_TEXT = 100_000
+WINDOW_OVERLAP = 2_000
 
 Message = dict[str, str]
 
@@ -45,6 +52,54 @@ class Tokenizer(abc.ABC):
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     """Ids of many texts (no special tokens added), on several cores where the backend can."""
     return [self.encode(text) for text in texts]
+
+  def _encode_with_starts(self, text: str) -> tuple[list[int], list[int]]:
+    """Ids of `text` and the character where each token starts (see `_encode_long`)."""
+    raise NotImplementedError
+
+  def _encode_long(self, text: str) -> np.ndarray:
+    """The ids of a text longer than `LONG_TEXT` characters, encoded window by window, so
+    memory follows the window, not the text (a byte-level BPE over one 5 MB line took 24 GB).
+
+    Windows of `LONG_TEXT` characters overlap by `WINDOW_OVERLAP`; within each overlap the
+    cut goes where both windows' tokens start at the same character and agree over the rest
+    of the overlap's first half, so the ids equal whole-text encoding wherever the two
+    windows' tokenizations meet again inside the overlap (pre-tokenized BPE and byte-level
+    tokenizers always do: tokens never cross a space before a word). Where they never meet,
+    the cut is at a shared token start and the ids near it may differ: logged once.
+    """
+    step, overlap = LONG_TEXT, WINDOW_OVERLAP
+    pieces, cut = [], 0
+    ids, starts = self._encode_with_starts(text[:step + overlap])
+    begin = 0  # where the current window starts in `text`
+    while begin + step < len(text):
+      nxt = begin + step
+      next_ids, next_starts = self._encode_with_starts(text[nxt:nxt + step + overlap])
+      here = {begin + s: i for i, s in enumerate(starts)}
+      there = [nxt + s for s in next_starts]
+      chosen = None
+      for j, at in enumerate(there):
+        if at < nxt + overlap // 4 or at not in here:
+          continue
+        if chosen is None:
+          chosen = (here[at], j, False)  # a shared start, unchecked
+        i, end = here[at], nxt + overlap // 2
+        a = [(begin + s, t) for s, t in zip(starts[i:], ids[i:]) if begin + s < end]
+        b = [(nxt + s, t) for s, t in zip(next_starts[j:], next_ids[j:]) if nxt + s < end]
+        if a == b:
+          chosen = (i, j, True)
+          break
+      if chosen is None:
+        raise MindJaxError(f"{self.source}: no token starts in a {overlap}-character stretch "
+                           f"of a {len(text)}-character text: cannot encode it in windows")
+      i, j, agreed = chosen
+      if not agreed:
+        log.warning("%s: a %d-character text encoded in windows; its ids near character %d "
+                    "may differ from encoding it whole", self.source, len(text), nxt + j)
+      pieces.append(np.asarray(ids[cut:i], np.int32))
+      ids, starts, cut, begin = next_ids, next_starts, j, nxt
+    pieces.append(np.asarray(ids[cut:], np.int32))
+    return np.concatenate(pieces)
 
   def count_tokens(self, texts: Sequence[str]) -> list[int]:
     """Token counts of many texts (no special tokens added)."""
@@ -93,8 +148,15 @@ class HFTokenizer(Tokenizer):
     return len(self.hf)
 
   def encode(self, text, add_bos=False):
-    ids = self.hf.encode(text, add_special_tokens=False)
+    if len(text) > LONG_TEXT and getattr(self.hf, "backend_tokenizer", None) is not None:
+      ids = self._encode_long(text).tolist()
+    else:
+      ids = self.hf.encode(text, add_special_tokens=False)
     return [self.bos_id] + ids if add_bos and self.bos_id is not None else ids
+
+  def _encode_with_starts(self, text):
+    encoding = self.hf.backend_tokenizer.encode(text, add_special_tokens=False)
+    return encoding.ids, [start for start, _ in encoding.offsets]
 
   def decode(self, ids, skip_special_tokens=True):
     return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -106,7 +168,14 @@ class HFTokenizer(Tokenizer):
     # The Rust tokenizer encodes a batch on all cores; without character offsets (which
     # nothing here reads) when it can, about 40% faster.
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    return [e.ids for e in encode(list(texts), add_special_tokens=False)]
+    texts = list(texts)
+    short = [i for i, t in enumerate(texts) if len(t) <= LONG_TEXT]
+    out = [None] * len(texts)
+    for i, e in zip(short, encode([texts[i] for i in short], add_special_tokens=False)):
+      out[i] = e.ids
+    for i in set(range(len(texts))) - set(short):
+      out[i] = self._encode_long(texts[i])  # int32 array: a list of ids would be 8x the size
+    return out
 
   @property
   def has_chat_template(self):
