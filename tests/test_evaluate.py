@@ -121,6 +121,10 @@ def test_champ_scores_right_and_wrong_answers():
   assert is_right(" $252$.", "C(10, 5), or equivalently 252")
   assert not is_right(" 10", "C(10, 5), or equivalently 252")
   assert is_right(" n = 1", "n=1") and not is_right(" n = 2", "n=1")
+  # The answer is the first line; what the model writes after it (working, a next problem
+  # that the stop sequences missed) is not part of it.
+  assert is_right(" 239\nsince 240 - 1 = 239 and 17 is prime", "239")
+  assert not is_right(" 240\n239", "239")
 
 
 def test_bad_input_is_one_line_before_anything_runs(setup, tmp_path, monkeypatch):
@@ -175,6 +179,54 @@ def test_compare_puts_runs_side_by_side_with_deltas(tmp_path, capsys):
   assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
   assert main(["compare", str(tmp_path / "raw"), str(tmp_path / "nothing")]) == 2
 
+
+
+def test_compare_keeps_a_metric_only_a_later_run_has(tmp_path):
+  """The baseline was evaluated on gsm8k alone, the second run on gsm8k and arc_easy: the
+  table has arc_easy's row too, with "-" under the baseline and no delta."""
+  from mind_jax.evaluation._compare import compare
+  runs = {"raw": {"gsm8k": {"exact_match,none": 0.25}},
+          "mind": {"gsm8k": {"exact_match,none": 0.5}, "arc_easy": {"acc,none": 0.6}}}
+  for name, results in runs.items():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "results.json").write_text(json.dumps({"results": results}))
+  table = compare([str(tmp_path / "raw"), str(tmp_path / "mind")])
+  assert table.splitlines()[2:] == ["| arc_easy | acc | - | 0.6000 |",
+                                    "| gsm8k | exact_match | 0.2500 | 0.5000 (+0.2500) |"]
+
+
+def test_a_continuation_is_greedy_only_when_every_token_is_the_models_top_choice(setup):
+  """The harness's is_greedy (behind multiple choice's greedy accuracy, for one): every token
+  of the continuation is the model's argmax given what precedes it. The model's own 4-token
+  greedy continuation, found with transformers, is greedy; the same with its last token
+  swapped for the runner-up is not, though its first 3 tokens are still top choices. The
+  log-likelihoods are transformers' too."""
+  import torch
+  import transformers
+
+  from mind_jax.evaluation._jax_lm import JaxLM
+  reference = transformers.AutoModelForCausalLM.from_pretrained(str(setup / "model")).eval()
+  context = [256, *b"Problem. 2 + 2 ="]  # BOS, then bytes (the byte tokenizer's ids)
+  ids = list(context)
+  with torch.no_grad():
+    for _ in range(4):
+      last = reference(torch.tensor([ids])).logits[0, -1]
+      ids.append(int(last.argmax()))
+    logprobs = torch.log_softmax(reference(torch.tensor([ids])).logits[0], -1).numpy()
+  greedy = ids[len(context):]
+  runner_up = int(last.topk(2).indices[1])  # the second choice for the 4th token
+  changed = [*greedy[:-1], runner_up]
+  # Token j of the continuation is predicted at position len(context) - 1 + j.
+  at = [len(context) - 1 + j for j in range(4)]
+  expected_greedy = sum(logprobs[p, t] for p, t in zip(at, greedy))
+  expected_changed = expected_greedy - logprobs[at[3], greedy[3]] + logprobs[at[3], runner_up]
+
+  lm = JaxLM(str(setup / "model"), batch_size=4)
+  (ll_greedy, is_greedy), (ll_changed, changed_is_greedy) = lm._loglikelihood_tokens(
+      [(None, context, greedy), (None, context, changed)], disable_tqdm=True)
+  assert is_greedy and not changed_is_greedy
+  np.testing.assert_allclose([ll_greedy, ll_changed], [expected_greedy, expected_changed],
+                             atol=1e-4)
 
 def test_prepared_local_data_runs_the_harness_tasks_offline(setup, tmp_path):
   """gsm8k and arc_easy as the harness defines them, on files in their hub schemas."""

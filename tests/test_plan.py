@@ -87,7 +87,15 @@ def test_a_train_plan_agrees_with_arithmetic(tmp_path, model_dir):
   # 6 FLOPs per parameter per token (the embedding lookup has none; attention is small here).
   textbook = 6 * (n - ARCH["vocab_size"] * ARCH["hidden_size"]) * tokens
   assert abs(p["step"]["compiler_flops"] / textbook - 1) < 0.10
+  # The predicted step: its model FLOPs (the textbook count plus causal attention's,
+  # 6 x layers x sequence x heads' width per token, as MFU counts them) at the assumed 45% of
+  # the 4 chips' peak, 197 TFLOP/s each (v5e, bf16).
+  width = ARCH["num_attention_heads"] * ARCH["head_dim"]
+  model_flops = textbook + 6 * ARCH["num_hidden_layers"] * 128 * width * tokens
+  assert math.isclose(p["step"]["model_flops"], model_flops)
+  assert math.isclose(p["step"]["predicted_seconds"], model_flops / (chips * 197e12 * 0.45))
   assert p["budget"]["tokens"] == 100 * tokens
+  assert math.isclose(p["budget"]["hours"], 100 * p["step"]["predicted_seconds"] / 3600)
   assert math.isclose(p["budget"]["chip_hours"], p["budget"]["hours"] * chips)
   assert math.isclose(p["budget"]["cost"], p["budget"]["chip_hours"] * 1.2)
 
@@ -115,6 +123,23 @@ chunking: {{max_tokens: 32}}
   assert abs(decode / textbook - 1) < 0.10
   assert p["budget"]["tokens"] == 1e6 and p["step"]["predicted_tokens_per_second"] > 0
 
+
+
+def test_a_donated_input_that_the_output_overwrites_is_counted_once():
+  """x -> 2x + 1 on a 1024 x 1024 float32 (4 MiB), compiled for this machine. With x donated
+  the compiler writes the output over it (jax's memory analysis reports the 4 MiB aliased):
+  the program holds one 4 MiB buffer. Without donation it holds the input and the output."""
+  import jax
+  import jax.numpy as jnp
+
+  from mind_jax.planning._compile import compile_program
+  x, mib = jax.ShapeDtypeStruct((1024, 1024), jnp.float32), 2 ** 20
+  for donate, buffers in ((True, 1), (False, 2)):
+    lowered = jax.jit(lambda a: a * 2 + 1, donate_argnums=0 if donate else ()).lower(x)
+    memory = lowered.compile().memory_analysis()
+    assert memory.alias_size_in_bytes == (4 * mib if donate else 0)
+    rest = memory.temp_size_in_bytes + memory.generated_code_size_in_bytes
+    assert compile_program("step", lowered).total_bytes == buffers * 4 * mib + rest
 
 def test_job_lengths_come_from_the_config_and_the_papers_or_a_runs_conversations(tmp_path):
   from mind_jax.mind._pipeline import GenerateConfig

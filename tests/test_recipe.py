@@ -94,6 +94,45 @@ def test_a_changed_filter_setting_redoes_the_filter_and_what_reads_it(tmp_path):
   assert set(decisions.values()) == {"skip"}
 
 
+
+def test_new_weights_at_the_same_model_path_redo_the_training_that_starts_from_them(tmp_path):
+  """A path does not say what a local checkpoint holds: train's fingerprint covers the model
+  directory's content. New weights at train.model.path redo train/raw, which reads nothing
+  upstream that could tell it, and train/mind, while generation (another model) is kept."""
+  model = tmp_path / "model"
+  model.mkdir()
+  (model / "config.json").write_text("{}")
+  (model / "model.safetensors").write_bytes(b"the first weights")
+  overrides = [f"train.model.path={model}", "train.model.preset=null"]
+  workdir = tmp_path / "exp"
+  for stage in plan(recipe(workdir, *overrides)):
+    _stages.write_record(str(workdir), stage, {"fingerprint": stage.fingerprint, "done": True,
+                                               "settings": _stages.flatten(stage.settings)})
+  (model / "model.safetensors").write_bytes(b"the second weights")
+  decisions = _stages.decide(str(workdir), plan(recipe(workdir, *overrides)))
+  assert decisions == {"generate": "skip", "filter": "skip", "dataset-report": "skip",
+                       "train/raw": "redo", "train/mind": "redo", "evaluate/raw": "redo",
+                       "evaluate/mind": "redo", "compare": "redo"}
+
+
+def test_the_report_sums_the_tokens_of_every_step(tmp_path):
+  """metrics.jsonl has each step's tokens (the loss weights it trained on): the report's total
+  is their sum, and its loss curves are drawn against the tokens trained on so far. Three
+  steps of 512, 512 and 256 tokens: 1280, at 512, 1024 and 1280."""
+  from mind_jax.experiment._report import collect
+  cfg = recipe(tmp_path)
+  train = next(s for s in plan(cfg) if s.name == "train/raw")
+  os.makedirs(train.directory)
+  steps = [{"step": 1, "tokens": 512.0, "loss": 5.0},
+           {"step": 2, "tokens": 512.0, "loss": 4.0, "eval_loss": 4.5},
+           {"step": 3, "tokens": 256.0, "loss": 3.0}]
+  with open(os.path.join(train.directory, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(step) + "\n" for step in steps)
+  training = collect(str(tmp_path), cfg, [train], {})["training"]["raw"]
+  assert (training["steps"], training["tokens"], training["final_loss"]) == (3, 1280, 3.0)
+  assert training["curve"] == [(512, 5.0), (1024, 4.0), (1280, 3.0)]
+  assert training["eval_curve"] == [(1024, 4.5)] and training["eval_loss"] == 4.5
+
 # --- bad input: one line, before anything runs -------------------------------------------------
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import DIALOGUE, read_dir, record, write_parts
-from mind_jax.data import (DataSection, DeviceBatches, Framing, SourceSection, resolve_mixture,
-                           source_size, training_dataset)
+from mind_jax.data import (DataSection, DeviceBatches, DocumentStream, Framing, SourceSection,
+                           host_dataset, resolve_mixture, source_size, training_dataset)
 from mind_jax.text import byte_tokenizer
 
 TOKENIZER = byte_tokenizer()
@@ -121,6 +121,93 @@ def test_worker_processes_resume_exactly(corpora):
   resumed = take(restored, 6)
   restored.close()
   assert same(resumed, uninterrupted[4:])
+
+
+# --- shards, worker slices, epochs --------------------------------------------------------------
+# The math corpus is one file of 60 documents, "<m0>..." to "<m59>...": a shard k of n of it
+# holds the items k, k + n, k + 2n, ... (one file cannot be split by files).
+
+def _name(tokens):
+  """The "<m12" label a document of `notes` starts with."""
+  return TOKENIZER.decode(np.asarray(tokens).tolist()).split(">")[0]
+
+
+def _math_source(corpora):
+  cfg = DataSection(sources=[SourceSection(path=str(corpora / "math.jsonl.gz"))], seq_len=64)
+  return resolve_mixture(cfg).sources[0]
+
+
+def test_four_data_shards_on_two_hosts_give_each_host_half_the_batch_from_its_two_shards(
+    corpora):
+  """data.shards=4 on 2 hosts: host h reads shards 2h and 2h+1, each filling a quarter of the
+  global batch of 8, so a host's batch is 4 rows (2 of its first shard, then 2 of its second),
+  and the two hosts' batches end to end are the batch one host reading all 4 shards makes."""
+  cfg = DataSection(sources=[SourceSection(path=str(corpora / "math.jsonl.gz"))], seq_len=256,
+                    shards=4, shuffle_window=1, pack_bins=8)
+  mixture = resolve_mixture(cfg)
+
+  def first_batch(host, hosts):
+    return next(iter(host_dataset(cfg, mixture, Framing(TOKENIZER), batch_size=8, seed=0,
+                                  host=host, hosts=hosts)))
+
+  halves = [first_batch(host, 2) for host in range(2)]
+  for host, batch in enumerate(halves):
+    assert batch["tokens"].shape == (4, 256)
+    for row in range(4):
+      shard = 2 * host + row // 2
+      segments = batch["segment_ids"][row]
+      docs = [_name(batch["tokens"][row][segments == s]) for s in np.unique(segments[segments > 0])]
+      assert docs and all(int(d[2:]) % 4 == shard for d in docs), (host, row, docs)
+  whole = first_batch(0, 1)
+  assert all(np.array_equal(whole[k], np.concatenate([h[k] for h in halves])) for k in whole)
+
+
+def test_a_shard_smaller_than_the_shuffle_window_is_shuffled_one_pass_at_a_time(corpora):
+  """Shard 1 of 4 holds 15 of the 60 documents, fewer than shuffle_window=32: the window
+  shrinks to the shard's 15, so the first 15 documents out are the shard's 15, each once. (A
+  window of 32 would hold two passes and a bit, and put copies of a document near each other.)"""
+  sources = [SourceSection(path=str(corpora / "math.jsonl.gz"))]
+  dataset, _ = build(sources, shard=(1, 4), shuffle_window=32, packing="concat", batch_size=1,
+                     seq_len=256)
+  # Concat packing keeps the order: the rows end to end are the documents, each from its BOS.
+  stream = np.concatenate([batch["tokens"][0] for batch in take(iter(dataset), 20)])
+  starts = np.flatnonzero(stream == BOS)
+  first_pass = [_name(stream[a:b]) for a, b in zip(starts[:15], starts[1:16])]
+  assert sorted(first_pass) == sorted(f"<m{i}" for i in range(1, 60, 4))
+
+
+def test_worker_slices_of_two_hosts_are_disjoint_quarters_of_the_source(corpora):
+  """2 hosts x 2 worker processes: Grain hands worker w of 2 the slice (w, None, 2) of its
+  host's stream (`set_slice`). The four readers' first passes must be disjoint quarters of
+  the source: an item read by two of them is trained on twice, and some other is never read."""
+  source, seen = _math_source(corpora), []
+  for host in range(2):
+    for worker in range(2):
+      stream = DocumentStream(source, 0, Framing(TOKENIZER), seed=0, max_piece=None,
+                              shard=(host, 2))
+      stream.set_slice(slice(worker, None, 2))
+      seen.append({_name(e["tokens"]) for e in take(iter(stream), 15)})
+  assert [len(s) for s in seen] == [15] * 4  # 60 documents / 4 readers: each once per pass
+  assert set().union(*seen) == {f"<m{i}" for i in range(60)}  # so no two readers overlap
+
+
+def test_each_epoch_reads_the_files_in_a_new_order(tmp_path):
+  """6 files of 2 documents, read through three times: each epoch reads every file once, in
+  its own order (one order for every epoch would put the same files side by side each time)."""
+  for f in range(6):
+    write_jsonl(tmp_path / f"f{f}.jsonl", [f"<f{f}d{d}> some text" for d in range(2)])
+  cfg = DataSection(sources=[SourceSection(path=str(tmp_path))], seq_len=64)
+  stream = DocumentStream(resolve_mixture(cfg).sources[0], 0, Framing(TOKENIZER), seed=0,
+                          max_piece=None)
+  names = [_name(e["tokens"]) for e in take(iter(stream), 36)]
+  orders = []
+  for epoch in range(3):
+    files = [n.split("d")[0] for n in names[12 * epoch:12 * epoch + 12:2]]
+    # A file's documents come together, in the file's order.
+    assert names[12 * epoch:12 * epoch + 12] == [f"{f}d{d}" for f in files for d in range(2)]
+    assert sorted(files) == [f"<f{f}" for f in range(6)]
+    orders.append(tuple(files))
+  assert len(set(orders)) == 3, orders
 
 
 # --- mixing, packing, conservation --------------------------------------------------------------
@@ -379,3 +466,28 @@ def test_data_add_bos_and_add_eos_frame_each_document_as_configured(tmp_path, ad
   expected = [BOS] * add_bos + TOKENIZER.encode("x + y = 10") + [EOS] * add_eos
   # The bin fills with the next epoch's copy of the one document, framed the same way.
   assert row[:2 * len(expected)].tolist() == expected * 2
+
+
+def test_a_source_of_one_huge_document_is_read_once_per_fill_and_split_whole(tmp_path):
+  """One 400 KB document: a read of the stream takes at most READ_CHARS of text besides it
+  (READ_BATCH copies of it, over its epochs, took 24 GB for a 5 MB line), and its pieces are
+  its framed ids cut every seq_len tokens, nothing dropped."""
+  from mind_jax.data._sources import READ_CHARS
+  text = "".join(f"line {i}: x + {i} = {2 * i}\n" for i in range(20_000))
+  source = write_jsonl(tmp_path / "huge.jsonl", [text])
+  encoded = []
+
+  class Counting(Framing):
+    def __call__(self, texts):
+      encoded.append(sum(len(t) for t in texts))
+      return super().__call__(texts)
+
+  cfg = DataSection(sources=[SourceSection(path=str(source))], seq_len=64, pack_bins=8)
+  from mind_jax.data._sources import DocumentStream
+  mixture = resolve_mixture(cfg)
+  stream = iter(DocumentStream(mixture.sources[0], 0, Counting(TOKENIZER), seed=0, max_piece=64))
+  framed = [BOS] + TOKENIZER.encode(text) + [EOS]
+  pieces = [next(stream)["tokens"].tolist() for _ in range(-(-len(framed) // 64))]
+  import itertools
+  assert list(itertools.chain(*pieces)) == framed and all(len(p) == 64 for p in pieces[:-1])
+  assert encoded and max(encoded) <= READ_CHARS + len(text)
