@@ -47,9 +47,9 @@ def check_space(path: str, need: int, key: str, what: str, kept: str) -> None:
                    f"{kept}; free space and rerun the same command")
 
 
-def disk_full(error: BaseException, kept: str = "") -> DiskFull | None:
+def disk_full(error: BaseException) -> DiskFull | None:
   """`error` (or what caused it) as one line if it is the storage refusing a write: the reason,
-  the file, the space free where it was going, and `kept` (what a rerun resumes from)."""
+  the file, the space free where it was going, and that a rerun resumes from what was kept."""
   import os
   import shutil
   seen = error
@@ -72,8 +72,8 @@ def disk_full(error: BaseException, kept: str = "") -> DiskFull | None:
       if path:
         free = shutil.disk_usage(_existing(os.path.dirname(os.fspath(path)))).free
         where = f" writing {path} ({_size(free)} free there)"
-      tail = kept or "what was completed before is kept; free space and rerun the same command"
-      return DiskFull(f"{reason}{where}; {tail}")
+      return DiskFull(f"{reason}{where}; what was completed before is kept; free space and "
+                      "rerun the same command")
     seen = seen.__cause__ or seen.__context__
   return None
 
