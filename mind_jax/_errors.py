@@ -17,12 +17,29 @@ class DiskFull(MindJaxError):
 
 
 # errno values of a write the storage refused: ENOSPC, EDQUOT, EROFS.
-_FULL_ERRNOS = {28: "no space left on device", 122: "disk quota exceeded",
-                30: "read-only file system"}
-# The same, as tensorstore and gcsfs word them inside other exceptions.
-_FULL_TEXT = re.compile(r"No space left on device|os_error_code='?(28|122|30)'?|Disk quota "
-                        r"exceeded|Read-only file system|storage quota", re.IGNORECASE)
-_WRITTEN = re.compile(r'(?:Failed writing|local file|Failed to open|file): "([^"]+)"')
+REFUSED_WRITE_ERRNOS = {28: "no space left on device", 122: "disk quota exceeded",
+                        30: "read-only file system"}
+_READ_ONLY, _DENIED = 30, 13
+# The same refusals as tensorstore, gcsfs and the Cloud Storage client word them inside other
+# exceptions; a bucket that denies writes (HTTP 403 on storage.objects.create) is one of them.
+_REFUSAL_TEXT = [
+    (30, "read-only file system", re.compile(r"Read-only file system|os_error_code='?30\b")),
+    (122, "disk quota exceeded", re.compile(r"Disk quota exceeded|os_error_code='?122\b")),
+    (28, "no space left on device",
+     re.compile(r"No space left on device|os_error_code='?28\b|storage quota|exceeded .*quota",
+                re.IGNORECASE)),
+    (_DENIED, "the bucket refused the write (no storage.objects.create permission)",
+     re.compile(r"storage\.objects\.(create|delete)")),
+]
+_WRITTEN = re.compile(r'(?:Failed writing|local file|Failed to open|file):? "([^"]+)"|'
+                      r'(gs://[^\s"\']+)')
+
+
+def remedy(errno_value: int | None) -> str:
+  """What the user does about a refused write, by its errno."""
+  return {_READ_ONLY: "make it writable and rerun the same command",
+          _DENIED: "grant write access to the bucket and rerun the same command"}.get(
+              errno_value, "free space and rerun the same command")
 
 
 def _existing(path: str) -> str:
@@ -54,26 +71,28 @@ def disk_full(error: BaseException) -> DiskFull | None:
   import shutil
   seen = error
   while seen is not None:
-    if isinstance(seen, DiskFull):
-      return seen
-    reason = None
-    if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
-      reason, path = _FULL_ERRNOS[seen.errno], seen.filename
-    elif _FULL_TEXT.search(str(seen)):
+    if isinstance(seen, MindJaxError):  # ours already names the key and file; never reworded
+      return seen if isinstance(seen, DiskFull) else None
+    if isinstance(seen, OSError) and seen.errno in REFUSED_WRITE_ERRNOS:
+      code, path = seen.errno, seen.filename
+      reason = REFUSED_WRITE_ERRNOS[code]
+    else:
       text = str(seen)
-      match = _WRITTEN.search(text)
-      reason = "no space left on device"
-      for errno_value, words in _FULL_ERRNOS.items():
-        if words.lower() in text.lower() or f"os_error_code='{errno_value}'" in text:
-          reason = words
-      path = match.group(1) if match else None
+      for code, reason, pattern in _REFUSAL_TEXT:
+        if pattern.search(text):
+          match = _WRITTEN.search(text)
+          path = match and (match.group(1) or match.group(2))
+          break
+      else:
+        reason = None
     if reason:
       where = ""
-      if path:
+      if path and (code in (_READ_ONLY, _DENIED) or "://" in os.fspath(path)):
+        where = f" writing {path}"  # free space says nothing here (or an object store has none)
+      elif path:
         free = shutil.disk_usage(_existing(os.path.dirname(os.fspath(path)))).free
         where = f" writing {path} ({_size(free)} free there)"
-      return DiskFull(f"{reason}{where}; what was completed before is kept; free space and "
-                      "rerun the same command")
+      return DiskFull(f"{reason}{where}; what was completed before is kept; {remedy(code)}")
     seen = seen.__cause__ or seen.__context__
   return None
 

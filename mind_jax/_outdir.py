@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 
 from mind_jax._atomic import write_json
-from mind_jax._errors import MindJaxError
+from mind_jax._errors import REFUSED_WRITE_ERRNOS, DiskFull, MindJaxError, remedy
 from mind_jax._paths import is_within
 
 RUN_RECORD = "run.json"
@@ -64,6 +64,9 @@ def check_output_dir(path: str, key: str, inputs: Iterable[str] = ()) -> None:
     os.rmdir(tempfile.mkdtemp(prefix=".mind_jax-write-check-", dir=existing))
   except OSError as e:
     what = "is not writable" if existing == real else f"cannot be created in {existing}"
+    if e.errno in REFUSED_WRITE_ERRNOS:  # the storage refused, not the user: exit 1
+      raise DiskFull(f"{key}={path}: {what} ({e.strerror}); nothing was written; "
+                     f"{remedy(e.errno)}") from e
     raise MindJaxError(f"{key}={path}: {what} ({e.strerror})") from None
   for source in inputs:
     root = _local_root(source)

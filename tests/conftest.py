@@ -7,6 +7,7 @@ tests run on a real (if small) mesh.
 import json
 import logging
 import os
+import subprocess
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -138,6 +139,29 @@ def read_dir(directory):
       r = json.loads(line)
       out[r["id"]] = r
   return out
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A mount point and a function that sets its size (mount, then remount to grow it) and
+  whether it is read-only."""
+  point = tmp_path / "small"
+  point.mkdir()
+  mounted = []
+
+  def size(kib: int, read_only: bool = False):
+    options = f"size={kib}k,{'ro' if read_only else 'rw'}" + (",remount" if mounted else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                          capture_output=True, text=True)
+    if done.returncode:
+      pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the full-disk tests "
+                  "need root and mount permission")
+    mounted.append(True)
+    return point
+
+  yield size
+  if mounted:
+    subprocess.run(["umount", str(point)], capture_output=True)
 
 
 @pytest.fixture

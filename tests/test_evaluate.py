@@ -12,17 +12,20 @@ from mind_jax.evaluation import EvaluateConfig, evaluate
 from mind_jax.evaluation._champ import is_right, process_results
 from mind_jax.testing import multiple_choice_task
 
-ROLLING_YAML = """task: tiny_rolling
-dataset_path: json
-dataset_kwargs: {{data_files: {{test: {data}}}}}
-test_split: test
-output_type: loglikelihood_rolling
+def task_yaml(name: str, data, body: str) -> str:
+  """An lm-eval task reading the JSONL file `data`, defined by `body` (YAML)."""
+  return (f"task: {name}\ndataset_path: json\n"
+          f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}}}}}\n"
+          f"test_split: test\n{body}")
+
+
+ROLLING_YAML = """output_type: loglikelihood_rolling
 doc_to_text: ""
-doc_to_target: "{{{{page}}}}"
+doc_to_target: "{{page}}"
 metric_list:
-  - {{metric: word_perplexity}}
-  - {{metric: byte_perplexity}}
-  - {{metric: bits_per_byte}}
+  - {metric: word_perplexity}
+  - {metric: byte_perplexity}
+  - {metric: bits_per_byte}
 """
 
 
@@ -46,12 +49,12 @@ def setup(tmp_path_factory):
               + "\n")
   multiple_choice_task(str(tasks), "tiny_mc", questions=6)
   (tasks / "tiny_rolling.yaml").write_text(
-      ROLLING_YAML.format(data=json.dumps(str(tasks / "rolling.jsonl"))))
+      task_yaml("tiny_rolling", tasks / "rolling.jsonl", ROLLING_YAML))
   return root
 
 
-def run(setup, backend, *extra):
-  out = setup / f"out-{backend}-{len(extra)}"
+def run(setup, backend, *extra, out=None):
+  out = out or setup / f"out-{backend}-{len(extra)}"
   cfg = load_config(EvaluateConfig, None, [
       f"model={setup / 'model'}", f"out={out}", f"backend={backend}", "batch_size=4",
       f"tasks_dir=[{json.dumps(str(setup / 'tasks'))}]", *extra])
@@ -292,3 +295,175 @@ def test_the_suite_on_the_hub_tasks_is_indexed_with_its_few_shot_counts(tmp_path
   assert set(tasks) <= set(manager.all_tasks)  # every leaf is a real harness task
   stem = yaml.safe_load((tmp_path / "mind_mmlu_stem.yaml").read_text())
   assert len(stem["task"]) == 19 and all(e["num_fewshot"] == 5 for e in stem["task"])
+
+
+# --- the keys of EvaluateConfig, each against a reference outside mind_jax ------------------------
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def choice_scores(out, task="tiny_mc"):
+  """[documents, choices] of the log-likelihoods the run wrote to its samples."""
+  return np.array([[r[0][0] for r in s["resps"]] for s in samples(out, task)])
+
+
+def torch_scores(model, out, task="tiny_mc", softmax_dtype=None):
+  """The same requests scored by a transformers model: BOS, the context's bytes and the
+  continuation's (the byte tokenizer's ids), the continuation's log-probabilities summed.
+  `softmax_dtype` None: in float32; else in the model's dtype, as the harness's HF model."""
+  import torch
+  scores = []
+  for sample in samples(out, task):
+    row = []
+    for context, continuation in sample["arguments"]:
+      ids = [256, *context.encode(), *continuation.encode()]
+      n = len(continuation.encode())
+      with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+        logprobs = torch.log_softmax(logits if softmax_dtype else logits.float(), -1)
+      picked = torch.stack([logprobs[len(ids) - n - 1 + j, ids[len(ids) - n + j]]
+                            for j in range(n)])
+      row.append(float(picked.sum()))
+    scores.append(row)
+  return np.array(scores)
+
+
+def test_dtype_bfloat16_scores_in_bfloat16_on_both_backends(setup, tmp_path):
+  """The hf backend: exactly transformers' bfloat16 model, scored as the harness's HF model
+  scores (log-softmax in the model's dtype). The jax backend: the float32 model's scores to
+  within bfloat16's precision, and not the float32 scores themselves (the jax backend's
+  float32 scores equal transformers' to 1e-5)."""
+  import torch
+  import transformers
+  hf_out, jax_out = tmp_path / "hf", tmp_path / "jax"
+  run(setup, "hf", "tasks=[tiny_mc]", "limit=2", "dtype=bfloat16", out=hf_out)
+  run(setup, "jax", "tasks=[tiny_mc]", "limit=2", "dtype=bfloat16", out=jax_out)
+  bf16 = transformers.AutoModelForCausalLM.from_pretrained(
+      str(setup / "model"), dtype=torch.bfloat16).eval()
+  np.testing.assert_allclose(choice_scores(hf_out),
+                             torch_scores(bf16, hf_out, softmax_dtype=torch.bfloat16), atol=1e-5)
+  fp32 = transformers.AutoModelForCausalLM.from_pretrained(str(setup / "model")).eval()
+  difference = np.abs(choice_scores(jax_out) - torch_scores(fp32, jax_out)).max()
+  assert 5e-4 < difference < 0.02, difference
+
+
+def test_tensor_2_splits_the_weights_over_two_devices_and_scores_as_transformers(
+    setup, tmp_path, monkeypatch):
+  import jax
+  import transformers
+  from flax import nnx
+
+  from mind_jax.evaluation._jax_lm import JaxLM
+  made, init = [], JaxLM.__init__
+
+  def keep(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    made.append(self)
+  monkeypatch.setattr(JaxLM, "__init__", keep)
+  out = tmp_path / "out"
+  run(setup, "jax", "tasks=[tiny_mc]", "limit=2", "tensor=2", out=out)
+  weights = jax.tree.leaves(nnx.state(made[0].model, nnx.Param))
+  assert {len(w.sharding.device_set) for w in weights} == {2}
+  # Heads and MLP columns split: some weights hold half their values on each device.
+  assert any(w.addressable_shards[0].data.size == w.size // 2 for w in weights)
+  reference = transformers.AutoModelForCausalLM.from_pretrained(str(setup / "model")).eval()
+  np.testing.assert_allclose(choice_scores(out), torch_scores(reference, out), atol=1e-4)
+
+
+def test_quantize_int8_scores_as_a_numpy_dequantization_of_the_checkpoint(setup, tmp_path):
+  """Every projection and the (untied) head quantized in numpy, per output channel at
+  absmax / 127, multiplied back out into transformers' float model: its scores are the int8
+  run's, and differ from the float model's."""
+  import torch
+  import transformers
+  out = tmp_path / "out"
+  run(setup, "jax", "tasks=[tiny_mc]", "limit=2", "quantize=int8", out=out)
+  float_model = transformers.AutoModelForCausalLM.from_pretrained(str(setup / "model")).eval()
+  reference = transformers.AutoModelForCausalLM.from_pretrained(str(setup / "model")).eval()
+  with torch.no_grad():
+    for name, p in reference.named_parameters():
+      if name.split(".")[-2] in PROJECTIONS or name == "lm_head.weight":
+        w = p.numpy()
+        scale = np.abs(w).max(axis=1) / 127
+        values = np.clip(np.round(w / scale[:, None]), -127, 127)
+        p.copy_(torch.from_numpy((values * scale[:, None]).astype(np.float32)))
+  np.testing.assert_allclose(choice_scores(out), torch_scores(reference, out), atol=1e-4)
+  assert np.abs(choice_scores(out) - torch_scores(float_model, out)).max() > 1e-3
+
+
+SAMPLED_YAML = """output_type: generate_until
+doc_to_text: "Problem. {{question}}\\nAnswer:"
+doc_to_target: " {{answer}}"
+generation_kwargs: {until: ["\\n\\n"], do_sample: true, temperature: 1.0, max_gen_toks: 8}
+metric_list:
+  - {metric: exact_match, aggregation: mean, higher_is_better: true}
+"""
+
+
+def test_a_seed_picks_the_few_shot_examples_and_the_sampled_answers(
+    setup, tmp_path):
+  """One-shot multiple choice and a task sampled at temperature 1 (8 tokens of a random
+  model): seeds 1 and 2 draw other few-shot examples, and other samples for every document
+  (both documents' prompts are the same under the two seeds: only the sampling seed can
+  change their samples). Both seeds are not the default, so a seed that never reaches the
+  harness or the engine makes the two runs alike."""
+  tasks = tmp_path / "tasks"
+  tasks.mkdir()
+  with open(tasks / "sampled.jsonl", "w") as f:
+    for i in range(2):
+      f.write(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n")
+  (tasks / "tiny_sampled.yaml").write_text(
+      task_yaml("tiny_sampled", tasks / "sampled.jsonl", SAMPLED_YAML))
+
+  def drawn(name, seed):
+    out = tmp_path / name
+    results, _ = run(setup, "jax", "tasks=[tiny_mc,tiny_sampled]", "limit=2", "num_fewshot=1",
+                     f"tasks_dir=[{json.dumps(str(setup / 'tasks'))},{json.dumps(str(tasks))}]",
+                     f"seed={seed}", out=out)
+    return ([s["arguments"][0][0] for s in samples(out, "tiny_mc")],
+            [s["arguments"][0][0] for s in samples(out, "tiny_sampled")],
+            [s["resps"][0][0] for s in samples(out, "tiny_sampled")],
+            results["config"]["fewshot_seed"])
+
+  (shots_1, prompts_1, texts_1, seed_1), (shots_2, prompts_2, texts_2, seed_2) = (
+      drawn("one", 1), drawn("two", 2))
+  assert shots_1 != shots_2, shots_1
+  assert prompts_1 == prompts_2
+  assert all(a != b for a, b in zip(texts_1, texts_2, strict=True)), (texts_1, texts_2)
+  assert (seed_1, seed_2) == (1, 2)  # as the harness records it
+
+
+def test_overwrite_replaces_an_evaluation_made_with_other_settings_and_keeps_the_users_files(
+    setup, tmp_path):
+  from mind_jax import MindJaxError
+  tasks, out = tmp_path / "tasks", tmp_path / "out"
+  tasks.mkdir()
+  multiple_choice_task(str(tasks), "mc_a", questions=2)
+  multiple_choice_task(str(tasks), "mc_b", questions=2, seed=1)
+  keys = [f"tasks_dir=[{json.dumps(str(tasks))}]", "limit=2"]
+  run(setup, "jax", "tasks=[mc_a,mc_b]", *keys, out=out)
+  (out / "notes.txt").write_text("mine")
+  assert sorted(os.listdir(out / "samples")) == ["mc_a.jsonl", "mc_b.jsonl"]
+  with pytest.raises(MindJaxError, match=r"written with other settings: tasks .*--overwrite"):
+    run(setup, "jax", "tasks=[mc_a]", *keys, out=out)
+  results, _ = run(setup, "jax", "tasks=[mc_a]", *keys, "overwrite=true", out=out)
+  # What the first evaluation wrote is gone (mc_b's samples with it), the user's file stays.
+  assert os.listdir(out / "samples") == ["mc_a.jsonl"]
+  assert set(json.load(open(out / "results.json"))["results"]) == {"mc_a"}
+  assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_training_workdir_given_as_the_model_is_read_from_its_hf_export(setup, tmp_path):
+  """model= a directory whose run.json says mind_jax.train wrote it: its hf/ export is
+  evaluated; before the export exists, one line says so."""
+  import shutil
+
+  from mind_jax import MindJaxError
+  from mind_jax.evaluation._run import resolve_model
+  workdir = tmp_path / "train"
+  workdir.mkdir()
+  (workdir / "run.json").write_text(json.dumps({"job": "train", "settings": {}}))
+  with pytest.raises(MindJaxError, match=r"--model=\S+/train: a training workdir with no hf/"):
+    resolve_model(str(workdir))
+  shutil.copytree(setup / "model", workdir / "hf")
+  assert resolve_model(str(workdir)) == str(workdir / "hf")

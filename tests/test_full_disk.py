@@ -14,28 +14,6 @@ import numpy as np
 import pytest
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-  """A mount point and a function that sets its size (mount, then remount to grow it)."""
-  point = tmp_path / "small"
-  point.mkdir()
-  mounted = []
-
-  def size(kib: int):
-    options = f"size={kib}k" + (",remount" if mounted else "")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
-                          capture_output=True, text=True)
-    if done.returncode:
-      pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the full-disk tests "
-                  "need root and mount permission")
-    mounted.append(True)
-    return point
-
-  yield size
-  if mounted:
-    subprocess.run(["umount", str(point)], capture_output=True)
-
-
 def _job(name, *args):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   return subprocess.run([sys.executable, "-m", f"mind_jax.{name}", *args], capture_output=True,
@@ -153,3 +131,59 @@ def test_convert_refuses_a_checkpoint_that_does_not_fit_before_writing(tmp_path,
   theirs, _ = load_pretrained(str(tmp_path / "hf"), progress=False)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(nnx.state(ours)),
                                                    jax.tree.leaves(nnx.state(theirs))))
+
+
+def test_a_read_only_remount_is_one_line_and_the_rerun_finishes(tmp_path, small_disk, generated):
+  disk = small_disk(4 * 1024)
+  (disk / "f").mkdir()
+  small_disk(4 * 1024, read_only=True)
+  refused = _job("filter", str(generated), "--out", str(disk / "f"))
+  _one_line_exit_1(refused, r"out=\S+/f: is not writable \(Read-only file system\); nothing "
+                            r"was written; make it writable and rerun the same command")
+  small_disk(4 * 1024)
+  assert _job("filter", str(generated), "--out", str(disk / "f")).returncode == 0
+  assert _job("filter", str(generated), "--out", str(tmp_path / "f")).returncode == 0
+  _same_files(disk / "f", tmp_path / "f", ["kept/part-00000-000000.jsonl"])
+
+
+GCS_DENIED = ('PERMISSION_DENIED: Error writing "gs://bkt/run/checkpoints/20/d/0": HTTP response '
+              'code: 403 with body: w@p.iam.gserviceaccount.com does not have '
+              'storage.objects.create access to the Google Cloud Storage object.')
+
+
+@pytest.mark.parametrize("error, expected", [
+    (OSError(30, "Read-only file system", "/mnt/out/part-00000.jsonl"),
+     r"^read-only file system writing /mnt/out/part-00000.jsonl; what was completed before is kept; make it writable and rerun the same command$"),
+    (OSError(122, "Disk quota exceeded", "/tmp/q/x"),
+     r"^disk quota exceeded writing /tmp/q/x \(.* free there\); .*; free space and rerun"),
+    (ValueError("RESOURCE_EXHAUSTED: Failed writing \"/tmp/w/c/20/x\" [os_error_code='28']"),
+     r"^no space left on device writing /tmp/w/c/20/x \(.*\); .*free space and rerun"),
+    (ValueError(GCS_DENIED),
+     r"^the bucket refused the write \(no storage.objects.create permission\) writing "
+     r"gs://bkt/run/checkpoints/20/d/0; what was completed before is kept; grant write access "
+     r"to the bucket and rerun the same command$"),
+], ids=["erofs", "edquot", "tensorstore-enospc", "gcs-403"])
+def test_a_refused_write_is_one_line_naming_the_file_and_what_to_do(error, expected):
+  import re
+
+  from mind_jax._errors import disk_full
+  try:  # raised inside another exception, as the async checkpoint writer does
+    try:
+      raise error
+    except Exception as inner:
+      raise RuntimeError("checkpoint save failed") from inner
+  except RuntimeError as outer:
+    full = disk_full(outer)
+  assert full is not None and re.search(expected, str(full)), full
+
+
+@pytest.mark.parametrize("error", [
+    ValueError("PERMISSION_DENIED: w@p does not have storage.objects.get access to gs://bkt/x"),
+    OSError(13, "Permission denied", "/root/secret.jsonl"),
+], ids=["gcs-read-denied", "local-read-denied"])
+def test_a_refused_read_is_not_called_a_full_disk(error):
+  from mind_jax import MindJaxError
+  from mind_jax._errors import disk_full
+  assert disk_full(error) is None
+  ours = MindJaxError("out=/mnt/f: is not writable (Read-only file system)")
+  assert disk_full(ours) is None  # our own message is printed as it is, exit 2

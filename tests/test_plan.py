@@ -350,3 +350,77 @@ def test_the_help_examples_name_what_their_configs_need():
     cfg, _ = plan_cli.load_job(str(ROOT / args.config), args.overrides, job, args.preset,
                                jax.devices(), args.variant)
     assert cfg.model.path is None or os.path.isdir(cfg.model.path) or args.preset, argv
+
+
+def test_topologies_lists_each_slice_with_its_chips_hosts_and_chip_figures(capsys):
+  """`--topologies` alone prints the known slices, each with Cloud TPU's published figures:
+  v5p-128 is 64 chips on 16 hosts of 4 (95 GiB, 459 bf16 TFLOP/s, 2765 GB/s per chip),
+  v5e-256 is 256 chips on 64 hosts (16 GiB, 197 TFLOP/s, 819 GB/s), v6e-8 is 8 chips on one
+  host (32 GiB, 918 TFLOP/s, 1640 GB/s)."""
+  assert main(["--topologies"]) == 0
+  rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+  assert {"v4-8", "v5e-1", "v5p-1024", "v6e-256"} <= set(rows)
+  # slice, chips, layout, hosts, chips per host, HBM, "GiB", TFLOP/s, GB/s
+  assert rows["v5p-128"][1:2] + rows["v5p-128"][3:] == ["64", "16", "4", "95", "GiB", "459", "2765"]
+  assert rows["v5e-256"][1:2] + rows["v5e-256"][3:] == ["256", "64", "4", "16", "GiB", "197", "819"]
+  assert rows["v6e-8"][1:2] + rows["v6e-8"][3:] == ["8", "1", "8", "32", "GiB", "918", "1640"]
+
+
+@needs_libtpu
+def test_the_mfu_a_token_budget_and_no_exact_cost_given_on_the_command_line_reach_a_train_plan(
+    tmp_path, model_dir, capsys):
+  """--mfu 0.3: the predicted step is its model FLOPs at 30% of the 4 chips' peak (v5e:
+  197 TFLOP/s each). --tokens 2e6: the budget is 2e6 tokens, not steps x batch x sequence.
+  --no-exact-cost with scanned layers: the compiler counts the layer loop's body once, so
+  the step's FLOPs are one layer short of the textbook count of both."""
+  path = _train_yaml(tmp_path, model_dir)
+  assert main(["--config", path, "--topology", "v5e-4", "--mfu", "0.3", "--tokens", "2e6",
+               "--no-exact-cost", "model.scan_layers=true", "--json"]) == 0
+  p = json.loads(capsys.readouterr().out)
+  n, tokens, width = _params(ARCH), 8 * 128, ARCH["num_attention_heads"] * ARCH["head_dim"]
+  model_flops = (6 * (n - ARCH["vocab_size"] * ARCH["hidden_size"]) * tokens
+                 + 6 * ARCH["num_hidden_layers"] * 128 * width * tokens)
+  assert math.isclose(p["step"]["predicted_seconds"], model_flops / (4 * 197e12 * 0.3))
+  assert p["assumptions"]["mfu"] == 0.3
+  assert p["budget"]["tokens"] == 2e6
+  assert math.isclose(p["budget"]["hours"], 2e6 / tokens * p["step"]["predicted_seconds"] / 3600)
+  d, f, hd = ARCH["hidden_size"], ARCH["intermediate_size"], ARCH["head_dim"]
+  layer = d * hd * 2 * (ARCH["num_attention_heads"] + ARCH["num_key_value_heads"]) + 3 * d * f
+  one_layer_short = 6 * (n - ARCH["vocab_size"] * d - layer) * tokens
+  assert abs(p["step"]["compiler_flops"] / one_layer_short - 1) < 0.10, p["step"]
+
+
+@needs_libtpu
+def test_a_generate_plan_takes_its_lengths_from_records_and_its_decode_time_from_the_mbu(
+    tmp_path, model_dir, capsys):
+  """--records DIR: the conversations there (100 and 300 tokens; the error record left out)
+  set the output lengths, 200 on average and 250 weighted by length, and with them the pages
+  a sequence holds. --mbu 0.3: a decode step takes the longer of its FLOPs at 45% of the
+  chip's peak and its bytes at 30% of its bandwidth (v5e: 197 TFLOP/s, 819 GB/s); here the
+  bytes."""
+  records = tmp_path / "run"
+  records.mkdir()
+  (records / "part-00000-000000.jsonl").write_text("".join(
+      json.dumps({"id": str(i), "output_tokens": n, "finish_reason": reason}) + "\n"
+      for i, (n, reason) in enumerate([(100, "eos"), (300, "eos"), (0, "error")])))
+  path = _yaml(tmp_path, f"""
+model: {{path: {model_dir}, dtype: float32}}
+mesh: {{axes: {{data: -1, fsdp: 1, tensor: 1}}}}
+engine: {{slots: 64, steps_per_call: 4}}
+sampling: {{context_limit: 1024, max_new_tokens: null}}
+chunking: {{max_tokens: 64}}
+""")
+  assert main(["--config", path, "--topology", "v5e-4", "--mbu", "0.3", "--records",
+               str(records), "--tokens", "1e6", "--no-exact-cost", "--json"]) == 0
+  p = json.loads(capsys.readouterr().out)
+  lengths, step = p["assumptions"]["lengths"], p["step"]
+  assert (lengths["output"], lengths["output_weighted"]) == (200, 250)
+  # The chunk's prompt less its 64 shared tokens, the shared ones over 7 styles, half the
+  # conversation, a call's 4 steps, half a 64-token page and a reserve page.
+  held = lengths["prompt"] - 64 + 64 / 7 + 250 / 2 + 4 + 32 + 64
+  assert p["pages"]["held_tokens_per_sequence"] == pytest.approx(held)
+  compute = p["programs"]["decode"]["flops_per_chip"] / (197e12 * 0.45)
+  memory = step["decode_bytes_per_step_per_chip"] / (819e9 * 0.3)
+  assert memory > compute
+  assert step["predicted_decode_step_seconds"] == pytest.approx(memory)
+  assert p["assumptions"]["mbu"] == 0.3

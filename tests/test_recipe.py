@@ -388,3 +388,25 @@ def test_a_changed_filter_reruns_filter_and_what_reads_it_only(default_run, tmp_
   old = json.loads((workdir / "superseded" / f"filter.{_fingerprint(default_run, 'filter')}"
                     / "filter-summary.json").read_text())
   assert old["config"]["min_tokens"] == 50
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_recipe_in_one_line_and_the_rerun_ends_as_an_uninterrupted_one(
+    default_run, small_disk):
+  """8 MiB holds generation, the filter and the first training, not every checkpoint of the
+  second: the recipe stops there, and once the disk grows the rerun resumes that training."""
+  workdir = small_disk(8 * 1024) / "exp"
+  full = _recipe(workdir)
+  assert full.returncode == 1, full.stderr[-3000:]
+  errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+  assert "Traceback" not in full.stderr and len(errors) == 1, full.stderr[-3000:]
+  assert re.search(r"workdir=\S+/train/mind: [\d.]+ KiB free, but the checkpoint of step \d+ "
+                   r"needs about [\d.]+ MiB; (the last complete checkpoint is step \d+|no "
+                   r"checkpoint was written yet); free space and rerun", errors[0]), errors[0]
+  record = json.loads((workdir / "stages" / "train.mind.json").read_text())
+  assert not record["done"] and not (workdir / "evaluate").exists()
+  small_disk(64 * 1024)
+  done = _recipe(workdir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert ("resuming from" in done.stderr) == ("the last complete checkpoint" in errors[0])
+  assert _report_without_timings(workdir) == _report_without_timings(default_run)

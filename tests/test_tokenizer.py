@@ -5,6 +5,7 @@ import sentencepiece as spm
 
 from mind_jax import MindJaxError, load_tokenizer
 from mind_jax.testing import byte_tokenizer
+from mind_jax.text._tokenizer import LONG_TEXT, WINDOW_OVERLAP
 
 MATH = ["The derivative of x^2 is 2x.", "Let n be an odd integer; then n^2 is odd.",
         "A triangle with sides 3, 4 and 5 is right-angled.", "The sum 1 + 2 + ... + n is n(n+1)/2."]
@@ -87,3 +88,10 @@ def test_a_text_longer_than_a_window_gets_the_ids_of_whole_text_encoding(tmp_pat
   whole = bpe.hf.backend_tokenizer.encode(text, add_special_tokens=False).ids
   assert bpe.encode(text) == whole
   assert np.array_equal(bpe.encode_batch([text])[0], whole)
+
+
+@pytest.mark.parametrize("extra", [1, WINDOW_OVERLAP // 4, WINDOW_OVERLAP, WINDOW_OVERLAP + 1])
+def test_a_text_ending_just_past_a_window_is_encoded_whole(extra):
+  """The last window may hold only a few characters past the one before it."""
+  text = ("a sum of odd numbers " * (2 * LONG_TEXT // 20))[:2 * LONG_TEXT + extra]
+  assert byte_tokenizer().encode(text) == list(text.encode("utf-8"))

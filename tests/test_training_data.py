@@ -3,6 +3,7 @@
 import concurrent.futures
 import gzip
 import json
+import re
 
 import numpy as np
 import pytest
@@ -491,3 +492,33 @@ def test_a_source_of_one_huge_document_is_read_once_per_fill_and_split_whole(tmp
   import itertools
   assert list(itertools.chain(*pieces)) == framed and all(len(p) == 64 for p in pieces[:-1])
   assert encoded and max(encoded) <= READ_CHARS + len(text)
+
+
+def test_mix_counts_what_a_concat_stream_of_equal_documents_cuts_by_arithmetic(tmp_path, capsys):
+  """12 documents of 50 bytes, 52 tokens with BOS and EOS, in one stream cut every 32 tokens,
+  2 sequences a batch: 5 batches are 320 tokens without padding. The documents begun in them
+  (52 k < 320: 7) all run past a sequence end, so 7 are split; the first sequence is the
+  first 32 tokens of a document, the second its last 20 and the next one's first 12. Without
+  EOS (51 tokens a document) the split ones cannot be told, and none are counted."""
+  from mind_jax.mix import main
+  source = write_jsonl(tmp_path / "docs.jsonl", [f"<d{i:02d}>" + "x" * 45 for i in range(12)])
+  keys = [f"data.sources=[{{path: {source}}}]", "data.seq_len=32", "data.packing=concat",
+          "batch_size=2", "steps=10", "--batches", "5", "--show", "2", "--json"]
+  assert main(keys) == 0
+  report = json.loads(capsys.readouterr().out)
+  assert (report["sequences"], report["tokens"], report["packing_efficiency"]) == (10, 320, 1.0)
+  assert report["documents_split"] == -(-320 // 52) == 7
+  (docs,) = report["sources"]
+  assert (docs["documents"], docs["source_tokens"], docs["tokens_seen"]) == (12, 12 * 52, 320)
+  assert report["budget_tokens"] == docs["planned_tokens"] == 10 * 2 * 32
+  assert docs["epochs"] == pytest.approx(640 / 624)
+  first, second = report["examples"]
+  assert [(s["source"], s["tokens"]) for s in first] == [(0, 32)]
+  assert [(s["source"], s["tokens"]) for s in second] == [(0, 20), (0, 12)]
+  # Special tokens are not shown: BOS + 31 bytes, 19 bytes + EOS, BOS + 11 bytes.
+  assert re.fullmatch(r"<d\d\d>x{26}", first[0]["text"]) and second[0]["text"] == "x" * 19
+  assert re.fullmatch(r"<d\d\d>x{6}", second[1]["text"])
+  assert second[1]["text"] != first[0]["text"][:11]  # the next document, not the same again
+  assert main([*keys, "data.add_eos=false"]) == 0
+  report = json.loads(capsys.readouterr().out)
+  assert report["documents_split"] == 0 and report["sources"][0]["source_tokens"] == 12 * 51

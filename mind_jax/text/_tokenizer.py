@@ -72,7 +72,7 @@ class Tokenizer(abc.ABC):
     pieces, cut = [], 0
     ids, starts = self._encode_with_starts(text[:step + overlap])
     begin = 0  # where the current window starts in `text`
-    while begin + step < len(text):
+    while begin + step + overlap < len(text):  # else this window already reaches the end
       nxt = begin + step
       next_ids, next_starts = self._encode_with_starts(text[nxt:nxt + step + overlap])
       here = {begin + s: i for i, s in enumerate(starts)}
