@@ -223,8 +223,22 @@ def describe(schema: type[Section], prefix: str = "", defaults: Section | None =
     if isinstance(value, Section):
       lines += describe(type(value), key + ".", value)
       continue
-    lines.append(f"  {key} = {value!r}" + (f"  ({field.description})" if field.description else ""))
+    about = "; ".join(filter(None, [field.description, _choices(field.annotation)]))
+    lines.append(f"  {key} = {value!r}" + (f"  ({about})" if about else ""))
   return lines
+
+
+def _choices(annotation) -> str:
+  """'one of: a, b' for a field whose type is a set of literal values (or None)."""
+  import typing
+  found, todo = [], [annotation]
+  while todo:
+    kind = todo.pop(0)
+    if typing.get_origin(kind) is Literal:
+      found += [repr(v) for v in typing.get_args(kind)]
+    else:
+      todo += [a for a in typing.get_args(kind) if a is not type(None)]
+  return "one of: " + ", ".join(found) if found else ""
 
 
 def _related(a: str, b: str) -> bool:

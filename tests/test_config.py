@@ -81,3 +81,42 @@ def test_a_flag_and_a_key_for_one_setting_must_agree():
   with pytest.raises(MindJaxError, match=r"^command line: --limit sets input.limit, and so does "
                      r"input.limit=7; give one$"):
     config.combine_overrides(["input.limit=7"], flagged)
+
+
+def _sections():
+  """Every config section class of every job, found through the job schemas."""
+  from mind_jax.convert import ConvertConfig
+  from mind_jax.curation import FilterConfig
+  from mind_jax.evaluation import EvaluateConfig
+  from mind_jax.experiment import RecipeConfig
+  from mind_jax.mind import GenerateConfig
+  from mind_jax.sample import SampleConfig
+  from mind_jax.training import TrainConfig
+  seen, todo = set(), [SmokeConfig, ConvertConfig, FilterConfig, EvaluateConfig, RecipeConfig,
+                       GenerateConfig, SampleConfig, TrainConfig]
+  while todo:
+    schema = todo.pop()
+    if schema in seen:
+      continue
+    seen.add(schema)
+    for field in schema.model_fields.values():
+      default = field.get_default(call_default_factory=True)
+      if isinstance(default, config.Section):
+        todo.append(type(default))
+  return seen
+
+
+def test_a_choice_of_values_is_a_literal_type_and_help_lists_the_choices():
+  """One way to write a set of choices (a regex pattern hides them from --help)."""
+  sections = _sections()
+  assert len(sections) > 20
+  for schema in sections:
+    for name, field in schema.model_fields.items():
+      patterns = [m for m in field.metadata if getattr(m, "pattern", None)]
+      assert not patterns, f"{schema.__name__}.{name}: a regex pattern; use Literal[...]"
+  from mind_jax.curation import FilterConfig
+  help_lines = config.describe(FilterConfig)
+  assert "  format = 'same'  (output format (same: as each input file); one of: 'same', " \
+         "'jsonl', 'parquet')" in help_lines
+  assert any(line.startswith("  select.mode = 'all'") and line.endswith(
+      "one of: 'all', 'longest')") for line in help_lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Literal
 
 import numpy as np
 import pydantic
@@ -52,10 +53,9 @@ class DedupRule(config_lib.Section):
   threshold: float = pydantic.Field(0.8, gt=0, le=1, description="Jaccard similarity")
   num_perm: int = pydantic.Field(128, ge=16, description="MinHash permutations")
   shingle: int = pydantic.Field(5, ge=1, description="word n-gram size of the shingles")
-  index: str = pydantic.Field(
-      "memory", pattern="^(memory|bloom)$",
-      description="memory: datasketch MinHashLSH, candidates confirmed on their signatures "
-      "(~5 KB per record); bloom: datasketch MinHashLSHBloom (~50 bytes per record, for tens of "
+  index: Literal["memory", "bloom"] = pydantic.Field(
+      "memory", description="memory: datasketch MinHashLSH, candidates confirmed on their "
+      "signatures (~5 KB per record); bloom: datasketch MinHashLSHBloom (~50 bytes per record, for tens of "
       "millions; unconfirmed; needs pybloomfiltermmap3)")
   bloom_fp: float = pydantic.Field(1e-6, gt=0, lt=1, description="false positive rate of each "
                                    "band's Bloom filter (index=bloom)")
@@ -70,8 +70,8 @@ class DecontaminateRule(config_lib.Section):
 
 
 class SelectRule(config_lib.Section):
-  mode: str = pydantic.Field("all", pattern="^(all|longest)$",
-                             description="all, or the longest conversation per chunk")
+  mode: Literal["all", "longest"] = pydantic.Field(
+      "all", description="all, or the longest conversation per chunk")
   styles: list[str] | None = pydantic.Field(None, description="keep only these styles")
 
 
@@ -86,12 +86,12 @@ class FilterConfig(config_lib.Section):
   scratch: str | None = pydantic.Field(
       None, description="local directory for MinHash signatures while near-duplicate removal "
       "runs (default: the system's temporary directory); needs 4 x num_perm bytes per record")
-  format: str = pydantic.Field("same", pattern="^(same|jsonl|parquet)$",
-                               description="output format (same: as each input file)")
+  format: Literal["same", "jsonl", "parquet"] = pydantic.Field(
+      "same", description="output format (same: as each input file)")
   min_tokens: int = pydantic.Field(50, ge=0, description="drop shorter conversations (the paper)")
   cleanup: bool = pydantic.Field(True, description="strip preambles and trailing notes")
-  truncated: str = pydantic.Field("flag", pattern="^(flag|drop)$",
-                                  description="records cut off by the length limit")
+  truncated: Literal["flag", "drop"] = pydantic.Field(
+      "flag", description="records cut off by the length limit")
   turns: TurnsRule = pydantic.Field(default_factory=TurnsRule)
   repetition: RepetitionRule = pydantic.Field(default_factory=RepetitionRule)
   copy_source: CopyRule = pydantic.Field(default_factory=CopyRule)

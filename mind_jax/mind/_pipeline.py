@@ -43,8 +43,8 @@ class InputSection(config_lib.Section):
   split: str = pydantic.Field("train", description="split of a datasets DatasetDict directory "
                               "or of a tfds: source without one")
   data_dir: str | None = pydantic.Field(None, description="TFDS data directory for tfds: sources")
-  on_bad_record: str = pydantic.Field("error", pattern="^(error|skip)$",
-                                      description="error: stop naming file and line; skip: count")
+  on_bad_record: Literal["error", "skip"] = pydantic.Field(
+      "error", description="error: stop naming file and line; skip: count")
   limit: int | None = pydantic.Field(3, ge=1, description="read at most this many documents")
 
 
@@ -56,10 +56,10 @@ class ChunkSection(config_lib.Section):
 class PromptSection(config_lib.Section):
   styles: list[str] | None = pydantic.Field(None, description="style keys (default: all)")
   styles_file: str | None = pydantic.Field(None, description="YAML file of extra/replacement styles")
-  order: str = pydantic.Field("context_first", pattern="^(context_first|instruction_first)$",
-                              description="where the chunk goes relative to the instruction")
-  format: str = pydantic.Field("chat", pattern="^(chat|raw)$",
-                               description="chat: the checkpoint's chat template; raw: base model")
+  order: Literal["context_first", "instruction_first"] = pydantic.Field(
+      "context_first", description="where the chunk goes relative to the instruction")
+  format: Literal["chat", "raw"] = pydantic.Field(
+      "chat", description="chat: the checkpoint's chat template; raw: base model")
 
 
 class SamplingSection(config_lib.Section):
@@ -113,7 +113,7 @@ class EngineSection(config_lib.Section):
 
 class OutputSection(config_lib.Section):
   dir: str = pydantic.Field("mind_output", description="output directory")
-  format: str = pydantic.Field("jsonl", pattern="^(jsonl|parquet)$")
+  format: Literal["jsonl", "parquet"] = "jsonl"
   records_per_part: int = pydantic.Field(500, ge=1)
   flush_seconds: float = pydantic.Field(300.0, gt=0, description="write a part at least this often")
   log_seconds: float = pydantic.Field(300.0, gt=0, description="progress log line interval")
