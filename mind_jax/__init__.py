@@ -6,7 +6,7 @@ Public surface:
   text         Tokenizer, load_tokenizer, byte_tokenizer
   generation   Engine, EngineConfig, Request, Result, SamplingParams
   sharding     make_mesh, shard_model, TRAIN_RULES, GENERATE_RULES
-  errors       MindJaxError
+  errors       MindJaxError (bad input), DiskFull (a refused write), Diverged
 
 Jobs live in their packages: mind_jax.mind (generation), mind_jax.curation
 (filter and report), each with a command-line tool (python -m mind_jax.generate,
@@ -18,7 +18,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from mind_jax._errors import MindJaxError as MindJaxError  # re-exported
+from mind_jax._errors import Diverged as Diverged  # re-exported
+from mind_jax._errors import DiskFull as DiskFull
+from mind_jax._errors import MindJaxError as MindJaxError
 
 __version__ = "0.1.0"
 
@@ -38,7 +40,7 @@ _EXPORTS = {
     "load_tokenizer": "mind_jax.text",
 }
 
-__all__ = sorted([*_EXPORTS, "MindJaxError"])
+__all__ = sorted([*_EXPORTS, "DiskFull", "Diverged", "MindJaxError"])
 
 if TYPE_CHECKING:
   from mind_jax.ckpts import (load_model, load_pretrained, save_orbax_model,  # noqa: F401

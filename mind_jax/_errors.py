@@ -1,4 +1,5 @@
-"""The exception types users see: bad input, and storage that refuses a write."""
+"""The exception types users see: bad input, storage that refuses a write, and a run that
+stopped for a reason of its own (a diverged loss)."""
 
 import re
 
@@ -14,6 +15,11 @@ class MindJaxError(ValueError):
 class DiskFull(MindJaxError):
   """A write refused for space (or a read-only file system). The job ends with this one line
   and exit status 1; what it had completed stays on disk and a rerun resumes from it."""
+
+
+class Diverged(RuntimeError):
+  """Training produced a loss that is not finite. Not the user's typo: the job ends with one
+  line naming the step and the last good checkpoint, exit status 1."""
 
 
 # errno values of a write the storage refused: ENOSPC, EDQUOT, EROFS.
@@ -98,7 +104,8 @@ def disk_full(error: BaseException) -> DiskFull | None:
 
 
 def run_cli(job) -> int:
-  """Runs a command-line tool's job; bad input becomes one `error:` line and exit status 2.
+  """Runs a command-line tool's job; bad input becomes one `error:` line and exit status 2, a
+  refused write or a diverged run one line and exit status 1.
 
   A job that returns an int sets the exit status itself.
   """
@@ -109,11 +116,11 @@ def run_cli(job) -> int:
   try:
     result = job()
   except Exception as e:  # noqa: BLE001  only a full disk is handled here; the rest re-raised
-    full = disk_full(e)
-    if full is None and not isinstance(e, MindJaxError):
+    stopped = e if isinstance(e, Diverged) else disk_full(e)
+    if stopped is None and not isinstance(e, MindJaxError):
       raise
     # One line, always: a message that quotes another library's may carry its line breaks.
-    print("error: " + " ".join(part.strip() for part in str(full or e).splitlines()),
+    print("error: " + " ".join(part.strip() for part in str(stopped or e).splitlines()),
           file=sys.stderr)
-    return 2 if full is None else 1
+    return 2 if stopped is None else 1
   return result if isinstance(result, int) else 0

@@ -550,11 +550,23 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path
   done = subprocess.run(_command(workdir, "optimizer.learning_rate=1e30", "optimizer.clip_norm=null",
                                  "checkpoint.every=1"),
                         capture_output=True, text=True, env=_env())
-  assert done.returncode == 2
+  assert done.returncode == 1  # not bad input: the run diverged
   line = done.stderr.strip().splitlines()[-1]
   assert line.startswith("error: step ") and "the loss is nan" in line
   step = int(line.split()[2].rstrip(":"))
   assert _saved(workdir)[-1] == step - 1
+  assert f"the last good checkpoint (step {step - 1}) is kept in {workdir}/checkpoints" in line
+
+
+def test_a_run_diverging_before_its_first_checkpoint_says_none_was_written(tmp_path):
+  from mind_jax import Diverged, MindJaxError
+  assert not issubclass(Diverged, MindJaxError)  # library callers tell it from bad input
+  done = subprocess.run(_command(tmp_path / "run", "optimizer.learning_rate=1e30",
+                                 "optimizer.clip_norm=null", "checkpoint.every=100"),
+                        capture_output=True, text=True, env=_env())
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines()[-1].endswith(
+      "no checkpoint was written yet; lower optimizer.learning_rate or check the data")
 
 
 def test_config_rejects_microbatches_that_do_not_divide_the_batch():

@@ -18,7 +18,7 @@ import shutil
 import signal
 import time
 
-from mind_jax._errors import MindJaxError, check_space
+from mind_jax._errors import Diverged, MindJaxError, check_space
 from mind_jax._hosts import init_hosts, sync_hosts
 from mind_jax._outdir import check_output_dir, claim, dir_fingerprint, write_run_notes
 from mind_jax._progress import progress_bar
@@ -280,10 +280,11 @@ def run(cfg: TrainConfig) -> dict:
         seconds = time.perf_counter() - began
         if not math.isfinite(metrics["loss"]):
           manager.wait_until_finished()
-          raise MindJaxError(
-              f"step {step + 1}: the loss is {metrics['loss']}; stopped. The last good "
-              f"checkpoint (step {last_saved}) is kept in {cfg.workdir}/{CHECKPOINTS}; "
-              "lower optimizer.learning_rate or check the data")
+          kept = (f"the last good checkpoint (step {last_saved}) is kept in "
+                  f"{cfg.workdir}/{CHECKPOINTS}" if manager.latest_step() is not None else
+                  "no checkpoint was written yet")
+          raise Diverged(f"step {step + 1}: the loss is {metrics['loss']}; stopped; {kept}; "
+                         "lower optimizer.learning_rate or check the data")
         metrics.update(step_seconds=seconds, tokens_per_s=metrics["tokens"] / seconds,
                        mfu=flops_per_step / seconds / (peak * mesh.size) if peak else None)
         if held_out is not None and (step + 1) % cfg.eval.every == 0:
