@@ -78,7 +78,7 @@ def disk_full(error: BaseException) -> DiskFull | None:
   seen = error
   while seen is not None:
     if isinstance(seen, MindJaxError):  # ours already names the key and file; never reworded
-      return seen if isinstance(seen, DiskFull) else None
+      return seen if isinstance(seen, DiskFull) else _ours_refused(seen)
     if isinstance(seen, OSError) and seen.errno in REFUSED_WRITE_ERRNOS:
       code, path = seen.errno, seen.filename
       reason = REFUSED_WRITE_ERRNOS[code]
@@ -100,6 +100,16 @@ def disk_full(error: BaseException) -> DiskFull | None:
         where = f" writing {path} ({_size(free)} free there)"
       return DiskFull(f"{reason}{where}; what was completed before is kept; {remedy(code)}")
     seen = seen.__cause__ or seen.__context__
+  return None
+
+
+def _ours_refused(error: MindJaxError) -> DiskFull | None:
+  """Our own message, when what caused it was the storage refusing a write, with what to do."""
+  cause = error.__cause__
+  while cause is not None:
+    if isinstance(cause, OSError) and cause.errno in REFUSED_WRITE_ERRNOS:
+      return DiskFull(f"{error}; what was completed before is kept; {remedy(cause.errno)}")
+    cause = cause.__cause__ or cause.__context__
   return None
 
 

@@ -67,7 +67,7 @@ def check_output_dir(path: str, key: str, inputs: Iterable[str] = ()) -> None:
     if e.errno in REFUSED_WRITE_ERRNOS:  # the storage refused, not the user: exit 1
       raise DiskFull(f"{key}={path}: {what} ({e.strerror}); nothing was written; "
                      f"{remedy(e.errno)}") from e
-    raise MindJaxError(f"{key}={path}: {what} ({e.strerror})") from None
+    raise MindJaxError(f"{key}={path}: {what} ({e.strerror})") from e
   for source in inputs:
     root = _local_root(source)
     if root is None:
@@ -163,7 +163,7 @@ def read_run_record(out_dir: str) -> dict | None:
     record = json.loads(path.read_text())
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise MindJaxError(f"{path}: unreadable run record ({e}); move it aside only if you know "
-                       "which files of the directory its run wrote") from None
+                       "which files of the directory its run wrote") from e
   if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
     raise MindJaxError(f"{path}: not a mind_jax run record")
   return record
@@ -222,7 +222,7 @@ def claim(out_dir: str, job: str, settings: Mapping, *, overwrite: bool, key: st
       root.mkdir(parents=True, exist_ok=True)
       write_json(root / RUN_RECORD, new_record, shared=True)
     except OSError as e:
-      raise MindJaxError(f"{where}: cannot write {RUN_RECORD} ({e.strerror or e})") from None
+      raise MindJaxError(f"{where}: cannot write {RUN_RECORD} ({e.strerror or e})") from e
   return new_record
 
 

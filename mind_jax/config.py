@@ -101,7 +101,7 @@ class MeshSection(Section):
     try:
       return _sharding().make_mesh(self.axes, devices)
     except MindJaxError as e:
-      raise MindJaxError(f"mesh.axes: {e}") from None
+      raise MindJaxError(f"mesh.axes: {e}") from e
 
 
 class RuntimeSection(Section):
@@ -151,7 +151,7 @@ def parse_yaml(text: str, source: str) -> dict:
   except yaml.YAMLError as e:
     mark = getattr(e, "problem_mark", None)
     where = f" line {mark.line + 1}" if mark else ""
-    raise MindJaxError(f"{source}:{where} invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    raise MindJaxError(f"{source}:{where} invalid YAML ({getattr(e, 'problem', None) or e})") from e
   if data is None:
     return {}
   if not isinstance(data, dict):
@@ -205,10 +205,10 @@ def load_config(schema: type[Section], path: str | None = None,
     if error["type"] == "extra_forbidden":
       message = "unknown key"
     if not key:  # a check over several keys (a model validator): the message names them
-      raise MindJaxError(message) from None
+      raise MindJaxError(message) from e
     given = error.get("input")
     suffix = f" (got {given!r})" if error["type"] != "extra_forbidden" and not isinstance(given, dict) else ""
-    raise MindJaxError(f"{source}: {key}: {message}{suffix}") from None
+    raise MindJaxError(f"{source}: {key}: {message}{suffix}") from e
 
 
 def describe(schema: type[Section], prefix: str = "", defaults: Section | None = None) -> list[str]:

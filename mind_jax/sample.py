@@ -76,8 +76,8 @@ class SampleConfig(config_lib.Section):
 def parse_ids(text: str) -> list[int]:
   try:
     return [int(part) for part in text.replace(" ", "").split(",") if part]
-  except ValueError:
-    raise MindJaxError(f"--prompt-ids: {text!r} is not a comma-separated list of integers") from None
+  except ValueError as e:
+    raise MindJaxError(f"--prompt-ids: {text!r} is not a comma-separated list of integers") from e
 
 
 def build_requests(cfg: SampleConfig, prompts, tokenizer) -> list:

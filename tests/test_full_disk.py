@@ -187,3 +187,17 @@ def test_a_refused_read_is_not_called_a_full_disk(error):
   assert disk_full(error) is None
   ours = MindJaxError("out=/mnt/f: is not writable (Read-only file system)")
   assert disk_full(ours) is None  # our own message is printed as it is, exit 2
+
+
+def test_our_message_about_a_write_the_disk_refused_keeps_its_words_and_says_what_to_do():
+  from mind_jax import MindJaxError
+  from mind_jax._errors import disk_full
+  try:
+    try:
+      raise OSError(28, "No space left on device", "/w/run.json")
+    except OSError as e:
+      raise MindJaxError("/w: cannot write run.json (No space left on device)") from e
+  except MindJaxError as ours:
+    assert str(disk_full(ours)) == ("/w: cannot write run.json (No space left on device); what "
+                                    "was completed before is kept; free space and rerun the "
+                                    "same command")

@@ -483,6 +483,10 @@ def test_a_source_of_one_huge_document_is_read_once_per_fill_and_split_whole(tmp
       encoded.append(sum(len(t) for t in texts))
       return super().__call__(texts)
 
+    def chunks(self, text):
+      encoded.append(len(text))
+      return super().chunks(text)
+
   cfg = DataSection(sources=[SourceSection(path=str(source))], seq_len=64, pack_bins=8)
   from mind_jax.data._sources import DocumentStream
   mixture = resolve_mixture(cfg)

@@ -33,7 +33,7 @@ def read_marker(path: str) -> dict:
     with open(marker) as f:
       meta = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
-    raise MindJaxError(f"{marker}: unreadable ({e})") from None
+    raise MindJaxError(f"{marker}: unreadable ({e})") from e
   if meta.get("format") != FORMAT:
     raise MindJaxError(f"{marker}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
   return meta
@@ -93,6 +93,6 @@ def load_orbax_model(path: str, config: LlamaConfig, mesh=None, rules="generate"
     try:
       restored = checkpointer.restore(params_dir, target)
     except (ValueError, KeyError) as e:
-      raise MindJaxError(f"{params_dir}: does not match config.json ({str(e).splitlines()[0]})") from None
+      raise MindJaxError(f"{params_dir}: does not match config.json ({str(e).splitlines()[0]})") from e
   loaded = [(p, v.replace(sharding_lib.lookup(restored, p, str))) for p, v in flat]
   return nnx.merge(graphdef, nnx.from_flat_state(loaded))

@@ -73,9 +73,9 @@ def _read_header(path: str) -> dict[str, TensorInfo]:
         raise MindJaxError(f"{path}: not a safetensors file (header length {length})")
       header = json.loads(f.read(length))
   except OSError as e:
-    raise MindJaxError(f"{path}: cannot read ({e.strerror})") from None
-  except (json.JSONDecodeError, UnicodeDecodeError):
-    raise MindJaxError(f"{path}: not a safetensors file (bad header)") from None
+    raise MindJaxError(f"{path}: cannot read ({e.strerror})") from e
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise MindJaxError(f"{path}: not a safetensors file (bad header)") from e
   base = 8 + length
   infos, end = {}, 0
   for name, entry in header.items():
@@ -132,7 +132,7 @@ class SafetensorsReader:
           weight_map = json.load(f)["weight_map"]
         names = set(weight_map.values())
       except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise MindJaxError(f"{index}: invalid index ({e})") from None
+        raise MindJaxError(f"{index}: invalid index ({e})") from e
       paths = [checkpoint_file(model_dir, name, index) for name in sorted(names, key=str)]
     elif os.path.lexists(single):
       paths = [checkpoint_file(model_dir, SINGLE_NAME)]
@@ -263,7 +263,7 @@ def parse_size(size: str | int) -> int:
         break
   try:
     return int(text)
-  except ValueError:
-    raise MindJaxError(f"invalid size {size!r}; use e.g. 5GB, 500MB or a byte count") from None
+  except ValueError as e:
+    raise MindJaxError(f"invalid size {size!r}; use e.g. 5GB, 500MB or a byte count") from e
 
 

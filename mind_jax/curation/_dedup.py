@@ -118,8 +118,8 @@ def _mix32(values: np.ndarray) -> np.ndarray:
 def check_bloom_available() -> None:
   try:
     import pybloomfilter  # noqa: F401  datasketch's Bloom backend
-  except ModuleNotFoundError:
-    raise MindJaxError("dedup.index=bloom needs pybloomfiltermmap3 (pip install -e '.[bloom]')") from None
+  except ModuleNotFoundError as e:
+    raise MindJaxError("dedup.index=bloom needs pybloomfiltermmap3 (pip install -e '.[bloom]')") from e
 
 
 def _bloom_index(threshold, num_perm, count, fp, weights):

@@ -69,7 +69,7 @@ def expand(source: str) -> list[str]:
       if not _path(path).is_file():
         raise MindJaxError(f"{path}: input file does not exist")
   except OSError as e:
-    raise MindJaxError(f"{source}: cannot list input ({e})") from None
+    raise MindJaxError(f"{source}: cannot list input ({e})") from e
   if not files:
     raise MindJaxError(f"{source}: no input files match")
   for path in files:
@@ -105,7 +105,7 @@ def _open_binary(path: str):
   try:
     raw = _path(path).open("rb")
   except OSError as e:
-    raise MindJaxError(f"{path}: cannot open ({e.strerror or e})") from None
+    raise MindJaxError(f"{path}: cannot open ({e.strerror or e})") from e
   wrap = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}.get(
       os.path.splitext(path)[1])
   return wrap(fileobj=raw) if wrap is gzip.GzipFile else wrap(raw) if wrap else raw
@@ -224,13 +224,13 @@ def _jsonl_records(path, label, start=0):
         if not f.readline():
           return
       except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-        raise MindJaxError(f"{path}: unreadable after line {line_number} ({e})") from None
+        raise MindJaxError(f"{path}: unreadable after line {line_number} ({e})") from e
       line_number += 1
     while True:
       try:
         raw = f.readline()
       except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:  # truncated or damaged
-        raise MindJaxError(f"{path}: unreadable after line {line_number} ({e})") from None
+        raise MindJaxError(f"{path}: unreadable after line {line_number} ({e})") from e
       if not raw:
         return
       line_number += 1
@@ -240,7 +240,10 @@ def _jsonl_records(path, label, start=0):
         yield line_number, f"{path}:{line_number}", None, (f"not valid UTF-8 ({e.reason} at "
                                                             f"byte {e.start})")
         continue
-      if not line.strip():
+      # A line can be one huge document: at most two copies of it at a time (bytes and str,
+      # then str and record), and only the record while the reader waits.
+      del raw
+      if line.isspace():  # unlike strip(), no copy of the line
         continue
       try:
         record = json.loads(line)
@@ -250,6 +253,7 @@ def _jsonl_records(path, label, start=0):
         yield line_number, f"{path}:{line_number}", None, (f"malformed JSON ({reason} at "
                                                             f"column {e.colno})")
         continue
+      del line
       yield line_number, f"{name}:{line_number}", record, None
 
 
@@ -258,7 +262,7 @@ def _parquet_records(path, label, start=0):
   try:
     table = pq.ParquetFile(_path(path).open("rb"))
   except Exception as e:  # noqa: BLE001  pyarrow raises several types for bad files
-    raise MindJaxError(f"{path}: not a readable Parquet file ({e})") from None
+    raise MindJaxError(f"{path}: not a readable Parquet file ({e})") from e
   name, row, group = label, 0, 0
   groups = table.metadata.num_row_groups
   while group < groups and row + table.metadata.row_group(group).num_rows <= start:
@@ -269,7 +273,7 @@ def _parquet_records(path, label, start=0):
     try:
       batch = next(batches, None)
     except Exception as e:  # noqa: BLE001
-      raise MindJaxError(f"{path}: unreadable after row {row} ({e})") from None
+      raise MindJaxError(f"{path}: unreadable after row {row} ({e})") from e
     if batch is None:
       return
     for record in batch.to_pylist():
@@ -281,9 +285,9 @@ def _parquet_records(path, label, start=0):
 def _datasets_records(path, split, start=0):
   try:
     import datasets
-  except ModuleNotFoundError:
+  except ModuleNotFoundError as e:
     raise MindJaxError(f"{path}: a Hugging Face datasets directory; pip install datasets "
-                       "to read it") from None
+                       "to read it") from e
   loaded = datasets.load_from_disk(path)
   if isinstance(loaded, datasets.DatasetDict):
     if split not in loaded:
@@ -299,16 +303,16 @@ def _tfds_records(source, default_split, data_dir, start=0):
   no TensorFlow. Text features arrive as bytes and are decoded here."""
   try:
     import tensorflow_datasets as tfds
-  except ModuleNotFoundError:
+  except ModuleNotFoundError as e:
     raise MindJaxError(f"{source}: pip install tensorflow-datasets (the tfds extra) to read "
-                       "TFDS sources") from None
+                       "TFDS sources") from e
   name, _, split = source[len(TFDS_PREFIX):].partition(":")
   split = split or default_split
   try:
     data = tfds.data_source(name, split=split, data_dir=data_dir)
   except Exception as e:  # noqa: BLE001  tfds raises many types for a missing dataset
     raise MindJaxError(f"{source}: cannot open the TFDS data source "
-                       f"({str(e).splitlines()[0]})") from None
+                       f"({str(e).splitlines()[0]})") from e
   for index in range(start, len(data)):
     where = f"{source}[{index}]"
     record = {k: _decode(v) for k, v in data[index].items()}
@@ -340,7 +344,7 @@ def _champ_records():
     data = json.loads(_champ_file().read_text())
   except (ModuleNotFoundError, FileNotFoundError) as e:
     raise MindJaxError(f"champ: the champ-dataset package is not installed ({e}); "
-                       "pip install champ-dataset") from None
+                       "pip install champ-dataset") from e
   for identifier, problem in data["problems"].items():
     steps = problem["solution"]["steps"] if isinstance(problem["solution"], dict) else []
     solution = "\n".join(step["_text"] for step in steps)

@@ -16,10 +16,10 @@ def read_results(directory: str) -> dict:
   try:
     with open(path) as f:
       return json.load(f)
-  except FileNotFoundError:
-    raise MindJaxError(f"{path}: missing (not a python -m mind_jax.evaluate output)") from None
+  except FileNotFoundError as e:
+    raise MindJaxError(f"{path}: missing (not a python -m mind_jax.evaluate output)") from e
   except json.JSONDecodeError as e:
-    raise MindJaxError(f"{path}: invalid JSON at line {e.lineno}") from None
+    raise MindJaxError(f"{path}: invalid JSON at line {e.lineno}") from e
 
 
 def scores(results: dict) -> dict[tuple[str, str], tuple[float, float | None]]:

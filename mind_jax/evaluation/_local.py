@@ -108,7 +108,7 @@ def load_task_yaml(path: str):
     try:
       return yaml.load(f, Loader=Permissive) or {}
     except yaml.YAMLError as e:
-      raise MindJaxError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+      raise MindJaxError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from e
 
 
 def _tags(path: str) -> list[str]:

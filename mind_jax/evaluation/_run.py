@@ -85,9 +85,9 @@ def check_harness() -> None:
   """lm-evaluation-harness present and recent enough, or one line saying what to install."""
   try:
     import lm_eval
-  except ModuleNotFoundError:
+  except ModuleNotFoundError as e:
     raise MindJaxError("lm-evaluation-harness is not installed; pip install 'mind-jax[eval]' "
-                       "(or 'lm-eval[hf]>=0.4.8')") from None
+                       "(or 'lm-eval[hf]>=0.4.8')") from e
   version = tuple(int(p) for p in lm_eval.__version__.split(".")[:3] if p.isdigit())
   if version < MIN_HARNESS:
     raise MindJaxError(f"lm-eval {lm_eval.__version__} is too old; pip install "

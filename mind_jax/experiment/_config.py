@@ -138,14 +138,14 @@ def stage_config(cfg: RecipeConfig, stage: str, variant: VariantSection | None =
   try:
     _refuse_owned(stage, overrides, OWNED_KEYS[stage], where, defaults=base)
   except ValueError as e:
-    raise MindJaxError(str(e)) from None
+    raise MindJaxError(str(e)) from e
   try:
     return SCHEMAS[stage].model_validate(config_lib.deep_merge(base, overrides))
   except pydantic.ValidationError as e:
     error = e.errors()[0]
     key = ".".join(str(p) for p in error["loc"])
     message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-    raise MindJaxError(f"{where}.{key}: {message.removeprefix('Value error, ')}") from None
+    raise MindJaxError(f"{where}.{key}: {message.removeprefix('Value error, ')}") from e
 
 
 def load(path: str | None = DEFAULT_CONFIG, overrides=()) -> RecipeConfig:

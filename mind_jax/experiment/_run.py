@@ -69,7 +69,7 @@ def _check_inputs(stages: list[_stages.Stage]) -> None:
               try:
                 expand(source.path)
               except MindJaxError as e:
-                raise MindJaxError(f"{key}[{index}].path: {e}") from None
+                raise MindJaxError(f"{key}[{index}].path: {e}") from e
       elif stage.kind == "evaluate":
         import importlib.util
         if importlib.util.find_spec("lm_eval") is None:
@@ -79,7 +79,7 @@ def _check_inputs(stages: list[_stages.Stage]) -> None:
           if path and not os.path.isdir(path):
             raise MindJaxError(f"{key}={path}: no such directory")
     except MindJaxError as e:
-      raise MindJaxError(f"{where}: {e}") from None
+      raise MindJaxError(f"{where}: {e}") from e
 
 
 # Stages whose job runs as one program over every host of a slice (the others run on one host).

@@ -199,7 +199,7 @@ def read_record(workdir: str, stage: Stage) -> dict | None:
       return json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise MindJaxError(f"{path}: unreadable stage record ({e}); move {stage.directory} and it "
-                       "aside to redo the stage") from None
+                       "aside to redo the stage") from e
 
 
 def write_record(workdir: str, stage: Stage, record: dict) -> None:

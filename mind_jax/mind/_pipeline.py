@@ -95,7 +95,7 @@ class EngineSection(config_lib.Section):
       try:
         parse_size(value)
       except MindJaxError as error:
-        raise ValueError(str(error)) from None
+        raise ValueError(str(error)) from error
     return value
   hosts: int = pydantic.Field(
       1, description="hosts one engine spans on a multi-host slice: 1, an engine per host on "
@@ -152,7 +152,7 @@ class GenerateConfig(config_lib.Section):
       try:
         check_page_size(self.engine.page_size, self.sampling.context_limit)
       except MindJaxError as error:
-        raise ValueError(str(error)) from None
+        raise ValueError(str(error)) from error
     return self
 
 

@@ -34,7 +34,7 @@ def load_styles(path: str | None = None) -> dict[str, Style]:
       with open(path) as f:
         text = f.read()
   except OSError as e:
-    raise MindJaxError(f"{source}: cannot read styles ({e.strerror or e})") from None
+    raise MindJaxError(f"{source}: cannot read styles ({e.strerror or e})") from e
   data = parse_yaml(text, source)
   if not isinstance(data.get("styles"), dict):
     raise MindJaxError(f"{source}: expected a mapping with a 'styles' section")

@@ -37,10 +37,10 @@ def done_ids(out_dir: str) -> set[str]:
       ids.update(record["id"] for record in read_records(path))
     except MindJaxError as e:  # names the file and line already
       raise MindJaxError(f"{e}; a damaged part file of the output: move it aside to redo its "
-                         "records") from None
-    except (KeyError, TypeError):
+                         "records") from e
+    except (KeyError, TypeError) as e:
       raise MindJaxError(f"{path}: a record without an id; move the file aside to redo its "
-                         "records") from None
+                         "records") from e
   return ids
 
 

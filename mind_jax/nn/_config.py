@@ -169,7 +169,7 @@ class LlamaConfig:
           pad_token_id=hf.get("pad_token_id"),
       )
     except (TypeError, ValueError) as e:
-      raise MindJaxError(f"{source}: invalid value ({e})") from None
+      raise MindJaxError(f"{source}: invalid value ({e})") from e
     values.update(overrides)
     return cls(**values)
 
@@ -229,7 +229,7 @@ def read_hf_config(model_dir: str | os.PathLike, **overrides) -> LlamaConfig:
     with open(path) as f:
       hf = json.load(f)
   except json.JSONDecodeError as e:
-    raise MindJaxError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    raise MindJaxError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
   if not isinstance(hf, dict):
     raise MindJaxError(f"{path}: expected a JSON object")
   return LlamaConfig.from_hf_dict(hf, source=path, **overrides)

@@ -69,7 +69,7 @@ def compile_program(name: str, lowered) -> Program:
     temps = re.search(r"HLO temporaries \(([\d.]+[KMGT]?)\) exceeds available HBM \(([\d.]+[KMGT]?)\)", text)
     found = used or temps
     raise DoesNotFit(name, _bytes(found.group(1)) if found else None,
-                     _bytes(found.group(2)) if found else None, text.splitlines()[0]) from None
+                     _bytes(found.group(2)) if found else None, text.splitlines()[0]) from e
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()

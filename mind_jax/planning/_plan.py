@@ -157,7 +157,7 @@ def _plan_engines(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: A
     mesh = cfg.mesh.build(devices)
   except MindJaxError as e:
     raise MindJaxError(f"{e} (an engine of engine.hosts={cfg.engine.hosts} on {tpu_slice.name} "
-                       f"has {len(devices)} chips)") from None
+                       f"has {len(devices)} chips)") from e
   engines = tpu_slice.chips // engine_slice.chips * num_slices
   chips = tpu_slice.chips * num_slices
   chip = tpu_slice.chip

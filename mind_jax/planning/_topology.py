@@ -140,9 +140,9 @@ def devices(tpu_slice: Slice, num_slices: int = 1) -> list:
   """The slice's devices (every slice's, ordered by slice), for an ahead-of-time compile."""
   try:
     import libtpu  # noqa: F401
-  except ImportError:
+  except ImportError as e:
     raise MindJaxError("planning for a TPU needs the TPU compiler (libtpu), which is not "
-                       "installed: pip install 'mind_jax[tpu]' (or pip install 'jax[tpu]')") from None
+                       "installed: pip install 'mind_jax[tpu]' (or pip install 'jax[tpu]')") from e
   from jax.experimental import topologies
   options = tpu_slice.compiler_options()
   if num_slices > 1:

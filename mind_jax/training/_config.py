@@ -141,7 +141,7 @@ def load_tokenizer_for(cfg: TrainConfig):
   try:
     tokenizer = load_tokenizer(name if name == BYTE_TOKENIZER else os.path.expanduser(name))
   except MindJaxError as e:
-    raise MindJaxError(f"{key}: {e}") from None
+    raise MindJaxError(f"{key}: {e}") from e
   if tokenizer.vocab_size > model.vocab_size:
     raise MindJaxError(f"{key}: the tokenizer has {tokenizer.vocab_size} ids, the model's "
                        f"embedding only {model.vocab_size}")
