@@ -23,13 +23,13 @@ import numpy as np
 from mind_jax import config as config_lib
 from mind_jax._errors import run_cli
 from mind_jax._progress import progress_bar, setup_logging
-from mind_jax.training import TrainConfig, data_pipeline, load_tokenizer_for
+from mind_jax.training import TrainConfig, data_pipeline, framing_tokenizer
 
 
 def describe_mix(cfg: TrainConfig, batches: int = 16, show: int = 0, progress: bool = True) -> dict:
   """The report as one JSON-able dict (see the module docstring)."""
   from mind_jax.data import source_size
-  tokenizer = load_tokenizer_for(cfg)
+  tokenizer = framing_tokenizer(cfg)
   mixture, framing, dataset = data_pipeline(cfg, tokenizer=tokenizer)
   sizes = [source_size(source, framing) for source in mixture.sources]
   seen = np.zeros(len(mixture.sources) + 1, np.int64)

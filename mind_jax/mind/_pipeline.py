@@ -177,7 +177,7 @@ def tokenizer_name(cfg: GenerateConfig, tokenizer=None) -> str:
   return source if source == BYTE_TOKENIZER else os.path.abspath(source)
 
 
-def load_tokenizer_for(cfg: GenerateConfig):
+def generator_tokenizer(cfg: GenerateConfig):
   """The generator's tokenizer alone (planning and --dry-run need no weights)."""
   from mind_jax.text import load_tokenizer
   return load_tokenizer(tokenizer_name(cfg))
@@ -214,13 +214,13 @@ def host_shard(cfg: GenerateConfig, group: EngineGroup) -> tuple[int, int]:
   return cfg.shard_index * group.count + group.index, cfg.num_shards * group.count
 
 
-def load_model(cfg: GenerateConfig, group: EngineGroup | None = None):
+def load_generator(cfg: GenerateConfig, group: EngineGroup | None = None):
   """(model, tokenizer, model name, mesh): the checkpoint or preset `cfg.model` names, placed
   by `cfg.mesh` on the devices of this host's engine (default: this host's own)."""
   import jax
-  from mind_jax.ckpts import load_model as load
+  from mind_jax.ckpts import load_model
   mesh = cfg.mesh.build(group.devices() if group else jax.local_devices())
-  model, tokenizer, name = load(cfg.model, mesh, cfg.mesh.rules)
+  model, tokenizer, name = load_model(cfg.model, mesh, cfg.mesh.rules)
   if tokenizer is None:
     raise MindJaxError(f"model.path={cfg.model.path}: the generator needs its tokenizer files")
   return model, tokenizer, name, mesh
@@ -434,7 +434,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
       raise MindJaxError(f"engine.slots={cfg.engine.slots} must be a multiple of the mesh's batch "
                          f"axes ({ways} here; set mesh.axes.data or engine.slots)")
   shard = host_shard(cfg, group)
-  tokenizer = loaded[1] if loaded else load_tokenizer_for(cfg)
+  tokenizer = loaded[1] if loaded else generator_tokenizer(cfg)
   max_new = cfg.sampling.max_new_tokens or cfg.sampling.context_limit
   sampling = SamplingParams(max_new_tokens=max_new, temperature=cfg.sampling.temperature,
                             top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k)
@@ -479,7 +479,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
     _print_summary(summary, "dry run: nothing generated")
     return summary
 
-  model, tokenizer, model_name, mesh = loaded or load_model(cfg, group)
+  model, tokenizer, model_name, mesh = loaded or load_generator(cfg, group)
   # Written once the model has loaded: a load that fails leaves output.dir as it was. On a
   # slice host 0 alone claims it (with output.overwrite, deleting the earlier run's parts), and
   # no host writes a part before: another host's claim could delete a part just written.

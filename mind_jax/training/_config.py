@@ -124,7 +124,7 @@ def model_config(cfg: TrainConfig):
   return architecture(cfg.model)
 
 
-def load_tokenizer_for(cfg: TrainConfig):
+def framing_tokenizer(cfg: TrainConfig):
   """The tokenizer training frames documents with: data.tokenizer, else the model's (the
   checkpoint's files; the byte-level tokenizer for a preset), checked against the model."""
   from mind_jax.text import BYTE_TOKENIZER, load_tokenizer
@@ -156,7 +156,7 @@ def data_pipeline(cfg: TrainConfig, host: int = 0, hosts: int = 1, tokenizer=Non
     data = cfg.data.model_copy(update={"sources": cfg.eval.sources, "shuffle_window": 1,
                                        "workers": 0})
     cfg = cfg.model_copy(update={"data": data})
-  tokenizer = tokenizer or load_tokenizer_for(cfg)
+  tokenizer = tokenizer or framing_tokenizer(cfg)
   mixture: Mixture = resolve_mixture(cfg.data)
   framing = Framing(tokenizer, cfg.data.add_bos, cfg.data.add_eos)
   dataset = host_dataset(cfg.data, mixture, framing, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -22,7 +22,7 @@ from mind_jax._errors import Diverged, MindJaxError, check_space
 from mind_jax._hosts import init_hosts, sync_hosts
 from mind_jax._outdir import check_output_dir, claim, dir_fingerprint, write_run_notes
 from mind_jax._progress import progress_bar
-from mind_jax.training._config import (TrainConfig, data_pipeline, load_tokenizer_for,
+from mind_jax.training._config import (TrainConfig, data_pipeline, framing_tokenizer,
                                        model_config)
 from mind_jax.training._metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLog, logged_loss
 
@@ -184,7 +184,7 @@ def run(cfg: TrainConfig) -> dict:
                        "every host and give that path")
   inputs = [s.path for s in cfg.data.sources] + ([cfg.model.path] if cfg.model.path else [])
   check_output_dir(cfg.workdir, "workdir", inputs)
-  tokenizer = load_tokenizer_for(cfg)
+  tokenizer = framing_tokenizer(cfg)
   config = model_config(cfg)
   mesh = cfg.mesh.build()
   check_batch_divides(cfg, mesh, hosts)
