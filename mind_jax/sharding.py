@@ -117,14 +117,23 @@ def _multi_slice_mesh(axes: dict, devices: list, slices: int) -> Mesh:
   return Mesh(grid, per_slice.axis_names)
 
 
+def spec_axes(entry) -> tuple[str, ...]:
+  """The mesh axes a PartitionSpec entry (or a rule's target) names: None, one, or several."""
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def spec_ways(mesh: Mesh, entry) -> int:
+  """Into how many shards a PartitionSpec entry cuts its dimension on `mesh`."""
+  return math.prod(mesh.shape[a] for a in spec_axes(entry))
+
+
 def logical_to_spec(names: Sequence[str | None], rules: Rules, mesh: Mesh) -> PartitionSpec:
   """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once."""
   used: set[str] = set()
   spec = []
   for name in names:
     target = rules.get(name) if name is not None else None
-    targets = (target,) if isinstance(target, str) else tuple(target or ())
-    targets = tuple(a for a in targets if a in mesh.shape and mesh.shape[a] > 1 and a not in used)
+    targets = tuple(a for a in spec_axes(target) if a in mesh.shape and mesh.shape[a] > 1 and a not in used)
     used.update(targets)
     spec.append(targets[0] if len(targets) == 1 else (targets or None))
   return PartitionSpec(*spec)
@@ -151,8 +160,7 @@ def _check_divisible(path, shape, names, spec, mesh, config):
   for dim, (size, entry) in enumerate(zip(shape, spec)):
     if entry is None:
       continue
-    axes = (entry,) if isinstance(entry, str) else entry
-    ways = math.prod(mesh.shape[a] for a in axes)
+    axes, ways = spec_axes(entry), spec_ways(mesh, entry)
     if size % ways:
       name = ".".join(map(str, path))
       field = _AXIS_SOURCE.get(names[dim])
@@ -169,8 +177,7 @@ def check_model_fits_mesh(config, mesh: Mesh, rules: str | Rules = "generate") -
     spec = logical_to_spec((logical,), rules, mesh)[0]
     if spec is None:
       continue
-    axes = (spec,) if isinstance(spec, str) else spec
-    ways = math.prod(mesh.shape[a] for a in axes)
+    axes, ways = spec_axes(spec), spec_ways(mesh, spec)
     field = _AXIS_SOURCE[logical]
     count = getattr(config, field)
     if count % ways:
@@ -268,6 +275,5 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   mesh, rules = active
   spec = []
   for size, entry in zip(x.shape, logical_to_spec(names, rules, mesh)):
-    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-    spec.append(entry if size % math.prod(mesh.shape[a] for a in axes) == 0 else None)
+    spec.append(entry if size % spec_ways(mesh, entry) == 0 else None)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))

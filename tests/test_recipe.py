@@ -393,20 +393,26 @@ def test_a_changed_filter_reruns_filter_and_what_reads_it_only(default_run, tmp_
 @pytest.mark.slow
 def test_a_full_disk_stops_the_recipe_in_one_line_and_the_rerun_ends_as_an_uninterrupted_one(
     default_run, small_disk):
-  """8 MiB holds generation, the filter and the first training, not every checkpoint of the
-  second: the recipe stops there, and once the disk grows the rerun resumes that training."""
+  """8 MiB holds generation and the filter, not every file of both trainings: the recipe
+  stops in a training (where exactly depends on the sizes of its files), and once the disk
+  grows the rerun finishes what was left."""
   workdir = small_disk(8 * 1024) / "exp"
   full = _recipe(workdir)
   assert full.returncode == 1, full.stderr[-3000:]
   errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
   assert "Traceback" not in full.stderr and len(errors) == 1, full.stderr[-3000:]
-  assert re.search(r"workdir=\S+/train/mind: [\d.]+ KiB free, but the checkpoint of step \d+ "
+  assert re.search(r"workdir=\S+/train/\w+: [\d.]+ KiB free, but the checkpoint of step \d+ "
                    r"needs about [\d.]+ MiB; (the last complete checkpoint is step \d+|no "
-                   r"checkpoint was written yet); free space and rerun", errors[0]), errors[0]
-  record = json.loads((workdir / "stages" / "train.mind.json").read_text())
-  assert not record["done"] and not (workdir / "evaluate").exists()
+                   r"checkpoint was written yet); free space and rerun|no space left on device "
+                   r"writing \S+/train/\w+/\S+ \(\d+ KiB free there\); what was completed "
+                   r"before is kept; free space and rerun", errors[0]), errors[0]
+  records = {p.stem: json.loads(p.read_text()) for p in (workdir / "stages").glob("*.json")}
+  assert records["generate"]["done"] and records["filter"]["done"]
+  assert not all(r["done"] for name, r in records.items() if name.startswith("train"))
+  assert not (workdir / "evaluate").exists()
   small_disk(64 * 1024)
   done = _recipe(workdir)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert ("resuming from" in done.stderr) == ("the last complete checkpoint" in errors[0])
+  if "the last complete checkpoint" in errors[0]:
+    assert "resuming from" in done.stderr
   assert _report_without_timings(workdir) == _report_without_timings(default_run)

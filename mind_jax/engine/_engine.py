@@ -998,9 +998,8 @@ def slots_that_fit(model_config, mesh: Mesh, max_len: int, cache_dtype=None,
 
 def slot_ways(mesh: Mesh, rules: str = "generate") -> int:
   """How many ways the decode slots split over `mesh` under `rules` (slots must divide)."""
-  spec = sharding_lib.data_sharding(mesh, rules, ("cache_batch",)).spec[0]
-  axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
-  return math.prod(mesh.shape[a] for a in axes)
+  return sharding_lib.spec_ways(mesh, sharding_lib.data_sharding(mesh, rules,
+                                                                  ("cache_batch",)).spec[0])
 
 
 def _free_device_bytes(device) -> int | None:

@@ -97,9 +97,8 @@ def _layout(rows: int):
   if math.prod(mesh.shape.values()) == 1:
     return None
   spec = sharding_lib.logical_to_spec(("cache_batch", "cache_heads"), rules, mesh)
-  as_tuple = lambda e: () if e is None else (e,) if isinstance(e, str) else tuple(e)  # noqa: E731
-  batch, heads = as_tuple(spec[0]), as_tuple(spec[1])
-  if rows % math.prod(mesh.shape[a] for a in batch):
+  batch, heads = sharding_lib.spec_axes(spec[0]), sharding_lib.spec_axes(spec[1])
+  if rows % sharding_lib.spec_ways(mesh, spec[0]):
     return None
   return mesh, batch, heads
 

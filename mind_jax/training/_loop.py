@@ -70,8 +70,7 @@ def check_batch_divides(cfg: TrainConfig, mesh, hosts: int) -> None:
   """Refuses a batch that does not split evenly over the mesh's batch axes or the hosts."""
   from mind_jax import sharding
   spec = sharding.data_sharding(mesh, "train", ("batch",)).spec[0]
-  axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
-  ways = math.prod(mesh.shape[a] for a in axes)
+  axes, ways = sharding.spec_axes(spec), sharding.spec_ways(mesh, spec)
   per_micro = cfg.batch_size // cfg.microbatches
   if per_micro % ways:
     raise MindJaxError(f"batch_size={cfg.batch_size}: {per_micro} sequences per microbatch do "
@@ -309,4 +308,4 @@ def run(cfg: TrainConfig) -> dict:
     batches.close()
     manager.close()
   return {**summary, "steps": cfg.steps, "export": os.path.join(cfg.workdir, EXPORT),
-          "final_loss": metrics["loss"] if cfg.steps > start else None}
+          "final_loss": metrics["loss"] if cfg.steps > start else logged_loss(cfg.workdir, start)}
