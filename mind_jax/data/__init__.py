@@ -1,27 +1,22 @@
 """Input data: corpus readers and chunking (generation), and the training data pipeline."""
 
+from etils import epy
+
 from mind_jax.data._chunking import chunk_text
 from mind_jax.data._readers import (CHAMP_SOURCE, Document, ReadStats, expand, iter_records,
                                     part_files, read_documents)
 
-# The training pipeline imports Grain, which imports JAX (half a second): loaded on first use,
-# so the filter and its worker processes, which read corpora but never train, start without it.
-_TRAINING = {
-    "DataSection": "_mixture", "DeviceBatches": "_mixture", "Framing": "_mixture",
-    "Mixture": "_mixture", "SourceSize": "_mixture", "TokenMix": "_mixture",
-    "model_inputs": "_mixture", "resolve_mixture": "_mixture", "source_size": "_mixture",
-    "training_dataset": "_mixture", "host_dataset": "_mixture", "DocumentStream": "_sources", "Source": "_sources",
-    "SourceSection": "_sources", "whole_document_rows": "_mixture",
-}
+# The training pipeline imports Grain, which imports JAX (half a second): its names resolve on
+# first use, so the filter and its worker processes, which read corpora but never train, start
+# without it.
+with epy.lazy_api_imports(globals()):
+  from mind_jax.data._mixture import (DataSection, DeviceBatches, Framing, Mixture, SourceSize,
+                                      TokenMix, host_dataset, model_inputs, resolve_mixture,
+                                      source_size, training_dataset, whole_document_rows)
+  from mind_jax.data._sources import DocumentStream, Source, SourceSection
 
-
-def __getattr__(name):
-  if name not in _TRAINING:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  import importlib
-  module = importlib.import_module(f"mind_jax.data.{_TRAINING[name]}")
-  return getattr(module, name)
-
-
-__all__ = ["CHAMP_SOURCE", "Document", "ReadStats", "chunk_text", "expand", "iter_records",
-           "part_files", "read_documents", *_TRAINING]
+__all__ = ["CHAMP_SOURCE", "DataSection", "DeviceBatches", "Document", "DocumentStream",
+           "Framing", "Mixture", "ReadStats", "Source", "SourceSection", "SourceSize",
+           "TokenMix", "chunk_text", "expand", "host_dataset", "iter_records", "model_inputs",
+           "part_files", "read_documents", "resolve_mixture", "source_size", "training_dataset",
+           "whole_document_rows"]
