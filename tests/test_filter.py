@@ -51,6 +51,42 @@ def test_threshold_is_an_option(tmp_path):
 
 # --- cleanup ------------------------------------------------------------------------------------
 
+PODCAST_STYLE = """styles:
+  podcast:
+    name: Podcast
+    instruction: Turn the context above into a podcast episode with two hosts.
+"""
+
+
+def test_a_new_styles_closing_note_is_stripped_by_the_genre_its_run_notes(tmp_path):
+  """A style added by prompt.styles_file writes "podcast"s: generate notes the genre in its
+  run record, and the filter strips a closing note naming it as it does for a debate."""
+  from mind_jax.mind._styles import load_styles
+  (tmp_path / "styles.yaml").write_text(PODCAST_STYLE)
+  assert load_styles(str(tmp_path / "styles.yaml"))["podcast"].genre == "podcast"
+  out = tmp_path / "gen"
+  done = subprocess.run([sys.executable, "-m", "mind_jax.generate", "input.limit=1",
+                         "sampling.max_new_tokens=4", f"output.dir={out}",
+                         f"prompt.styles_file={tmp_path / 'styles.yaml'}"],
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert json.loads((out / "run.json").read_text())["notes"]["genres"] == ["podcast"]
+
+  note = "This podcast episode walked through the lemma one square at a time.\n"
+  conversation = DIALOGUE + "\n" + note
+  src = write_parts(tmp_path / "in", [record("d#0#podcast", conversation, style="podcast")])
+  run_json = json.loads((src / "run.json").read_text())
+  run_json["notes"]["genres"] = ["podcast"]
+  (src / "run.json").write_text(json.dumps(run_json))
+  for overrides, kept_text in (([], DIALOGUE.strip()), (["genres=[]"], conversation.strip())):
+    out = tmp_path / f"f{len(overrides)}"
+    cfg = load_config(FilterConfig, None, [f"input={src}", f"out={out}", "workers=1",
+                                           "min_tokens=0", *overrides])
+    run_filter(cfg)
+    (kept,) = read_dir(out / "kept").values()
+    assert kept["conversation"] == kept_text
+
+
 def test_preamble_and_trailing_notes_are_removed_and_kept_aside():
   raw = ("Sure! Here is a conversation between two students about the lemma:\n\n" + DIALOGUE +
          "\nNote: this conversation stays faithful to the context.\nI hope it helps!\n")

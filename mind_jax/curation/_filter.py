@@ -81,19 +81,28 @@ def _schema_problem(record) -> str | None:
   return None
 
 
+def run_note(directory: str, key: str):
+  """What the run record of `directory` notes under `key` (generate and filter write it; for a
+  filter output's kept/ or rejected/, the record beside them), or None."""
+  from mind_jax._outdir import read_run_record
+  path = epath.Path(directory)
+  for place in [path] + ([path.parent] if path.name in ("kept", "rejected") else []):
+    noted = ((read_run_record(str(place)) or {}).get("notes") or {}).get(key)
+    if noted:
+      return noted
+  return None
+
+
 def resolve_tokenizer(tokenizer: str | None, files: list[str], directory: str) -> str:
   """The generator's tokenizer, for `load_tokenizer`: `tokenizer` if given, else the one the
   run record of `directory` notes (generate and filter write it; for a filter output's kept/
   or rejected/, the record beside them), else the model directory named in the first record
   of `files`."""
-  from mind_jax._outdir import read_run_record
   if tokenizer:
     return tokenizer
-  path = epath.Path(directory)
-  for place in [path] + ([path.parent] if path.name in ("kept", "rejected") else []):
-    noted = ((read_run_record(str(place)) or {}).get("notes") or {}).get("tokenizer")
-    if noted:
-      return noted
+  noted = run_note(directory, "tokenizer")
+  if noted:
+    return noted
   first = (found for path in files for found in read_input(path))
   where, record = next(first, (files[0] if files else "input", {}))
   model = record.get("model") or ""
@@ -372,6 +381,8 @@ def run(cfg: FilterConfig) -> dict:
   outputs = [f"{folder}/{name}" for name in names.values() for folder in ("kept", "rejected")]
   outputs += [SUMMARY, CONTAMINATION]
   tokenizer_spec = resolve_tokenizer(cfg.tokenizer, files, cfg.input)
+  if cfg.genres is None:  # what the input's styles write, as the generator noted it
+    cfg = cfg.model_copy(update={"genres": run_note(cfg.input, "genres") or []})
   workers = min(cfg.workers or os.cpu_count() or 1, len(files))
   log.info("filter: %d part files from %s, tokenizer %s, %d worker(s)", len(files), cfg.input,
            tokenizer_spec, workers)

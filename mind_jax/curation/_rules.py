@@ -55,8 +55,8 @@ class DedupRule(config_lib.Section):
   shingle: int = pydantic.Field(5, ge=1, description="word n-gram size of the shingles")
   index: Literal["memory", "bloom"] = pydantic.Field(
       "memory", description="memory: datasketch MinHashLSH, candidates confirmed on their "
-      "signatures (~5 KB per record); bloom: datasketch MinHashLSHBloom (~50 bytes per record, for tens of "
-      "millions; unconfirmed; needs pybloomfiltermmap3)")
+      "signatures (~5 KB per record); bloom: datasketch MinHashLSHBloom (~50 bytes per record, "
+      "for tens of millions; unconfirmed; needs pybloomfiltermmap3)")
   bloom_fp: float = pydantic.Field(1e-6, gt=0, lt=1, description="false positive rate of each "
                                    "band's Bloom filter (index=bloom)")
 
@@ -90,6 +90,11 @@ class FilterConfig(config_lib.Section):
       "same", description="output format (same: as each input file)")
   min_tokens: int = pydantic.Field(50, ge=0, description="drop shorter conversations (the paper)")
   cleanup: bool = pydantic.Field(True, description="strip preambles and trailing notes")
+  genres: list[str] | None = pydantic.Field(
+      None, description="words for what the generator wrote ('debate', 'podcast'): with cleanup, "
+      "a lead-in or closing note naming one (or a conversation, dialogue, discussion, debate, "
+      "interview, exchange, transcript) is stripped (default: the genres of the styles the "
+      "input's run.json notes)")
   truncated: Literal["flag", "drop"] = pydantic.Field(
       "flag", description="records cut off by the length limit")
   turns: TurnsRule = pydantic.Field(default_factory=TurnsRule)
@@ -129,7 +134,7 @@ def _source_ngrams(source: str, n: int) -> np.ndarray:
 
 def cleaned(record: dict, cfg: FilterConfig) -> Cleaned:
   raw = record["conversation"]
-  return clean(raw) if cfg.cleanup else Cleaned(raw, "", "")
+  return clean(raw, tuple(cfg.genres or ())) if cfg.cleanup else Cleaned(raw, "", "")
 
 
 def judge(record: dict, text: str, tokens: int,

@@ -9,6 +9,7 @@ hashes are the same in every process and every run (Python's `hash` is not).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import zlib
 
@@ -37,18 +38,28 @@ _NOT_SPEAKERS = frozenset("""
     scenario figure table page item task activity
     """.split())
 
-_PREAMBLE = re.compile(
-    r"^\W*(?:(?:sure|certainly|of course|okay|ok|absolutely|great|alright)\b[\s!,.]*)?"
-    r"(?:here(?:'s|’s| is| are)|below (?:is|are)|the following|i have (?:written|created)|"
-    r"i've (?:written|created)|let me|this is an? (?:conversation|dialogue|discussion|debate|"
-    r"interview))\b", re.IGNORECASE)
-_ABOUT_DIALOGUE = re.compile(r"\b(?:conversation|dialogue|discussion|debate|interview|exchange|"
-                             r"transcript|rewrite|rewritten)\b", re.IGNORECASE)
-_TRAILER = re.compile(
-    r"^[\s*_(\[]*(?:[-*_=]{3,}\s*$|notes?\b|n\.b\.|(?:this|the above|in this|in the above|"
-    r"that|the) (?:conversation|dialogue|discussion|debate|interview|exchange)\b|i hope\b|"
-    r"hope this\b|let me know\b|feel free\b|end of (?:the )?(?:conversation|dialogue)\b|"
-    r"\[?end\b)", re.IGNORECASE)
+# What a generator calls its output in the chatter around it; the styles in use add theirs
+# ("This podcast episode..."), so a new style's notes are stripped as the built-in ones are.
+GENRES = ("conversation", "dialogue", "discussion", "debate", "interview", "exchange",
+          "transcript")
+
+
+@functools.lru_cache(maxsize=16)
+def _chatter(genres: tuple[str, ...]) -> tuple[re.Pattern, re.Pattern, re.Pattern]:
+  """(preamble, a lead-in about the output, trailer) patterns for these genre words."""
+  named = "|".join(sorted({re.escape(g.lower()) for g in (*GENRES, *genres) if g}, key=len,
+                          reverse=True))
+  preamble = re.compile(
+      r"^\W*(?:(?:sure|certainly|of course|okay|ok|absolutely|great|alright)\b[\s!,.]*)?"
+      r"(?:here(?:'s|’s| is| are)|below (?:is|are)|the following|i have (?:written|created)|"
+      rf"i've (?:written|created)|let me|this is an? (?:{named}))\b", re.IGNORECASE)
+  about = re.compile(rf"\b(?:{named}|rewrite|rewritten)\b", re.IGNORECASE)
+  trailer = re.compile(
+      r"^[\s*_(\[]*(?:[-*_=]{3,}\s*$|notes?\b|n\.b\.|(?:this|the above|in this|in the above|"
+      rf"that|the) (?:{named})\b|i hope\b|hope this\b|let me know\b|feel free\b|"
+      rf"end of (?:the )?(?:{named})\b|\[?end\b)", re.IGNORECASE)
+  return preamble, about, trailer
+
 
 PREAMBLE_MAX_WORDS = 80
 
@@ -131,11 +142,13 @@ class Cleaned:
   trailer: str
 
 
-def clean(raw: str) -> Cleaned:
+def clean(raw: str, genres: tuple[str, ...] = ()) -> Cleaned:
   """Strips generator chatter: a short lead-in before the first turn that announces the
   conversation ("Sure! Here is a debate about..."), and notes after the last turn ("Note: this
-  dialogue...", "I hope this helps"). Text without speaker turns is left alone: there is no
-  telling where a conversation would start."""
+  dialogue...", "I hope this helps"); `genres` adds words the output is called by besides
+  `GENRES`. Text without speaker turns is left alone: there is no telling where a
+  conversation would start."""
+  preamble, about, trailer = _chatter(genres)
   lines = raw.splitlines(keepends=True)
   turn_lines = [i for i, line in enumerate(lines) if speaker_of(line) is not None]
   if not turn_lines:
@@ -144,7 +157,7 @@ def clean(raw: str) -> Cleaned:
   start = 0
   lead = "".join(lines[:turn_lines[0]])
   if lead.strip() and len(words(lead)) <= PREAMBLE_MAX_WORDS and (
-      _PREAMBLE.search(lead.strip()) or _ABOUT_DIALOGUE.search(lead)):
+      preamble.search(lead.strip()) or about.search(lead)):
     start = offsets[turn_lines[0]]
   end = len(raw)
   # The last turn runs to the first blank-line-separated paragraph that reads as a note.
@@ -155,7 +168,7 @@ def clean(raw: str) -> Cleaned:
     if not line.strip():
       previous_blank = True
       continue
-    if (previous_blank or re.match(r"^\s*[-*_=]{3,}\s*$", line)) and _TRAILER.match(line):
+    if (previous_blank or re.match(r"^\s*[-*_=]{3,}\s*$", line)) and trailer.match(line):
       end = offsets[i]
       break
     previous_blank = False

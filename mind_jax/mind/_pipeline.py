@@ -276,7 +276,8 @@ def chunked_documents(cfg: GenerateConfig, tokenizer, stats: ReadStats,
   order: document k belongs to shard k % count. Chunks are recorded into `plan`, or with
   `replay` cut where `plan` recorded them."""
   shard_index, shard_count = shard or (cfg.shard_index, cfg.num_shards)
-  count = lambda text: len(tokenizer.encode(text))  # noqa: E731
+  # Window by window: a huge text's count holds one window's ids, not a list of all of them.
+  count = lambda text: sum(map(len, tokenizer.encode_windows(text)))  # noqa: E731
   docs = read_documents(cfg.input.source, cfg.input.text_field, cfg.input.id_field,
                         cfg.input.on_bad_record, stats, cfg.input.limit, cfg.input.split,
                         cfg.input.data_dir)
@@ -384,7 +385,8 @@ def _owned_parts(out_dir: str) -> list:
 OWNED_NAME = re.compile(r"part-\d{5}-\d{6}\.(jsonl|parquet)(\.tmp)?|manifest-\d{5}\.json(\.tmp)?")
 
 
-def claim_output(cfg: GenerateConfig, settings: dict, dry_run: bool, tokenizer: str) -> None:
+def claim_output(cfg: GenerateConfig, settings: dict, dry_run: bool, tokenizer: str,
+                 styles: list[Style]) -> None:
   """Refuses an output.dir written with other settings (see mind_jax._outdir.claim)."""
   from mind_jax._outdir import claim
 
@@ -395,10 +397,12 @@ def claim_output(cfg: GenerateConfig, settings: dict, dry_run: bool, tokenizer: 
     for path in paths:
       path.unlink()
 
-  # The generator's tokenizer is written down for the jobs that read this output (the filter
-  # counts tokens with it), as a note: a moved checkpoint is still the same generator.
+  # The generator's tokenizer and what its styles write are noted for the jobs that read this
+  # output (the filter counts tokens with the one and strips closing notes naming the other),
+  # as notes: a moved checkpoint is still the same generator.
+  notes = {"tokenizer": tokenizer, "genres": sorted({style.genre for style in styles})}
   claim(cfg.output.dir, "generate", settings, overwrite=cfg.output.overwrite, key="output.dir",
-        remove_owned=remove_owned, dry_run=dry_run, notes={"tokenizer": tokenizer},
+        remove_owned=remove_owned, dry_run=dry_run, notes=notes,
         foreign=[p.name for p in _owned_parts(cfg.output.dir) if p.name.startswith("part-")])
 
 
@@ -423,7 +427,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   check_output_dir(cfg.output.dir, "output.dir", inputs=[cfg.input.source])
   settings = run_settings(cfg, styles, loaded[2] if loaded else None)
   tokenizer_source = tokenizer_name(cfg, loaded[1] if loaded else None)
-  claim_output(cfg, settings, dry_run=True, tokenizer=tokenizer_source)
+  claim_output(cfg, settings, dry_run=True, tokenizer=tokenizer_source, styles=styles)
   host, hosts = init_hosts(cfg.distributed)
   group = EngineGroup.of(cfg, host, hosts)
   cfg.runtime.apply()
@@ -486,7 +490,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   # The engine (its KV pool) is built before too: a pool that cannot be had writes nothing.
   engine = Engine(model, tokenizer, engine_config(cfg), mesh=mesh, rules=cfg.mesh.rules)
   if host == 0:
-    claim_output(cfg, settings, dry_run=False, tokenizer=tokenizer_source)
+    claim_output(cfg, settings, dry_run=False, tokenizer=tokenizer_source, styles=styles)
   sync_hosts(hosts, "generate: output.dir claimed")
   summary["model"] = model_name
   # Every host of an engine sees every result (the engine's tokens come back replicated);

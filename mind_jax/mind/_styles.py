@@ -22,6 +22,7 @@ class Style:
   key: str
   name: str
   instruction: str
+  genre: str  # what it writes, as a closing note would name it ("debate", "podcast")
 
 
 def load_styles(path: str | None = None) -> dict[str, Style]:
@@ -44,7 +45,8 @@ def load_styles(path: str | None = None) -> dict[str, Style]:
     if not isinstance(entry, dict) or "instruction" not in entry:
       raise MindJaxError(f"{source}: styles.{key}: needs an 'instruction'")
     instruction = " ".join(part for part in (entry["instruction"].strip(), clause.strip()) if part)
-    styles[key] = Style(key=key, name=entry.get("name", key), instruction=instruction)
+    styles[key] = Style(key=key, name=entry.get("name", key), instruction=instruction,
+                        genre=str(entry.get("genre") or key.split("_")[-1]).lower())
   return styles
 
 
