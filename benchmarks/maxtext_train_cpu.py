@@ -187,7 +187,7 @@ def worker(args) -> None:
     batch = {k: jax.device_put(v, trainer.batch_sharding)
              for k, v in whole_document_rows(tokens).items()}
     start = time.perf_counter()
-    state, metrics = trainer.step(state, batch)
+    state, metrics = trainer.train_step(state, batch)
     metrics = host_metrics(metrics)  # waits for the step, as the training loop does
     times.append(time.perf_counter() - start)
     losses.append(metrics["loss"])

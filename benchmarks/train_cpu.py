@@ -67,7 +67,7 @@ def run_mind_jax(model_dir, data):
     batch = {k: jax.device_put(v, trainer.batch_sharding)
              for k, v in whole_document_rows(tokens).items()}
     start = time.perf_counter()
-    state, metrics = trainer.step(state, batch)
+    state, metrics = trainer.train_step(state, batch)
     host_metrics(metrics)
     times.append(time.perf_counter() - start)
   return times, step_flops(trainer.config, BATCH * SEQ, SEQ)

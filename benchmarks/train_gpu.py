@@ -60,7 +60,7 @@ def main(argv=None):
     batch = {k: jax.device_put(v, trainer.batch_sharding)
              for k, v in whole_document_rows(tokens).items()}
     start = time.perf_counter()
-    state, metrics = trainer.step(state, batch)
+    state, metrics = trainer.train_step(state, batch)
     metrics = host_metrics(metrics)  # waits for the step
     times.append(time.perf_counter() - start)
   device = jax.devices()[0]

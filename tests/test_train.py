@@ -67,7 +67,7 @@ def train_mind_jax(checkpoint, data, mesh=None, microbatches=1, opt=OPT, z_loss=
   state = trainer.init_state(flat_params(model))
   history = []
   for batch in data:
-    state, metrics = trainer.step(state, {k: jax.device_put(v, trainer.batch_sharding)
+    state, metrics = trainer.train_step(state, {k: jax.device_put(v, trainer.batch_sharding)
                                           for k, v in batch.items()})
     history.append(host_metrics(metrics))
   metrics = {k: np.array([m[k] for m in history]) for k in history[0]}

@@ -107,7 +107,7 @@ def _train_step(cfg, config, mesh) -> tuple[Program, dict]:
   named = {"weights": bytes_per_chip(state["params"]),
            "optimizer_state": bytes_per_chip(state["opt_state"]), "batch": bytes_per_chip(batch)}
   try:
-    return compile_program("train_step", trainer.step.lower(state, batch)), named
+    return compile_program("train_step", trainer.train_step.lower(state, batch)), named
   except DoesNotFit as e:
     e.named = named
     raise

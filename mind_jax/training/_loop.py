@@ -274,7 +274,7 @@ def run(cfg: TrainConfig) -> dict:
           return {**summary, "stopped_at": step, "preempted": True}
         device_batch, _ = next(batches)
         began = time.perf_counter()
-        state, metrics = trainer.step(state, device_batch)
+        state, metrics = trainer.train_step(state, device_batch)
         metrics = host_metrics(metrics)  # waits for the step
         seconds = time.perf_counter() - began
         if not math.isfinite(metrics["loss"]):

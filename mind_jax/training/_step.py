@@ -10,6 +10,7 @@ one device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -136,27 +137,21 @@ class Trainer:
                "lr": self.schedule(state["step"]), "tokens": weight}
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
-  @property
-  def step(self):
-    """state, batch -> (state, metrics); the state is donated."""
-    if not hasattr(self, "_compiled"):
-      batch = {k: self.batch_sharding for k in MODEL_INPUTS}
-      replicated = NamedSharding(self.mesh, PartitionSpec())
-      self._compiled = jax.jit(self._step, in_shardings=(self.state_shardings, batch),
-                               out_shardings=(self.state_shardings, replicated),
-                               donate_argnums=0)
-    return self._compiled
+  @functools.cached_property
+  def train_step(self):
+    """state, batch -> (state, metrics), compiled once; the state is donated."""
+    batch = {k: self.batch_sharding for k in MODEL_INPUTS}
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+    return jax.jit(self._step, in_shardings=(self.state_shardings, batch),
+                   out_shardings=(self.state_shardings, replicated), donate_argnums=0)
 
-  @property
+  @functools.cached_property
   def eval_step(self):
-    """params, batch -> (summed token losses, summed weights)."""
-    if not hasattr(self, "_eval"):
-      batch = {k: self.batch_sharding for k in MODEL_INPUTS}
-      replicated = NamedSharding(self.mesh, PartitionSpec())
-      self._eval = jax.jit(lambda params, b: self._loss(params, b)[1],
-                           in_shardings=(self.state_shardings["params"], batch),
-                           out_shardings=replicated)
-    return self._eval
+    """params, batch -> (summed token losses, summed weights), compiled once."""
+    batch = {k: self.batch_sharding for k in MODEL_INPUTS}
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+    return jax.jit(lambda params, b: self._loss(params, b)[1],
+                   in_shardings=(self.state_shardings["params"], batch), out_shardings=replicated)
 
   def model(self, state) -> Llama:
     """The trained model (its parameters are the state's arrays, not copies)."""
