@@ -169,14 +169,13 @@ def worker(args) -> None:
   from mind_jax.data import whole_document_rows
   from mind_jax.sharding import make_mesh
   from mind_jax.training._config import OptimizerSection
-  from mind_jax.training._optim import learning_rate, optimizer
   from mind_jax.training._step import Trainer, host_metrics
   imported = time.perf_counter()
   spec = MODELS[args.model]
   config = our_config(args.model, args.scan, REMAT[args.remat][0])
   opt = OptimizerSection(warmup_steps=0, schedule="constant", **OPTIMIZER)
   mesh = make_mesh({"data": 1}, jax.devices()[:1])
-  trainer = Trainer.create(config, mesh, optimizer(opt, args.steps), learning_rate(opt, args.steps))
+  trainer = Trainer.create(config, mesh, opt.build(args.steps))
   state = trainer.init_state(trainer.init_params(0))
   jax.block_until_ready(state)
   initialised = time.perf_counter()

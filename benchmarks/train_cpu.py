@@ -54,12 +54,11 @@ def run_mind_jax(model_dir, data):
   from mind_jax.data import whole_document_rows
   from mind_jax.sharding import make_mesh
   from mind_jax.training._config import OptimizerSection
-  from mind_jax.training._optim import learning_rate, optimizer
   from mind_jax.training._step import Trainer, flat_params, host_metrics, step_flops
   opt = OptimizerSection(warmup_steps=0, schedule="constant")
   mesh = make_mesh({"data": 1}, jax.devices()[:1])
   model, _, _ = load_model(ModelSection(path=model_dir), mesh, "train", progress=False)
-  trainer = Trainer.create(model.config, mesh, optimizer(opt, 100), learning_rate(opt, 100))
+  trainer = Trainer.create(model.config, mesh, opt.build(100))
   state = trainer.init_state(flat_params(model))
   del model
   times = []

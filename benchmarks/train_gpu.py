@@ -42,7 +42,6 @@ def main(argv=None):
   from mind_jax.ckpts import architecture
   from mind_jax.sharding import make_mesh
   from mind_jax.training._config import OptimizerSection
-  from mind_jax.training._optim import learning_rate, optimizer
   from mind_jax.training._step import Trainer, host_metrics, step_flops
 
   mesh = make_mesh({"data": 1}, jax.devices()[:1])
@@ -50,7 +49,7 @@ def main(argv=None):
                          scan_layers=True, remat=args.remat)
   config = architecture(section, mesh.devices.flat)
   opt = OptimizerSection(warmup_steps=0, schedule="constant")
-  trainer = Trainer.create(config, mesh, optimizer(opt, 100), learning_rate(opt, 100),
+  trainer = Trainer.create(config, mesh, opt.build(100),
                            microbatches=args.microbatches)
   state = trainer.init_state(trainer.init_params(0))
   rs = np.random.RandomState(0)

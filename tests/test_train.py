@@ -17,11 +17,10 @@ from conftest import make_hf_checkpoint
 from mind_jax.ckpts import load_model, load_pretrained
 from mind_jax.config import ModelSection, load_config
 from mind_jax.sharding import make_mesh
-from mind_jax.training import TrainConfig
-from mind_jax.training._config import OptimizerSection
-from mind_jax.training._metrics import TIMING_FIELDS, read_metrics
+from mind_jax.training import OptimizerSection, TrainConfig, Trainer, read_metrics
+from mind_jax.training._metrics import TIMING_FIELDS
 from mind_jax.training._optim import learning_rate, optimizer
-from mind_jax.training._step import Trainer, flat_params, host_metrics
+from mind_jax.training._step import flat_params, host_metrics
 
 STEPS, B, L = 10, 8, 32
 PREEMPTED_AFTER_STEP = os.path.join(os.path.dirname(__file__), "helpers",
@@ -62,7 +61,7 @@ def train_mind_jax(checkpoint, data, mesh=None, microbatches=1, opt=OPT, z_loss=
   final weights."""
   mesh = mesh or make_mesh({"data": 1}, jax.devices()[:1])
   model, _, _ = load_model(ModelSection(path=checkpoint, **model_keys), mesh, "train")
-  trainer = Trainer.create(model.config, mesh, optimizer(opt, STEPS), learning_rate(opt, STEPS),
+  trainer = Trainer.create(model.config, mesh, opt.build(STEPS),
                            microbatches=microbatches, z_loss=z_loss)
   state = trainer.init_state(flat_params(model))
   history = []
@@ -251,7 +250,7 @@ def test_the_held_out_loss_is_the_token_mean_over_every_batch_it_reads(checkpoin
   from mind_jax.training._loop import _held_out_loss
   mesh = make_mesh({"data": 1}, jax.devices()[:1])
   model, _, _ = load_model(ModelSection(path=checkpoint), mesh, "train")
-  trainer = Trainer.create(model.config, mesh, optimizer(OPT, STEPS), learning_rate(OPT, STEPS))
+  trainer = Trainer.create(model.config, mesh, OPT.build(STEPS))
   state = trainer.init_state(flat_params(model))
   held_out = batches(5)[:3]
   loss = _held_out_loss(trainer, state, grain.MapDataset.source(held_out).to_iter_dataset(), 3)
@@ -267,7 +266,7 @@ def test_the_held_out_loss_is_the_token_mean_over_every_batch_it_reads(checkpoin
 def test_step_flops_counts_causal_attention_at_a_long_sequence():
   import dataclasses
   from mind_jax.nn import LlamaConfig
-  from mind_jax.training._step import step_flops
+  from mind_jax.training import step_flops
   config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=32)
   seq, rows = 8192, 2
@@ -340,7 +339,7 @@ def _restore_state(path, *overrides):
   from mind_jax.training._config import model_config
   cfg = load_config(TrainConfig, None, [*FAST, *overrides])
   trainer = Trainer.create(model_config(cfg), make_mesh({"data": 8}),
-                           optimizer(cfg.optimizer, cfg.steps), learning_rate(cfg.optimizer, cfg.steps))
+                           cfg.optimizer.build(cfg.steps))
   return ocp.StandardCheckpointer().restore(str(path), trainer.abstract_state())
 
 

@@ -94,11 +94,9 @@ def bytes_per_chip(tree) -> int:
 
 
 def _train_step(cfg, config, mesh) -> tuple[Program, dict]:
-  from mind_jax.data._mixture import MODEL_INPUTS
-  from mind_jax.training._optim import learning_rate, optimizer
-  from mind_jax.training._step import Trainer
-  tx, schedule = optimizer(cfg.optimizer, cfg.steps), learning_rate(cfg.optimizer, cfg.steps)
-  trainer = Trainer.create(config, mesh, tx, schedule, microbatches=cfg.microbatches,
+  from mind_jax.data import MODEL_INPUTS
+  from mind_jax.training import Trainer
+  trainer = Trainer.create(config, mesh, cfg.optimizer.build(cfg.steps), microbatches=cfg.microbatches,
                            z_loss=cfg.z_loss, seed=cfg.seed)
   state = trainer.abstract_state()
   shape = (cfg.batch_size, cfg.data.seq_len)
@@ -176,7 +174,7 @@ def default_pool_pages(engine, free: int) -> int:
   """The pool the engine takes by default on chips with `free` bytes after the weights (its
   share of them, up to every slot at the context limit), never under one sequence at the
   context limit per shard: a pool that small the compiler then refuses, with advice."""
-  from mind_jax.engine._engine import KV_CACHE_MEMORY_FRACTION
+  from mind_jax.engine import KV_CACHE_MEMORY_FRACTION
   cfg, shards = engine.config, engine.shards
   fit = int(KV_CACHE_MEMORY_FRACTION * max(free, 0)) // engine._per_device(shards) * shards
   return max(min(cfg.slots * cfg.row_pages, fit), cfg.row_pages * shards)

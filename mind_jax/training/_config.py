@@ -9,8 +9,8 @@ import pydantic
 
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
-from mind_jax.data._mixture import DataSection, Framing, Mixture, host_dataset, resolve_mixture
-from mind_jax.data._sources import SourceSection
+from mind_jax.data import (DataSection, Framing, Mixture, SourceSection, host_dataset,
+                           resolve_mixture)
 
 
 class OptimizerSection(config_lib.Section):
@@ -31,6 +31,12 @@ class OptimizerSection(config_lib.Section):
       True, description="decay the token embeddings and the output head too")
   clip_norm: float | None = pydantic.Field(
       1.0, gt=0, description="clip gradients to this global norm (null: no clipping)")
+
+  def build(self, steps: int):
+    """The optax transformation of a `steps`-long run (see training/_optim.py): the one place
+    the optimizer is made; the rate each update used is in its state (`applied_learning_rate`)."""
+    from mind_jax.training._optim import optimizer
+    return optimizer(self, steps)
 
 
 class CheckpointSection(config_lib.Section):
@@ -134,7 +140,7 @@ def framing_tokenizer(cfg: TrainConfig):
                        f"{model.max_position_embeddings} positions (max_position_embeddings)")
   name, key = cfg.data.tokenizer, "data.tokenizer"
   if name is None:
-    from mind_jax.text._tokenizer import has_tokenizer_files
+    from mind_jax.text import has_tokenizer_files
     name, key = cfg.model.path or BYTE_TOKENIZER, "model.path"
     if cfg.model.path and not has_tokenizer_files(cfg.model.path):
       raise MindJaxError(f"model.path={cfg.model.path}: no tokenizer files; set data.tokenizer")

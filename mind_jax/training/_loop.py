@@ -172,7 +172,6 @@ def run(cfg: TrainConfig) -> dict:
   from mind_jax._devices import peak_flops
   from mind_jax.ckpts import load_model
   from mind_jax.data import DeviceBatches
-  from mind_jax.training._optim import learning_rate, optimizer
   from mind_jax.training._step import Trainer, flat_params, host_metrics, step_flops
 
   cfg.runtime.apply()
@@ -210,8 +209,7 @@ def run(cfg: TrainConfig) -> dict:
   # Nobody looks for checkpoints before host 0 has removed a replaced run's.
   sync_hosts(hosts, "train: workdir claimed")
 
-  tx, schedule = optimizer(cfg.optimizer, cfg.steps), learning_rate(cfg.optimizer, cfg.steps)
-  trainer = Trainer.create(config, mesh, tx, schedule, microbatches=cfg.microbatches,
+  trainer = Trainer.create(config, mesh, cfg.optimizer.build(cfg.steps), microbatches=cfg.microbatches,
                            z_loss=cfg.z_loss, seed=cfg.seed)
   batches = DeviceBatches(dataset, mesh, "train", cfg.data.prefetch)
   manager = _checkpoint_manager(cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from mind_jax.training._config import OptimizerSection
@@ -32,8 +34,19 @@ def decays(name: str, opt: OptimizerSection) -> bool:
 
 
 def optimizer(opt: OptimizerSection, steps: int) -> optax.GradientTransformation:
-  """Over a flat {name: array} dict of parameters."""
+  """Over a flat {name: array} dict of parameters. The learning rate is injected (evaluated
+  from the schedule at each update and kept in the state, in float32 whatever the parameters'
+  dtype), so what the metrics log is the rate the update used."""
   mask = lambda params: {name: decays(name, opt) for name in params}  # noqa: E731
-  adamw = optax.adamw(learning_rate(opt, steps), b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                      weight_decay=opt.weight_decay, mask=mask)
+  adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",),
+                                   hyperparam_dtype=jnp.float32)(
+      learning_rate(opt, steps), b1=opt.b1, b2=opt.b2, eps=opt.eps,
+      weight_decay=opt.weight_decay, mask=mask)
   return optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw) if opt.clip_norm else adamw
+
+
+def applied_learning_rate(opt_state) -> jax.Array:
+  """The learning rate of the update that produced `opt_state` (see `optimizer`)."""
+  injected = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams"))
+              if hasattr(s, "hyperparams")]
+  return injected[0].hyperparams["learning_rate"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +20,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mind_jax import sharding
-from mind_jax.data._mixture import MODEL_INPUTS
+from mind_jax.data import MODEL_INPUTS
 from mind_jax.nn import Llama, LlamaConfig
+from mind_jax.training._optim import applied_learning_rate
 
 
 def _name(path) -> str:
@@ -52,14 +52,13 @@ class Trainer:
   abstract_params: dict  # name -> ShapeDtypeStruct
   mesh: jax.sharding.Mesh
   tx: optax.GradientTransformation
-  schedule: Callable
   state_shardings: dict
   batch_sharding: NamedSharding
   microbatches: int = 1
   z_loss: float = 0.0
 
   @classmethod
-  def create(cls, config: LlamaConfig, mesh, tx, schedule, *, microbatches=1, z_loss=0.0,
+  def create(cls, config: LlamaConfig, mesh, tx, *, microbatches=1, z_loss=0.0,
              seed: int = 0) -> Trainer:
     graphdef, flat, by_path = sharding.abstract_state(
         lambda: Llama(config, rngs=nnx.Rngs(seed)), mesh, "train")
@@ -69,7 +68,7 @@ class Trainer:
     opt_shardings = optax.tree_map_params(
         tx, lambda _, s: s, jax.eval_shape(tx.init, abstract), params,
         transform_non_params=lambda _: replicated)
-    return cls(config, graphdef, abstract, mesh, tx, schedule,
+    return cls(config, graphdef, abstract, mesh, tx,
                {"params": params, "opt_state": opt_shardings, "step": replicated},
                sharding.data_sharding(mesh, "train", ("batch", None)), microbatches, z_loss)
 
@@ -134,7 +133,7 @@ class Trainer:
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": nll * scale, "grad_norm": optax.global_norm(grads),
-               "lr": self.schedule(state["step"]), "tokens": weight}
+               "lr": applied_learning_rate(opt_state), "tokens": weight}
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
   @functools.cached_property
