@@ -29,7 +29,7 @@ def _is_remote(path: str) -> bool:
 def _local_root(path: str) -> str | None:
   """The real local path a source names (a glob's fixed prefix), or None if it names no local
   file or directory (gs://, `champ`, `tfds:...`)."""
-  from mind_jax.data._readers import glob_root
+  from mind_jax.data import glob_root
   if not path or _is_remote(path):
     return None
   path = glob_root(path) or "."

@@ -67,7 +67,7 @@ def run(cfg: ConvertConfig) -> str:
   """
   from mind_jax.ckpts import (is_orbax_dir, load_model, save_orbax_model, save_pretrained,
                               stored_dtype)
-  from mind_jax.ckpts._pretrained import require_model_dir
+  from mind_jax.ckpts import require_model_dir
   if not cfg.src or not cfg.dst:
     raise MindJaxError("give SRC and DST (or src=... dst=...)")
   require_model_dir(cfg.src)

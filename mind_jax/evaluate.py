@@ -36,14 +36,14 @@ def compare_main(argv) -> int:
   parser.add_argument("directories", nargs="+", help="python -m mind_jax.evaluate outputs")
   parser.add_argument("--out", help="directory for compare.md and compare.png")
   args = parser.parse_args(argv)
-  from mind_jax.evaluation._compare import compare
+  from mind_jax.evaluation import compare
   return run_cli(lambda: print(compare(args.directories, args.out), end=""))
 
 
 def prepare_main(argv) -> int:
   import argparse
 
-  from mind_jax.evaluation._local import SINGLE_DATASET_TASKS, SUBJECT_TASKS
+  from mind_jax.evaluation import SINGLE_DATASET_TASKS, SUBJECT_TASKS
   parser = argparse.ArgumentParser(
       prog="python -m mind_jax.evaluate prepare", formatter_class=argparse.RawDescriptionHelpFormatter,
       description="Make a data directory of harness tasks on local files, and the group `mind` "
@@ -56,7 +56,7 @@ def prepare_main(argv) -> int:
   parser.add_argument("source", help="folder with one folder of split files per task")
   parser.add_argument("--data-dir", required=True, help="where the local tasks are written")
   args = parser.parse_args(argv)
-  from mind_jax.evaluation._local import prepare
+  from mind_jax.evaluation import prepare
   return run_cli(lambda: print("prepared: " + ", ".join(prepare(args.source, args.data_dir))))
 
 

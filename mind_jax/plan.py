@@ -121,7 +121,7 @@ def load_job(path: str, overrides, job: str, preset: str | None, devices,
     if job == "train":
       from mind_jax.training import TrainConfig as schema
     else:
-      from mind_jax.mind._pipeline import GenerateConfig as schema
+      from mind_jax.mind import GenerateConfig as schema
     cfg = config_lib.load_config(schema, path, list(overrides))
   section = cfg.model
   if section.path and not os.path.isdir(section.path):

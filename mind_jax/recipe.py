@@ -33,8 +33,7 @@ import sys
 from mind_jax import config as config_lib
 from mind_jax._errors import run_cli
 from mind_jax._progress import setup_logging
-from mind_jax.experiment import DEFAULT_CONFIG, RecipeConfig
-from mind_jax.experiment._config import OWNED_KEYS
+from mind_jax.experiment import DEFAULT_CONFIG, OWNED_KEYS, RecipeConfig
 
 
 def main(argv=None) -> int:
@@ -55,18 +54,18 @@ def main(argv=None) -> int:
   flagged = config_lib.flag_overrides(args, {"workdir": "workdir"})
 
   def job():
-    from mind_jax.experiment import _run, _stages
+    from mind_jax.experiment import decide, plan, run
     cfg = config_lib.load_config(RecipeConfig, args.config,
                                  config_lib.combine_overrides(args.overrides, flagged))
     if args.list:
-      stages = _stages.plan(cfg)
-      decisions = _stages.decide(cfg.workdir, stages)
+      stages = plan(cfg)
+      decisions = decide(cfg.workdir, stages)
       state = {"skip": "done", "resume": "started", "run": "to do", "redo": "to redo"}
       for stage in stages:
         print(f"  {stage.name:28s} {state[decisions[stage.name]]:8s} {stage.directory}")
       return
     only = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    done = _run.run(cfg, only)
+    done = run(cfg, only)
     for stage, what in done.items():
       print(f"  {stage}: {what}")
     if "preempted" in done.values():

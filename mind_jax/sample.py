@@ -102,7 +102,7 @@ def build_requests(cfg: SampleConfig, prompts, tokenizer) -> list:
 def engine_config(cfg: SampleConfig, requests, model_config, mesh):
   """The engine's shape for these prompts: what is not set is sized from them and the memory."""
   from mind_jax.engine import EngineConfig
-  from mind_jax.engine._engine import one_prefill_bucket, slots_that_fit
+  from mind_jax.engine import one_prefill_bucket, slots_that_fit
   limit = model_config.max_position_embeddings
   longest = max(len(r.prompt_ids) for r in requests) + cfg.sampling.max_new_tokens
   max_len = cfg.engine.max_len or min(limit, 1 << max(6, (longest - 1).bit_length()))

@@ -76,7 +76,7 @@ def llama2c_checkpoint(bin_path: str, out_dir: str) -> str:
 
   import numpy as np
 
-  from mind_jax.ckpts._safetensors import write_shards
+  from mind_jax.ckpts import write_shards
   from mind_jax.nn import LlamaConfig
   with open(bin_path, "rb") as f:
     dim, hidden, layers, heads, kv_heads, vocab, seq_len = struct.unpack("<7i", f.read(28))

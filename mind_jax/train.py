@@ -38,7 +38,7 @@ def main(argv=None) -> int:
   flagged += config_lib.switch_overrides(args, {"overwrite": "overwrite=true"})
 
   def job():
-    from mind_jax.training._loop import run
+    from mind_jax.training import run
     cfg = config_lib.load_config(TrainConfig, args.config,
                                  config_lib.combine_overrides(args.overrides, flagged))
     summary = run(cfg)

@@ -91,7 +91,7 @@ def _styles_with_new_debate(w: Path) -> Path:
 
 
 def _tensor_names(path: Path) -> list[str]:
-  from mind_jax.ckpts._safetensors import SafetensorsReader
+  from mind_jax.ckpts import SafetensorsReader
   with SafetensorsReader(str(path)) as reader:
     return list(reader.tensors)
 

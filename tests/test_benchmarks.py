@@ -42,7 +42,7 @@ def test_train_gpu_benchmark_runs_on_cpu_and_counts_the_step_flops(tmp_path):
                   "--batch", "2", "--seq", "128", "--steps", "2", "--peak-flops", "1e11",
                   "--out", str(tmp_path)], check=True, capture_output=True, text=True, env=env)
   result = json.loads((tmp_path / "train_gpu.json").read_text())
-  from mind_jax.training._step import step_flops
+  from mind_jax.training import step_flops
   cfg = mind_jax.preset("tiny")
   assert result["step_flops"] == step_flops(cfg, 2 * 128, 128)
   assert result["mfu"] == pytest.approx(result["step_flops"] / result["step_s"] / 1e11)

@@ -187,7 +187,7 @@ def test_compare_puts_runs_side_by_side_with_deltas(tmp_path, capsys):
 def test_compare_keeps_a_metric_only_a_later_run_has(tmp_path):
   """The baseline was evaluated on gsm8k alone, the second run on gsm8k and arc_easy: the
   table has arc_easy's row too, with "-" under the baseline and no delta."""
-  from mind_jax.evaluation._compare import compare
+  from mind_jax.evaluation import compare
   runs = {"raw": {"gsm8k": {"exact_match,none": 0.25}},
           "mind": {"gsm8k": {"exact_match,none": 0.5}, "arc_easy": {"acc,none": 0.6}}}
   for name, results in runs.items():
@@ -459,7 +459,7 @@ def test_a_training_workdir_given_as_the_model_is_read_from_its_hf_export(setup,
   import shutil
 
   from mind_jax import MindJaxError
-  from mind_jax.evaluation._run import resolve_model
+  from mind_jax.evaluation import resolve_model
   workdir = tmp_path / "train"
   workdir.mkdir()
   (workdir / "run.json").write_text(json.dumps({"job": "train", "settings": {}}))

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from mind_jax._errors import MindJaxError
+from mind_jax import MindJaxError
 from mind_jax.config import load_config
 from mind_jax.curation import CONTAMINATION, SUMMARY, FilterConfig, clean, run_filter, split_turns
 from mind_jax.filter import main as filter_main
@@ -61,7 +61,7 @@ PODCAST_STYLE = """styles:
 def test_a_new_styles_closing_note_is_stripped_by_the_genre_its_run_notes(tmp_path):
   """A style added by prompt.styles_file writes "podcast"s: generate notes the genre in its
   run record, and the filter strips a closing note naming it as it does for a debate."""
-  from mind_jax.mind._styles import load_styles
+  from mind_jax.mind import load_styles
   (tmp_path / "styles.yaml").write_text(PODCAST_STYLE)
   assert load_styles(str(tmp_path / "styles.yaml"))["podcast"].genre == "podcast"
   out = tmp_path / "gen"

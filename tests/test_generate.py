@@ -77,7 +77,8 @@ def test_a_chunks_styles_share_their_prompt_prefix_and_it_is_prefilled_once(defa
   equal a run that prefills every prompt whole. (One slot shard: the default run's 8-device
   mesh splits its 8 slots into 8 shards of one slot, each with its own pages.)"""
   from mind_jax.data import ReadStats
-  from mind_jax.mind._pipeline import common_prefix_len, plan_units
+  from mind_jax.mind import plan_units
+  from mind_jax.mind._pipeline import common_prefix_len
   out, summary = default_run
   cfg = make_config(out, "input.limit=2")
   units = list(plan_units(cfg, byte_tokenizer(), list(load_styles().values()), ReadStats()))
@@ -103,7 +104,7 @@ def test_a_chunks_styles_share_their_prompt_prefix_and_it_is_prefilled_once(defa
 
 
 def test_engine_paging_keys_take_effect_or_fail_in_one_line(tmp_path):
-  from mind_jax.mind._pipeline import engine_config
+  from mind_jax.mind import engine_config
   from mind_jax.mind._pipeline import run_settings
   cfg = make_config(tmp_path, "engine.page_size=32", "engine.kv_pages=96", "engine.kv_memory=1.5GiB",
                     "engine.kv_dtype=int8")

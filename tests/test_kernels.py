@@ -13,11 +13,9 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mind_jax import sharding
-from mind_jax._errors import MindJaxError
-from mind_jax.nn import Llama, LlamaConfig, attend, resolve_attention
+from mind_jax import MindJaxError, sharding
+from mind_jax.nn import NO_PAGE, Llama, LlamaConfig, attend, resolve_attention
 from mind_jax.nn import _kernels
-from mind_jax.nn._cache import NO_PAGE
 from mind_jax.nn._paged import attend_pages
 
 TOL = 1e-5

@@ -10,8 +10,7 @@ import torch
 from flax import nnx
 
 import mind_jax
-from mind_jax.nn import KVCache
-from mind_jax.nn._cache import NO_PAGE
+from mind_jax.nn import NO_PAGE, KVCache
 from conftest import LLAMA_VARIANTS, make_hf_checkpoint
 
 

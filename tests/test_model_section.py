@@ -5,8 +5,7 @@ import pytest
 
 from mind_jax import MindJaxError, config
 from mind_jax.ckpts import load_model
-from mind_jax.mind import GenerateConfig, run
-from mind_jax.mind._pipeline import load_model as generate_model
+from mind_jax.mind import GenerateConfig, load_generator, run
 from mind_jax.smoke import SmokeConfig
 from mind_jax.smoke import run as smoke
 
@@ -45,7 +44,7 @@ def test_a_preset_takes_the_same_keys():
 def test_generate_loads_through_it_with_its_mesh_and_rules():
   cfg = config.load_config(GenerateConfig, None, ["model.scan_layers=true", "mesh.rules=train",
                                                   "mesh.axes.fsdp=2", "mesh.axes.data=-1"])
-  model, _, _, mesh = generate_model(cfg)
+  model, _, _, mesh = load_generator(cfg)
   assert model.config.scan_layers and dict(mesh.shape)["fsdp"] == 2
   embed = model.model.embed_tokens.weight[...]
   assert "fsdp" in str(embed.sharding.spec)  # the train rules put embed over fsdp

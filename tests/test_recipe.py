@@ -242,10 +242,10 @@ def test_on_a_slice_host_0_alone_writes_the_recipes_files(tmp_path, monkeypatch)
 def test_a_preempted_training_stops_the_recipe_with_the_stage_not_done(tmp_path, monkeypatch):
   """SIGTERM (a spot VM's notice) makes training save and return early: the recipe must not
   call that stage done (nor go on to evaluate an unfinished model); a rerun resumes it."""
-  from mind_jax.training import _loop
+  from mind_jax import training
   workdir = tmp_path / "exp"
-  monkeypatch.setattr(_loop, "run", lambda cfg: {"workdir": cfg.workdir, "start_step": 0,
-                                                 "stopped_at": 7, "preempted": True})
+  monkeypatch.setattr(training, "run", lambda cfg: {"workdir": cfg.workdir, "start_step": 0,
+                                                    "stopped_at": 7, "preempted": True})
   assert run(recipe(workdir), only=["train/raw", "evaluate/raw"]) == {"train/raw": "preempted"}
   assert not json.loads((workdir / "stages" / "train.raw.json").read_text())["done"]
   assert _stages.decide(str(workdir), plan(recipe(workdir)))["train/raw"] == "resume"

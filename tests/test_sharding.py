@@ -7,8 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 import mind_jax
 from mind_jax import sharding
-from mind_jax.nn import KVCache
-from mind_jax.nn._cache import CACHE_AXES
+from mind_jax.nn import CACHE_AXES, KVCache
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import sentencepiece as spm
 
 from mind_jax import MindJaxError, load_tokenizer
 from mind_jax.testing import byte_tokenizer
-from mind_jax.text._tokenizer import LONG_TEXT, WINDOW_OVERLAP
+from mind_jax.text import LONG_TEXT
+from mind_jax.text._tokenizer import WINDOW_OVERLAP
 
 MATH = ["The derivative of x^2 is 2x.", "Let n be an odd integer; then n^2 is odd.",
         "A triangle with sides 3, 4 and 5 is right-angled.", "The sum 1 + 2 + ... + n is n(n+1)/2."]
@@ -76,7 +77,7 @@ def test_a_text_longer_than_a_window_gets_the_ids_of_whole_text_encoding(tmp_pat
   window): the ids equal the UTF-8 bytes (byte tokenizer) and the BPE's own encoding of the
   whole text, across every window boundary."""
   import numpy as np
-  from mind_jax.text._tokenizer import LONG_TEXT
+  from mind_jax.text import LONG_TEXT
   rs = np.random.RandomState(0)
   words = ["the", "sum", "x²", "∫", "n(n+1)/2", "odd", "\n\n", "  ", "3,", "4"]
   text = " ".join(rs.choice(words) for _ in range(3 * LONG_TEXT // 3))
@@ -84,10 +85,15 @@ def test_a_text_longer_than_a_window_gets_the_ids_of_whole_text_encoding(tmp_pat
   byte = byte_tokenizer()
   assert byte.encode(text) == list(text.encode("utf-8"))
   assert np.array_equal(byte.encode_batch(["short", text])[1], list(text.encode("utf-8")))
+  assert byte.count_tokens(["short", text]) == [5, len(text.encode("utf-8"))]
   bpe = _bpe_with_regex(tmp_path)
   whole = bpe.hf.backend_tokenizer.encode(text, add_special_tokens=False).ids
   assert bpe.encode(text) == whole
   assert np.array_equal(bpe.encode_batch([text])[0], whole)
+  # A reader cutting pieces, and a count, take the ids a window at a time.
+  windows = list(bpe.encode_windows(text))
+  assert len(windows) > 2 and np.concatenate(windows).tolist() == whole
+  assert bpe.count_tokens([text, "odd"]) == [len(whole), len(bpe.encode("odd"))]
 
 
 @pytest.mark.parametrize("extra", [1, WINDOW_OVERLAP // 4, WINDOW_OVERLAP, WINDOW_OVERLAP + 1])

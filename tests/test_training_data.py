@@ -457,7 +457,7 @@ def test_data_add_bos_and_add_eos_frame_each_document_as_configured(tmp_path, ad
   tokenizer's own ids for the text, with BOS before and EOS after only where asked."""
   from mind_jax.config import load_config
   from mind_jax.training import TrainConfig
-  from mind_jax.training._config import data_pipeline
+  from mind_jax.training import data_pipeline
   source = write_jsonl(tmp_path / "one.jsonl", ["x + y = 10"])
   cfg = load_config(TrainConfig, None, [
       f"data.sources=[{{path: {source}}}]", "data.seq_len=64", "batch_size=1",
@@ -488,7 +488,7 @@ def test_a_source_of_one_huge_document_is_read_once_per_fill_and_split_whole(tmp
       return super().chunks(text)
 
   cfg = DataSection(sources=[SourceSection(path=str(source))], seq_len=64, pack_bins=8)
-  from mind_jax.data._sources import DocumentStream
+  from mind_jax.data import DocumentStream
   mixture = resolve_mixture(cfg)
   stream = iter(DocumentStream(mixture.sources[0], 0, Counting(TOKENIZER), seed=0, max_piece=64))
   framed = [BOS] + TOKENIZER.encode(text) + [EOS]
@@ -496,6 +496,85 @@ def test_a_source_of_one_huge_document_is_read_once_per_fill_and_split_whole(tmp
   import itertools
   assert list(itertools.chain(*pieces)) == framed and all(len(p) == 64 for p in pieces[:-1])
   assert encoded and max(encoded) <= READ_CHARS + len(text)
+
+
+def _long_text(chars, seed):
+  """ASCII and 2-3 byte characters (a byte tokenizer's ids are the UTF-8 bytes, so token and
+  character positions drift apart across windows)."""
+  rs = np.random.RandomState(seed)
+  words = ["the", "sum", "x²", "∫", "n(n+1)/2", "odd", "\n\n", "  ", "3,", "4", "é"]
+  text = ""
+  while len(text) < chars:
+    text += " ".join(rs.choice(words, 5000)) + " "
+  return text[:chars]
+
+
+def test_a_long_document_comes_as_the_pieces_of_its_whole_text_ids_and_resumes_inside_it(
+    tmp_path):
+  """Documents over LONG_TEXT characters are cut into pieces as their windows are encoded:
+  the pieces are still the whole text's framed ids (here its UTF-8 bytes, computed without
+  the tokenizer) cut every max_piece tokens, in file order with the short documents around
+  them, and a stream restored anywhere, inside a long document too, continues exactly. The
+  second long document's framed ids are an exact multiple of max_piece (its last piece is
+  full, and only the next document's first piece can follow it)."""
+  from mind_jax.text import LONG_TEXT
+  size = 999
+  second = _long_text(2 * LONG_TEXT, 1)
+  second += "z" * (-(len(second.encode()) + 2) % size)
+  texts = ["a short one", _long_text(3 * LONG_TEXT + 12_345, 0), "between", second, "the end"]
+  framed = [[BOS, *text.encode("utf-8"), EOS] for text in texts]
+  assert len(framed[3]) % size == 0
+  expected = [ids[i:i + size] for ids in framed for i in range(0, len(ids), size)]
+  expected += expected[:3]  # the next epoch begins the same way
+  cfg = DataSection(sources=[SourceSection(path=str(write_jsonl(tmp_path / "long.jsonl", texts)))])
+  stream = DocumentStream(resolve_mixture(cfg).sources[0], 0, Framing(TOKENIZER), seed=0,
+                          max_piece=size)
+  iterator, states, pieces = iter(stream), [], []
+  for _ in expected:
+    states.append(json.loads(json.dumps(iterator.get_state())))
+    pieces.append(next(iterator)["tokens"].tolist())
+  assert pieces == expected
+  ends = np.cumsum([-(-len(ids) // size) for ids in framed])  # pieces up to each document's end
+  # Past the first windows of the first long document, at its last piece, just after it,
+  # inside the second one, and at its full last piece.
+  for k in (ends[0] + 150, ends[1] - 1, ends[1], ends[3] - 100, ends[3] - 1):
+    restored = iter(stream)
+    restored.set_state(states[k])
+    assert [next(restored)["tokens"].tolist() for _ in expected[k:]] == expected[k:], k
+
+
+_PEAK_RSS = """
+import re, sys
+from mind_jax.data import DataSection, DocumentStream, Framing, SourceSection, resolve_mixture
+from mind_jax.text import byte_tokenizer
+source = resolve_mixture(DataSection(sources=[SourceSection(path=sys.argv[1])])).sources[0]
+stream = iter(DocumentStream(source, 0, Framing(byte_tokenizer()), seed=0, max_piece=4096))
+assert sum(len(next(stream)["tokens"]) for _ in range(100)) == 409_600  # 4 windows and more
+# The peak of this program's memory: unlike ru_maxrss, not the test process's it forked from.
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) * 1024)
+"""
+
+
+def test_reading_a_huge_document_takes_memory_for_its_record_not_its_tokens(tmp_path):
+  """The first 100 pieces of a one-line document of 4 MB and of 16 MB, each read in its own
+  process: the peak resident memory grows by under 3 bytes per character of the line (about
+  1 here). Parsing must hold the JSON line and its text, 2 bytes per ASCII character; the ids
+  and pieces follow the window, not the document (whole-document ids took 24 bytes per
+  character, all of the windows' ids held at once 5.8)."""
+  import subprocess
+  import sys
+  peaks = {}
+  for mb in (4, 16):
+    text = "the sum of the first n odd numbers is n squared; "
+    text = text * (mb * 1_000_000 // len(text))
+    path = write_jsonl(tmp_path / f"huge{mb}.jsonl", [text])
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(path)], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peaks[mb] = (int(done.stdout.split()[-1]), len(text))
+  (small, small_chars), (large, large_chars) = peaks[4], peaks[16]
+  per_char = (large - small) / (large_chars - small_chars)
+  assert per_char < 3, f"{per_char:.1f} bytes per character ({small >> 20} -> {large >> 20} MiB)"
 
 
 def test_mix_counts_what_a_concat_stream_of_equal_documents_cuts_by_arithmetic(tmp_path, capsys):

@@ -17,9 +17,7 @@ from mind_jax._atomic import write_json
 from mind_jax._errors import MindJaxError
 from mind_jax.ckpts._safetensors import (INDEX_NAME, SafetensorsReader, host_empty, parse_size,
                                          write_shards)
-from mind_jax.nn import Llama, LlamaConfig
-from mind_jax.nn._config import read_hf_config
-from mind_jax.nn._quant import quantize_int8
+from mind_jax.nn import Llama, LlamaConfig, quantize_int8, read_hf_config
 from mind_jax._progress import progress_bar
 
 log = logging.getLogger(__name__)

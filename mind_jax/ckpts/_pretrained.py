@@ -11,10 +11,8 @@ from mind_jax._paths import check_confined
 from mind_jax.ckpts._hf import load_hf_model
 from mind_jax.ckpts._safetensors import SafetensorsReader
 from mind_jax.ckpts._orbax import is_orbax_dir, load_orbax_model, read_marker
-from mind_jax.nn import Llama, LlamaConfig, resolve_attention
-from mind_jax.nn._config import read_hf_config
-from mind_jax.text import Tokenizer, load_tokenizer
-from mind_jax.text._tokenizer import has_tokenizer_files
+from mind_jax.nn import Llama, LlamaConfig, read_hf_config, resolve_attention
+from mind_jax.text import Tokenizer, has_tokenizer_files, load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from mind_jax.curation._dedup import Signer, check_bloom_available, exact_key, n
 from mind_jax.curation._parallel import FileMapper
 from mind_jax.curation._rules import REQUIRED_FIELDS, FilterConfig, cleaned, judge
 from mind_jax.curation._table import FileFacts, FileFactsBuilder
-from mind_jax.data._select import group_winners
+from mind_jax.data import group_winners
 from mind_jax.text import BYTE_TOKENIZER, load_tokenizer
 
 log = logging.getLogger("mind_jax.filter")
@@ -106,7 +106,7 @@ def resolve_tokenizer(tokenizer: str | None, files: list[str], directory: str) -
   first = (found for path in files for found in read_input(path))
   where, record = next(first, (files[0] if files else "input", {}))
   model = record.get("model") or ""
-  from mind_jax.text._tokenizer import has_tokenizer_files
+  from mind_jax.text import has_tokenizer_files
   if model and epath.Path(model).is_dir() and has_tokenizer_files(model):
     return model
   raise MindJaxError(f"{where}: records name model {model!r}, which is not a local directory "

@@ -3,20 +3,23 @@
 from etils import epy
 
 from mind_jax.data._chunking import chunk_text
-from mind_jax.data._readers import (CHAMP_SOURCE, Document, ReadStats, expand, iter_records,
-                                    part_files, read_documents)
+from mind_jax.data._readers import (CHAMP_SOURCE, Document, ReadStats, champ_problems, expand,
+                                    glob_root, iter_records, part_files, read_documents)
 
 # The training pipeline imports Grain, which imports JAX (half a second): its names resolve on
 # first use, so the filter and its worker processes, which read corpora but never train, start
-# without it.
+# without it. group_winners waits too: the readers alone start without NumPy.
 with epy.lazy_api_imports(globals()):
-  from mind_jax.data._mixture import (DataSection, DeviceBatches, Framing, Mixture, SourceSize,
-                                      TokenMix, host_dataset, model_inputs, resolve_mixture,
-                                      source_size, training_dataset, whole_document_rows)
+  from mind_jax.data._mixture import (MODEL_INPUTS, DataSection, DeviceBatches, Framing, Mixture,
+                                      SourceSize, TokenMix, host_dataset, model_inputs,
+                                      resolve_mixture, source_size, training_dataset,
+                                      whole_document_rows)
+  from mind_jax.data._select import group_winners
   from mind_jax.data._sources import DocumentStream, Source, SourceSection
 
 __all__ = ["CHAMP_SOURCE", "DataSection", "DeviceBatches", "Document", "DocumentStream",
-           "Framing", "Mixture", "ReadStats", "Source", "SourceSection", "SourceSize",
-           "TokenMix", "chunk_text", "expand", "host_dataset", "iter_records", "model_inputs",
-           "part_files", "read_documents", "resolve_mixture", "source_size", "training_dataset",
+           "Framing", "MODEL_INPUTS", "Mixture", "ReadStats", "Source", "SourceSection",
+           "SourceSize", "TokenMix", "champ_problems", "chunk_text", "expand", "glob_root",
+           "group_winners", "host_dataset", "iter_records", "model_inputs", "part_files",
+           "read_documents", "resolve_mixture", "source_size", "training_dataset",
            "whole_document_rows"]

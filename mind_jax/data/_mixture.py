@@ -17,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from typing import Literal
 
 import grain
@@ -26,8 +27,8 @@ import pydantic
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
 from mind_jax.data._readers import _champ_file, _kind, _path
-from mind_jax.data._sources import (READ_BATCH, DocumentStream, Source, SourceSection, _records,
-                                    resolve_source)
+from mind_jax.data._sources import (READ_BATCH, READ_CHARS, DocumentStream, Source, SourceSection,
+                                    _records, resolve_source)
 
 # Per-token features the model reads; "source" stays on the host (shares, per-source losses).
 MODEL_INPUTS = ("tokens", "segment_ids", "positions", "targets", "loss_weights")
@@ -103,6 +104,23 @@ class Framing:
   def __call__(self, texts) -> list[np.ndarray]:
     return [np.concatenate([self.head, ids, self.tail]).astype(np.int32)
             for ids in self.tokenizer.encode_batch(texts)]
+
+  def chunks(self, text: str) -> Iterator[np.ndarray]:
+    """One document's framed ids as consecutive int32 arrays, BOS on the first and EOS on
+    the last: window by window for a long text (`Tokenizer.encode_windows`), so a reader that
+    cuts them into pieces holds one window's ids, not the document's."""
+    windows = self.tokenizer.encode_windows(text)
+    held = np.concatenate([self.head, next(windows, [])]).astype(np.int32)
+    for ids in windows:
+      yield held
+      held = ids
+    yield np.concatenate([held, self.tail]).astype(np.int32)
+
+  def lengths(self, texts) -> list[int]:
+    """The framed token counts of `texts` (`Tokenizer.count_tokens`: a long one's counted
+    window by window)."""
+    framing = len(self.head) + len(self.tail)
+    return [framing + n for n in self.tokenizer.count_tokens(texts)]
 
 
 class TokenMix(grain.IterDataset):
@@ -258,42 +276,61 @@ class SourceSize:
   exact: bool
 
 
-def _first_documents(source: Source, limit: int) -> tuple[list[str], int, int, bool]:
-  """(texts of the first `limit` documents, items read, their JSONL bytes, whether that was
-  the whole source)."""
-  texts, items, sample_bytes = [], 0, 0
+def _first_documents(source: Source, limit: int, lengths=None) -> tuple[int, int, int, int, bool]:
+  """(documents among the first `limit`, their framed token count by `lengths` (0 without),
+  items read, their JSONL bytes, whether that was the whole source). Texts are counted a
+  READ_BATCH or READ_CHARS at a time, never all held: a source of huge documents holds one."""
+  documents = tokens = items = sample_bytes = chars = 0
+  texts = []
   for path in source.files:
     for _, _, record, problem in _records(source, path):
       items += 1
       if problem or source.problem(record) or not source.wanted(record):
         continue
       text = source.text(record)
-      if text.strip():
-        texts.append(text)
       if _kind(path) == "jsonl":
-        sample_bytes += len(json.dumps(record, ensure_ascii=False).encode()) + 1
-      if len(texts) > limit:
-        return texts[:limit], items, sample_bytes, False
-  return texts, items, sample_bytes, True
+        sample_bytes += _json_bytes(record) + 1
+      if not text or text.isspace():  # unlike strip(), no copy of a huge text
+        continue
+      if documents == limit:
+        return documents, tokens + _total(lengths, texts), items, sample_bytes, False
+      documents += 1
+      if lengths is not None:
+        texts.append(text)
+        chars += len(text)
+        if len(texts) == READ_BATCH or chars >= READ_CHARS:
+          tokens += _total(lengths, texts)
+          texts, chars = [], 0
+  return documents, tokens + _total(lengths, texts), items, sample_bytes, True
+
+
+def _total(lengths, texts) -> int:
+  return sum(lengths(texts)) if texts else 0
+
+
+def _json_bytes(record) -> int:
+  """The UTF-8 size of `record` as one JSON line, a chunk at a time (dumps and encode would
+  be two more copies of a huge record)."""
+  chunks = json.JSONEncoder(ensure_ascii=False).iterencode(record)
+  return sum(len(c) if c.isascii() else len(c.encode()) for c in chunks)
 
 
 def documents_up_to(source: Source, limit: int) -> int | None:
   """The source's document count if it holds at most `limit` (read, not tokenized), else None."""
-  texts, _, _, whole = _first_documents(source, limit)
-  return len(texts) if whole else None
+  documents, _, _, _, whole = _first_documents(source, limit)
+  return documents if whole else None
 
 
 def source_size(source: Source, framing: Framing, sample: int = 1024) -> SourceSize:
   """Reads the first `sample` documents (tokenized, as training frames them); when the source
   holds more, scales by its item count (from metadata where the format has one, else from
   the bytes the sample took of the files)."""
-  texts, items, sample_bytes, whole = _first_documents(source, sample)
-  tokens = sum(len(ids) for start in range(0, len(texts), READ_BATCH)
-               for ids in framing(texts[start:start + READ_BATCH]))
+  documents, tokens, items, sample_bytes, whole = _first_documents(source, sample,
+                                                                   framing.lengths)
   if whole:
-    return SourceSize(len(texts), tokens, exact=True)
+    return SourceSize(documents, tokens, exact=True)
   scale = _item_count(source, items, sample_bytes) / max(items, 1)
-  return SourceSize(len(texts) * scale, tokens * scale, exact=False)
+  return SourceSize(documents * scale, tokens * scale, exact=False)
 
 
 def _item_count(source: Source, items_read: int, sample_bytes: int) -> float:

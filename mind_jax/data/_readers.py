@@ -337,15 +337,19 @@ def _champ_file():
   return resources.files("champ_dataset") / "dataset_files" / "v0.json"
 
 
-def _champ_records():
-  """CHAMP competition problems (MIT licence), one document per problem: statement, worked
-  solution and answer, read from the installed `champ-dataset` package."""
+def champ_problems() -> dict[str, dict]:
+  """The CHAMP competition problems (MIT licence) by id, as the installed `champ-dataset`
+  package stores them: `_text` the statement, `_answer` the answer, `solution` its steps."""
   try:
-    data = json.loads(_champ_file().read_text())
+    return json.loads(_champ_file().read_text())["problems"]
   except (ModuleNotFoundError, FileNotFoundError) as e:
     raise MindJaxError(f"champ: the champ-dataset package is not installed ({e}); "
                        "pip install champ-dataset") from e
-  for identifier, problem in data["problems"].items():
+
+
+def _champ_records():
+  """CHAMP, one document per problem: statement, worked solution and answer."""
+  for identifier, problem in champ_problems().items():
     steps = problem["solution"]["steps"] if isinstance(problem["solution"], dict) else []
     solution = "\n".join(step["_text"] for step in steps)
     text = f"Problem. {problem['_text']}\n\nSolution.\n{solution}\n\nAnswer: {problem['_answer']}"

@@ -14,12 +14,13 @@ same document and together they read them all.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal, Protocol
 
 import grain
 import numpy as np
@@ -29,6 +30,7 @@ from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
 from mind_jax.data._readers import check_record, expand, numbered_records, part_files
 from mind_jax.data._select import group_winners
+from mind_jax.text import LONG_TEXT
 
 # Jobs whose output directories hold conversation records (run.json "job").
 CONVERSATION_JOBS = ("filter", "generate")
@@ -204,7 +206,15 @@ def _longest_per_chunk(source: Source, key: str) -> np.ndarray:
   return np.sort(ids[np.unique(winner)])
 
 
-Encoder = Callable[[Sequence[str]], list[np.ndarray]]
+class Encoder(Protocol):
+  """What a stream tokenizes with (`Framing`): many documents' framed ids at once, or one
+  document's in consecutive chunks."""
+
+  def __call__(self, texts: Sequence[str]) -> list[np.ndarray]:
+    ...
+
+  def chunks(self, text: str) -> Iterator[np.ndarray]:
+    ...
 
 
 class DocumentStream(grain.IterDataset):
@@ -212,7 +222,9 @@ class DocumentStream(grain.IterDataset):
 
   Each element is {"tokens": int32[n], "source": int32[n]} (the source's index + 1 on every
   token, so shares can be counted after packing); documents longer than `max_piece` come as
-  consecutive pieces of at most `max_piece` tokens, nothing dropped.
+  consecutive pieces of at most `max_piece` tokens, nothing dropped. A text over `LONG_TEXT`
+  characters is cut as its ids arrive window by window, a piece at a time, so memory holds
+  the text and one window, whatever its token count.
   """
 
   def __init__(self, source: Source, index: int, encode: Encoder, *, seed: int,
@@ -254,7 +266,8 @@ class _DocumentIterator(grain.DatasetIterator):
     else:
       self.files, self.stride = source.files, (index, count)
     self.position = _Position()
-    self.buffer: list[tuple[dict, _Position]] = []
+    self.buffer: collections.deque[tuple[dict, _Position]] = collections.deque()
+    self.document: Iterator[tuple[dict, _Position]] | None = None  # a long one, being cut
     self.records = None  # open reader at `self.read_at`
     self.read_at = _Position()
 
@@ -264,7 +277,7 @@ class _DocumentIterator(grain.DatasetIterator):
 
   def set_state(self, state: dict) -> None:
     self.position = _Position(**state)
-    self.buffer, self.records = [], None
+    self.buffer, self.document, self.records = collections.deque(), None, None
 
   # --- reading -------------------------------------------------------------------------------
   def _order(self, epoch: int) -> list[int]:
@@ -278,8 +291,13 @@ class _DocumentIterator(grain.DatasetIterator):
     self.records = _records(self.stream.source, path, at.item)
     self.read_at = dataclasses.replace(at, piece=0)
 
+  def _streamed(self, text: str) -> bool:
+    """Whether `text` is cut into pieces as its windows are encoded, not encoded with others."""
+    return self.stream.max_piece is not None and len(text) > LONG_TEXT
+
   def _next_documents(self, limit: int) -> list[tuple[str, _Position, int]]:
-    """Up to `limit` (text, position of the document, pieces to skip) from the reader."""
+    """Up to `limit` (text, position of the document, pieces to skip) from the reader; a
+    streamed one (`_streamed`) ends the list, so that its pieces follow those before it."""
     source = self.stream.source
     found, ends_without_documents = [], 0
     skip = self.position.piece if self.records is None else 0
@@ -314,31 +332,54 @@ class _DocumentIterator(grain.DatasetIterator):
       if not source.wanted(record):
         continue
       text = source.text(record)
-      if not text.strip():
+      if not text or text.isspace():  # unlike strip(), no copy of a huge text
         continue
       ends_without_documents = 0
       found.append((text, start, skip))
       chars += len(text)
       skip = 0
+      if self._streamed(text):
+        break
     return found
 
   def _fill(self) -> None:
     documents = self._next_documents(READ_BATCH)
-    encoded = self.stream.encode([text for text, _, _ in documents])
-    label = self.stream.index + 1
+    streamed = documents.pop() if documents and self._streamed(documents[-1][0]) else None
+    encoded = self.stream.encode([text for text, _, _ in documents]) if documents else []
     for (_, start, skip), tokens in zip(documents, encoded, strict=True):
-      size = self.stream.max_piece or len(tokens)
-      pieces = [tokens[i:i + size] for i in range(0, len(tokens), size)]
-      for number in range(skip, len(pieces)):
-        after = (dataclasses.replace(start, piece=number + 1) if number + 1 < len(pieces) else
-                 dataclasses.replace(start, item=start.item + 1, piece=0))
-        piece = pieces[number]
-        self.buffer.append(({"tokens": piece, "source": np.full(len(piece), label, np.int32)},
-                            after))
-    self.buffer.reverse()  # popped from the end
+      self.buffer.extend(self._pieces([tokens], start, skip))
+    if streamed is not None:
+      text, start, skip = streamed
+      self.document = self._pieces(self.stream.encode.chunks(text), start, skip)
+
+  def _pieces(self, chunks: Iterable[np.ndarray], start: _Position, skip: int
+              ) -> Iterator[tuple[dict, _Position]]:
+    """(element, position after it) of each `max_piece` piece of the document at `start`
+    whose framed ids come as `chunks`, from piece `skip` on. A full piece waits for the next
+    token: only then is it known not to be the document's last (whose position is the next
+    item's), so a lazy `chunks` is read one window ahead, never more."""
+    size, label = self.stream.max_piece, self.stream.index + 1
+    held, number = np.zeros(0, np.int32), 0
+    for chunk in chunks:
+      held = np.concatenate([held, chunk]) if len(held) else chunk
+      while size is not None and len(held) > size:
+        if number >= skip:
+          yield _element(held[:size], label), dataclasses.replace(start, piece=number + 1)
+        held, number = held[size:], number + 1
+    if len(held) and number >= skip:
+      yield _element(held, label), dataclasses.replace(start, item=start.item + 1, piece=0)
 
   def __next__(self) -> dict:
-    if not self.buffer:
-      self._fill()
-    element, self.position = self.buffer.pop()
+    while not self.buffer:
+      if self.document is None:
+        self._fill()
+      elif (piece := next(self.document, None)) is not None:
+        self.buffer.append(piece)
+      else:
+        self.document = None
+    element, self.position = self.buffer.popleft()
     return element
+
+
+def _element(tokens: np.ndarray, label: int) -> dict:
+  return {"tokens": tokens, "source": np.full(len(tokens), label, np.int32)}

@@ -38,10 +38,9 @@ from jax.sharding import Mesh, NamedSharding
 from mind_jax import sharding as sharding_lib
 from mind_jax._errors import MindJaxError
 from mind_jax.engine._sampling import SamplingParams, request_key, sample, token_keys
-from mind_jax.nn import KVCache, Llama
+from mind_jax.nn import (CACHE_AXES, NO_PAGE, KVCache, Llama, paged_kernel_reads,
+                         pool_sharding)
 from mind_jax.engine._pages import PagePool, Prefix, prefix_key
-from mind_jax.nn._cache import CACHE_AXES, NO_PAGE, pool_sharding
-from mind_jax.nn._kernels import paged_kernel_reads
 
 log = logging.getLogger(__name__)
 

@@ -69,9 +69,9 @@ def process_results(doc: dict, results: list[str]) -> dict:
 
 def write_task(directory: str) -> str:
   """Writes the task (YAML, problems, scoring) into `directory`; returns it."""
-  from mind_jax.data._readers import _champ_file
+  from mind_jax.data import champ_problems
   os.makedirs(directory, exist_ok=True)
-  problems = json.loads(_champ_file().read_text())["problems"]
+  problems = champ_problems()
   data = os.path.join(directory, "champ.jsonl")
   with open(data, "w") as f:
     for identifier, problem in problems.items():

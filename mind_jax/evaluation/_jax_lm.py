@@ -171,7 +171,7 @@ class JaxLM(TemplateLM):
           temperature=0.0 if greedy else float(kwargs.get("temperature", 1.0)),
           top_p=float(kwargs.get("top_p") or 1.0), top_k=int(kwargs.get("top_k") or 0))
       prepared.append((ids, sampling, until))
-    from mind_jax.engine._engine import one_prefill_bucket
+    from mind_jax.engine import one_prefill_bucket
     longest = max((len(ids) + s.max_new_tokens for ids, s, _ in prepared), default=1)
     max_len = max(longest, min(_bucket(longest, longest), self.max_length))
     # One prefill program for every prompt where padding allows: compilations are most of a

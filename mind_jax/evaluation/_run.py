@@ -55,8 +55,7 @@ class EvaluateConfig(config_lib.Section):
 
 def resolve_model(path: str | None) -> str:
   """The HF directory to evaluate: `path`, or a training workdir's export; checked up front."""
-  from mind_jax.ckpts._orbax import is_orbax_dir
-  from mind_jax.ckpts._pretrained import require_model_dir
+  from mind_jax.ckpts import is_orbax_dir, require_model_dir
   if not path:
     raise MindJaxError("--model: no model given (an HF directory or a mind_jax.train workdir)")
   record = os.path.join(path, "run.json")
@@ -73,7 +72,7 @@ def resolve_model(path: str | None) -> str:
     raise MindJaxError(f"--model={path}: no weights (model.safetensors, its shards, or a "
                        "mind_jax Orbax checkpoint)")
   if weights:
-    from mind_jax.ckpts._safetensors import SafetensorsReader
+    from mind_jax.ckpts import SafetensorsReader
     SafetensorsReader(path)  # every header and file size: a damaged file before the harness
   return path
 

@@ -17,7 +17,7 @@ import subprocess
 import yaml
 
 from mind_jax._atomic import write_bytes, write_json
-from mind_jax.evaluation._compare import markdown_table
+from mind_jax.evaluation import markdown_table
 
 TIME_SECTION = "Time per stage"
 
@@ -47,8 +47,8 @@ def _read_json(path: str) -> dict:
 
 def collect(workdir: str, cfg, stages, records: dict[str, dict]) -> dict:
   """The report's numbers, as one JSON-able dict."""
-  from mind_jax.evaluation._compare import read_results, scores
-  from mind_jax.training._metrics import read_metrics
+  from mind_jax.evaluation import read_results, scores
+  from mind_jax.training import read_metrics
   config = cfg.model_dump(mode="json", exclude={"workdir"})
   report = {"experiment": cfg.experiment, "code": code_version(), "baseline": cfg.baseline_name,
             "variants": [{"name": v.name, "description": v.description} for v in cfg.variants],
@@ -241,7 +241,7 @@ def _html(blocks, images: dict[str, bytes], title: str) -> str:
 
 def write_report(workdir: str, cfg, stages, records: dict[str, dict]) -> dict:
   """Writes WORKDIR/report/; returns the paths written."""
-  from mind_jax.evaluation._compare import COMPARE_PLOT, comparison, write_comparison
+  from mind_jax.evaluation import COMPARE_PLOT, comparison, write_comparison
   out = os.path.join(workdir, "report")
   os.makedirs(out, exist_ok=True)
   report = collect(workdir, cfg, stages, records)

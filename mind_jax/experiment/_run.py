@@ -41,10 +41,9 @@ def _check_workdir(cfg: RecipeConfig) -> None:
 def _check_inputs(stages: list[_stages.Stage]) -> None:
   """Every path the stages read that exists before the recipe starts (models, corpora,
   tokenizers, evaluation files) is checked now, not when its stage comes (hours later)."""
-  from mind_jax.ckpts._pretrained import require_model_dir
-  from mind_jax.data._readers import expand
-  from mind_jax.mind._pipeline import check_model_path
-  from mind_jax.mind._styles import check_style_keys, load_styles
+  from mind_jax.ckpts import require_model_dir
+  from mind_jax.data import expand
+  from mind_jax.mind import check_model_path, check_style_keys, load_styles
   produced = [s.directory for s in stages]
   for stage in stages:
     cfg, where = stage.config, stage.name
@@ -99,7 +98,7 @@ def _hosts(stages: list[_stages.Stage]) -> tuple[int, int]:
 def _job(stage: _stages.Stage, cfg: RecipeConfig, stages, records) -> dict:
   """Runs the stage's command through its library function; returns a JSON-able summary."""
   if stage.kind == "generate":
-    from mind_jax.mind._pipeline import run
+    from mind_jax.mind import run
     return run(stage.config)
   if stage.kind == "filter":
     from mind_jax.curation import run_filter
@@ -110,7 +109,7 @@ def _job(stage: _stages.Stage, cfg: RecipeConfig, stages, records) -> dict:
     return {"records": report["all"]["records"], "kept": report["all"]["kept"]}
   if stage.kind == "train":
     from mind_jax.mix import describe_mix
-    from mind_jax.training._loop import run
+    from mind_jax.training import run
     # What the variant trains on, measured on its first batches, for the report.
     mix = describe_mix(stage.config, batches=8, progress=False)
     mix.pop("examples", None)
@@ -120,7 +119,7 @@ def _job(stage: _stages.Stage, cfg: RecipeConfig, stages, records) -> dict:
     return {**summary, "mix": mix}
   if stage.kind == "evaluate":
     from mind_jax.evaluation import evaluate
-    from mind_jax.evaluation._compare import scores
+    from mind_jax.evaluation import scores
     results = evaluate(stage.config)
     return {f"{task} / {metric}": value for (task, metric), (value, _) in scores(results).items()}
   from mind_jax.experiment._report import write_report

@@ -91,7 +91,7 @@ class EngineSection(config_lib.Section):
   @classmethod
   def _kv_memory(cls, value):
     if value is not None:
-      from mind_jax.ckpts._safetensors import parse_size
+      from mind_jax.ckpts import parse_size
       try:
         parse_size(value)
       except MindJaxError as error:
@@ -148,7 +148,7 @@ class GenerateConfig(config_lib.Section):
     if self.shard_index >= self.num_shards:
       raise ValueError(f"shard_index={self.shard_index} must be < num_shards={self.num_shards}")
     if self.engine.page_size is not None:
-      from mind_jax.engine._engine import check_page_size
+      from mind_jax.engine import check_page_size
       try:
         check_page_size(self.engine.page_size, self.sampling.context_limit)
       except MindJaxError as error:
@@ -228,7 +228,7 @@ def load_generator(cfg: GenerateConfig, group: EngineGroup | None = None):
 
 def engine_config(cfg: GenerateConfig) -> EngineConfig:
   """The decode engine's shape for a generate config."""
-  from mind_jax.ckpts._safetensors import parse_size
+  from mind_jax.ckpts import parse_size
   memory = cfg.engine.kv_memory
   return EngineConfig(slots=cfg.engine.slots, max_len=cfg.sampling.context_limit,
                       steps_per_call=cfg.engine.steps_per_call, seed=cfg.seed,
@@ -331,9 +331,8 @@ def check_model_path(cfg: GenerateConfig) -> None:
   path = cfg.model.path
   if not path:
     return
-  from mind_jax.ckpts import is_orbax_dir
-  from mind_jax.ckpts._pretrained import require_model_dir
-  from mind_jax.text._tokenizer import has_tokenizer_files
+  from mind_jax.ckpts import is_orbax_dir, require_model_dir
+  from mind_jax.text import has_tokenizer_files
   require_model_dir(path, "model.path")
   if not os.path.exists(os.path.join(path, "config.json")) and not is_orbax_dir(path):
     raise MindJaxError(f"model.path={path}: no config.json (not a Hugging Face model directory "
@@ -407,7 +406,7 @@ def claim_output(cfg: GenerateConfig, settings: dict, dry_run: bool, tokenizer: 
 
 
 def _smoke_name(cfg: GenerateConfig) -> str:
-  from mind_jax.ckpts._pretrained import random_model_name
+  from mind_jax.ckpts import random_model_name
   return random_model_name(cfg.model.preset or "tiny")
 
 
@@ -432,7 +431,7 @@ def run(cfg: GenerateConfig, loaded=None) -> dict:
   group = EngineGroup.of(cfg, host, hosts)
   cfg.runtime.apply()
   if not loaded:  # the engine would say so too, but only after the model has loaded
-    from mind_jax.engine._engine import slot_ways
+    from mind_jax.engine import slot_ways
     ways = slot_ways(cfg.mesh.build(group.devices()), cfg.mesh.rules)
     if cfg.engine.slots % ways:
       raise MindJaxError(f"engine.slots={cfg.engine.slots} must be a multiple of the mesh's batch "

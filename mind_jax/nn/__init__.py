@@ -1,12 +1,14 @@
 """The Llama model: configuration, presets, modules and the KV cache."""
 
 from mind_jax.nn._attention import attend, register_attention
-from mind_jax.nn._cache import Int8Pages, KVCache
-from mind_jax.nn._kernels import resolve_attention
+from mind_jax.nn._cache import CACHE_AXES, NO_PAGE, Int8Pages, KVCache, pool_sharding
+from mind_jax.nn._kernels import paged_kernel_reads, resolve_attention
 from mind_jax.nn._config import PRESETS, LlamaConfig, RopeConfig, preset, read_hf_config
 from mind_jax.nn._llama import Llama, LlamaDecoderLayer
+from mind_jax.nn._quant import quantize_int8
 
 __all__ = [
-    "Int8Pages", "KVCache", "Llama", "LlamaConfig", "LlamaDecoderLayer", "PRESETS", "RopeConfig", "attend",
-    "preset", "read_hf_config", "register_attention", "resolve_attention",
+    "CACHE_AXES", "Int8Pages", "KVCache", "Llama", "LlamaConfig", "LlamaDecoderLayer", "NO_PAGE",
+    "PRESETS", "RopeConfig", "attend", "paged_kernel_reads", "pool_sharding", "preset",
+    "quantize_int8", "read_hf_config", "register_attention", "resolve_attention",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from mind_jax._errors import MindJaxError
-from mind_jax.mind._pipeline import PAPER_MEAN_OUTPUT_TOKENS
+from mind_jax.mind import PAPER_MEAN_OUTPUT_TOKENS
 
 # The instruction and chat template around a chunk in a prompt (tokens): all of it per style,
 # after the chunk, with `prompt.order: context_first`.
@@ -97,14 +97,14 @@ def job_lengths(cfg, records: str | None = None) -> Lengths:
 
 
 def _default_styles() -> list[str]:
-  from mind_jax.mind._styles import load_styles
+  from mind_jax.mind import load_styles
   return list(load_styles(None))
 
 
 def _recorded_outputs(out_dir: str) -> list[int]:
   """Output tokens of every conversation a run wrote into `out_dir` (failed units left out)."""
   from mind_jax.data import part_files
-  from mind_jax.mind._writer import read_records
+  from mind_jax.mind import read_records
   outputs = [r["output_tokens"] for path in part_files(out_dir) for r in read_records(path)
              if r.get("finish_reason") != "error" and r.get("output_tokens")]
   if not outputs:

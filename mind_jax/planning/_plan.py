@@ -59,8 +59,7 @@ def plan_training(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: A
   """The plan of a TrainConfig's run on `num_slices` x `tpu_slice` (one global program).
   Without `exact_cost`, FLOPs and bytes per step are the compiler's count for a step whose
   loops (scanned layers, microbatches) it counts once."""
-  from mind_jax.training._loop import check_batch_divides
-  from mind_jax.training._step import step_flops
+  from mind_jax.training import check_batch_divides, step_flops
   chips = tpu_slice.chips * num_slices
   mesh = cfg.mesh.build(slice_devices(tpu_slice, num_slices))
   check_batch_divides(cfg, mesh, tpu_slice.hosts * num_slices)
@@ -150,7 +149,7 @@ def _mode_row(hosts: int, p: dict) -> dict:
 
 def _plan_engines(cfg, config, tpu_slice: Slice, num_slices: int, assumptions: Assumptions,
                   tokens: float | None, exact_cost: bool, records: str | None = None) -> dict:
-  from mind_jax.mind._pipeline import engine_config
+  from mind_jax.mind import engine_config
   engine_slice = tpu_slice.engine_slice(cfg.engine.hosts)
   devices = slice_devices(engine_slice)
   try:
@@ -248,7 +247,7 @@ def _paged_load(state: dict, lengths: Lengths) -> dict:
 def _decode_bytes(state: dict, compiled: dict, pages: dict) -> float:
   """HBM bytes a decode step moves per chip: the compiler's count for the one-step program,
   plus what it cannot count or counts once too often."""
-  from mind_jax.nn._kernels import paged_kernel_reads
+  from mind_jax.nn import paged_kernel_reads
   decode, engine = compiled["decode"], state["engine"]
   model = engine.model_config
   if model.attention == "tpu" and paged_kernel_reads(engine._cache_dtype, model.resolved_head_dim,

@@ -6,7 +6,7 @@ import abc
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 log = logging.getLogger(__name__)
 
 # Characters: a text longer than this is encoded in overlapping windows of this size
-# (`Tokenizer._encode_long`), shorter ones whole.
+# (`Tokenizer._windows`), shorter ones whole.
 LONG_TEXT = 100_000
 WINDOW_OVERLAP = 2_000
 
@@ -54,12 +54,24 @@ class Tokenizer(abc.ABC):
     return [self.encode(text) for text in texts]
 
   def _encode_with_starts(self, text: str) -> tuple[list[int], list[int]]:
-    """Ids of `text` and the character where each token starts (see `_encode_long`)."""
+    """Ids of `text` and the character where each token starts (see `_windows`)."""
     raise NotImplementedError
 
+  def encode_windows(self, text: str) -> Iterator[np.ndarray]:
+    """The ids of `text` (no special tokens) as consecutive int32 arrays whose concatenation
+    is `encode(text)`: window by window for a text over `LONG_TEXT` characters where the
+    tokenizer can (`_windows`), so a reader cutting them into pieces holds one window's ids,
+    not the text's; otherwise in one array."""
+    yield np.asarray(self.encode(text), np.int32)
+
   def _encode_long(self, text: str) -> np.ndarray:
-    """The ids of a text longer than `LONG_TEXT` characters, encoded window by window, so
-    memory follows the window, not the text (a byte-level BPE over one 5 MB line took 24 GB).
+    """The ids of a text longer than `LONG_TEXT` characters, encoded window by window (see
+    `_windows`), so memory follows the window, not the text (a byte-level BPE over one 5 MB
+    line took 24 GB)."""
+    return np.concatenate(list(self._windows(text)))
+
+  def _windows(self, text: str) -> Iterator[np.ndarray]:
+    """The ids of `text` as int32 arrays, one per window, in order.
 
     Windows of `LONG_TEXT` characters overlap by `WINDOW_OVERLAP`; within each overlap the
     cut goes where both windows' tokens start at the same character and agree over the rest
@@ -69,7 +81,7 @@ class Tokenizer(abc.ABC):
     the cut is at a shared token start and the ids near it may differ: logged once.
     """
     step, overlap = LONG_TEXT, WINDOW_OVERLAP
-    pieces, cut = [], 0
+    cut = 0
     ids, starts = self._encode_with_starts(text[:step + overlap])
     begin = 0  # where the current window starts in `text`
     while begin + step + overlap < len(text):  # else this window already reaches the end
@@ -96,14 +108,18 @@ class Tokenizer(abc.ABC):
       if not agreed:
         log.warning("%s: a %d-character text encoded in windows; its ids near character %d "
                     "may differ from encoding it whole", self.source, len(text), nxt + j)
-      pieces.append(np.asarray(ids[cut:i], np.int32))
+      yield np.asarray(ids[cut:i], np.int32)
       ids, starts, cut, begin = next_ids, next_starts, j, nxt
-    pieces.append(np.asarray(ids[cut:], np.int32))
-    return np.concatenate(pieces)
+    yield np.asarray(ids[cut:], np.int32)
 
   def count_tokens(self, texts: Sequence[str]) -> list[int]:
-    """Token counts of many texts (no special tokens added)."""
-    return [len(ids) for ids in self.encode_batch(texts)]
+    """Token counts of many texts (no special tokens added); a long one's counted window by
+    window (`encode_windows`), so memory follows the window, not its token count."""
+    texts = list(texts)
+    long = {i for i, text in enumerate(texts) if len(text) > LONG_TEXT}
+    short = iter(self.encode_batch([text for i, text in enumerate(texts) if i not in long]))
+    return [sum(map(len, self.encode_windows(text))) if i in long else len(next(short))
+            for i, text in enumerate(texts)]
 
   @property
   def has_chat_template(self) -> bool:
@@ -153,6 +169,12 @@ class HFTokenizer(Tokenizer):
     else:
       ids = self.hf.encode(text, add_special_tokens=False)
     return [self.bos_id] + ids if add_bos and self.bos_id is not None else ids
+
+  def encode_windows(self, text):
+    if len(text) > LONG_TEXT and getattr(self.hf, "backend_tokenizer", None) is not None:
+      yield from self._windows(text)
+    else:
+      yield np.asarray(self.hf.encode(text, add_special_tokens=False), np.int32)
 
   def _encode_with_starts(self, text):
     encoding = self.hf.backend_tokenizer.encode(text, add_special_tokens=False)
