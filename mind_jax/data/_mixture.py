@@ -166,8 +166,9 @@ class _TokenMixIterator(grain.DatasetIterator):
 
 class _JsonSafeState(grain.IterDataset):
   """Passes its parent through; on restore, turns the lists that JSON made of Grain's
-  concat-then-split slice tuples back into tuples (Grain compares them with (-1, -1), so a
-  list would resume wrongly: see ../shared/notes/stack-facts.md, Grain)."""
+  concat-then-split slice tuples back into tuples. Grain (0.2.x) marks an empty remainder with
+  the tuple (-1, -1) and compares against it; a state saved as JSON brings it back as the list
+  [-1, -1], which compares unequal, so without this a restored packer resumes wrongly."""
 
   def __iter__(self):
     return _JsonSafeIterator(self._parent.__iter__())
