@@ -401,10 +401,10 @@ def test_a_full_disk_stops_the_recipe_in_one_line_and_the_rerun_ends_as_an_unint
   assert full.returncode == 1, full.stderr[-3000:]
   errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
   assert "Traceback" not in full.stderr and len(errors) == 1, full.stderr[-3000:]
-  assert re.search(r"workdir=\S+/train/\w+: [\d.]+ KiB free, but the checkpoint of step \d+ "
+  assert re.search(r"workdir=\S+/train/\w+: [\d.]+ [KM]iB free, but the checkpoint of step \d+ "
                    r"needs about [\d.]+ MiB; (the last complete checkpoint is step \d+|no "
                    r"checkpoint was written yet); free space and rerun|no space left on device "
-                   r"writing \S+/train/\w+/\S+ \(\d+ KiB free there\); what was completed "
+                   r"writing \S+/train/\w+/\S+ \([\d.]+ [KM]iB free there\); what was completed "
                    r"before is kept; free space and rerun", errors[0]), errors[0]
   records = {p.stem: json.loads(p.read_text()) for p in (workdir / "stages").glob("*.json")}
   assert records["generate"]["done"] and records["filter"]["done"]
