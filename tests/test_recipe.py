@@ -3,6 +3,7 @@ kill, a changed filter redoing only what reads it, and bad input refused before 
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -349,9 +350,25 @@ def test_on_two_hosts_generate_and_train_run_as_slice_jobs_and_one_host_goes_on(
                        "train/raw": "skip"}
 
 
+def _done_until(default_run, workdir, stage):
+  """`workdir` as a recipe leaves it when it stops just before `stage` (in the default plan's
+  order): the default run's earlier stages, copied with their records; nothing of the rest."""
+  stages = plan(recipe(default_run))
+  later = stages[names(stages).index(stage):]
+  skipped = {pathlib.Path(s.directory) for s in later} | {
+      default_run / "stages" / s.record_path for s in later}
+  shutil.copytree(default_run, workdir, ignore=lambda directory, entries: [
+      e for e in entries if pathlib.Path(directory, e) in skipped])
+  for s in later:  # a parent left empty (evaluate/ without its variants) goes too
+    parent = (workdir / pathlib.Path(s.directory).relative_to(default_run)).parent
+    if parent != workdir and parent.exists() and not os.listdir(parent):
+      parent.rmdir()
+
+
 @pytest.mark.slow
 def test_killed_while_training_the_second_variant_and_rerun(default_run, tmp_path):
   workdir = tmp_path / "exp"
+  _done_until(default_run, workdir, "train/mind")  # the stages before it as a recipe left them
   killed = _recipe(workdir, helper=[KILLED_IN_TRAINING, "mind", "25"])
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   record = json.loads((workdir / "stages" / "train.mind.json").read_text())
@@ -393,10 +410,11 @@ def test_a_changed_filter_reruns_filter_and_what_reads_it_only(default_run, tmp_
 @pytest.mark.slow
 def test_a_full_disk_stops_the_recipe_in_one_line_and_the_rerun_ends_as_an_uninterrupted_one(
     default_run, small_disk):
-  """8 MiB holds generation and the filter, not every file of both trainings: the recipe
-  stops in a training (where exactly depends on the sizes of its files), and once the disk
-  grows the rerun finishes what was left."""
+  """8 MiB holds generation and the filter (done here already, as a recipe leaves them), not
+  every file of both trainings: the recipe stops in a training (where exactly depends on the
+  sizes of its files), and once the disk grows the rerun finishes what was left."""
   workdir = small_disk(8 * 1024) / "exp"
+  _done_until(default_run, workdir, "train/raw")  # generation and the filter, done
   full = _recipe(workdir)
   assert full.returncode == 1, full.stderr[-3000:]
   errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
