@@ -12,7 +12,10 @@ shows) and train on one fixed sequence of token batches, each stack in its own p
                     HF config, so the tiny model's HF config takes llama3.1-8b's place in the
                     converter's table, in-process, and the sizes are given on the command line
                     (override_model_config=true); the Llama 3.1 parameter mapping and hooks
-                    follow the config. The result is loaded by load_parameters_path.
+                    follow the config. Its lazy reader (the default) cannot be saved by the
+                    Orbax its venv resolves, and its eager reader needs torch, which that venv
+                    lacks: the eager path runs with safetensors giving numpy arrays. The
+                    result is loaded by load_parameters_path.
                     Tokens: dataset_type=olmo_grain, MaxText's reader of pre-tokenized uint32
                     token windows, n-gram filter off. It shuffles windows with a fixed
                     permutation, so the file is written in the order that makes its batches
@@ -23,39 +26,51 @@ shows) and train on one fixed sequence of token batches, each stack in its own p
   mind_jax+mtq      control: the same, with the optimizer run in MaxText's coordinates for
                     the query projections (see "Query scale" below). Not a library setting:
                     a wrapper around our optimizer, built in this script.
+  ablations         (--no-ablations leaves them out) MaxText runs that each undo one setting
+                    (ABLATIONS), compared with the control, to show what that setting is worth.
 
 Settings shared by both: fp32 weights and compute; AdamW b1 0.9, b2 0.95, eps 1e-8, weight
-decay 0.1 on all but the norm scales (MaxText: adamw_mask=[norm]), global-norm clipping at 1.0,
-a constant learning rate (no warmup; MaxText: wsd schedule with no warmup and no decay);
-no dropout, no z-loss; scanned layers and full remat on both. Each row of T tokens gives T-1
-targets on both sides (MaxText's olmo_grain reader masks the last position as ours does), and
-the loss is the mean over those targets (MaxText divides by the count + 1e-8).
+decay 0.1 on all but the norm scales, global-norm clipping (--clip-norm, 0.5: below this
+model's gradient norms, so every step is clipped), a constant learning rate (--lr, 1e-3; no
+warmup; MaxText: wsd schedule with no warmup and no decay); no dropout, no z-loss; scanned
+layers and full remat on both. Each row of T tokens gives T-1 targets on both sides, and the
+loss is the mean over them.
 
 Data: a seeded first-order Markov chain over the vocabulary (each token has 4 likely
 successors), so the loss has somewhere to go in 10 steps; rows start at random tokens.
 
 Differences found, and what was done (also written to the JSON):
-  - Query scale: MaxText folds Llama's 1/sqrt(head_dim) attention scale into the query
-    weights (its converter multiplies q_proj by it; its attention then does not scale); we
-    keep HF's weights and scale at run time. Same function, so step 0's losses agree; but
-    AdamW is not invariant to that reparametrisation: in MaxText's coordinates the query
-    gradient is sqrt(head_dim) times larger (which also changes the global norm the clipping
-    sees) and each Adam step moves the query weights sqrt(head_dim) times further in HF
-    terms. MaxText has no setting to scale at run time for a Llama (query_pre_attn_scalar is
-    not wired to its llama2 decoder layer), and ours has no setting to fold it, so it stays:
-    the mind_jax+mtq control runs our step with the optimizer moved into MaxText's
-    coordinates for the query projections and shows that this accounts for the difference.
-  - RoPE: MaxText's llama3.1 RoPE pairs interleaved dimensions and hard-codes Llama 3.1's
-    scaling (factor 8, low/high frequency factors 1/4, original context 8192); its converter
-    permutes the q/k projections to match. The checkpoint here uses exactly those scaling
-    constants, so both sides compute the same rotation.
-  - Weight decay mask: MaxText's default decays every parameter; adamw_mask=[norm] leaves
-    out the three norm scales, as ours does (embeddings and head decayed on both).
-  - Attention kernel: MaxText's CPU dot_product attention against our blocked causal
-    attention: the same sums in a different order (fp32 round-off only).
-  - Loss: MaxText's cross-entropy is a one-hot sum, ours gathers the target logit; its
-    denominator has +1e-8. Round-off only.
-  - Versions: each side on its own venv's JAX/flax/optax (listed in the JSON).
+  - Query scale (remains; explained by the control): MaxText folds Llama's 1/sqrt(head_dim)
+    attention scale into the query weights (its converter multiplies q_proj by it, its
+    attention does not scale); we keep HF's weights and scale at run time. The same function,
+    so step 0's losses agree exactly; but AdamW is not invariant to the reparametrisation:
+    in MaxText's coordinates the query gradient is sqrt(head_dim) times larger (which also
+    changes the global norm the clipping divides by) and each step moves the query weights
+    sqrt(head_dim) times further in HF terms. No setting removes it: MaxText's
+    query_pre_attn_scalar is not passed by its llama2 decoder layer, and ours has no way to
+    fold the scale. The control mind_jax+mtq (our step, the optimizer moved into MaxText's
+    coordinates for q_proj) matches MaxText to fp32 round-off, so this is the whole
+    difference.
+  - Weight-decay mask (resolved): MaxText decays every parameter by default; adamw_mask=[norm]
+    leaves out its three norm scales, as ours does (embeddings and head decayed on both). The
+    ablation "maxtext, norms decayed" shows what it is worth.
+  - RoPE (resolved): MaxText's llama3.1 RoPE rotates interleaved pairs and hard-codes Llama
+    3.1's scaling (factor 8, low/high frequency factors 1 and 4, original context 8192); its
+    converter permutes the q/k projections to match. The checkpoint here uses exactly those
+    constants. The ablation "maxtext, RoPE unscaled" (rope_use_scale=false) shows what they
+    are worth at this sequence length (little: the scaling only touches wavelengths over
+    2048 positions).
+  - Last position's target (none): MaxText's olmo_grain reader masks each row's last position
+    as ours does; both count B x (T-1) targets (checked in the loader and in MaxText's logged
+    total_weights).
+  - Loss normalisation (round-off): both divide the summed cross-entropy by the target count;
+    MaxText adds 1e-8 to the count and sums a one-hot product where ours gathers the target.
+  - Gradient clipping (none): both use optax.clip_by_global_norm over every gradient; what
+    differs is the norm of MaxText's query gradients (see the first item).
+  - Attention kernel (round-off): MaxText's CPU dot_product attention against our blocked
+    causal attention: the same sums in a different order.
+  - Versions (round-off): each side on its own venv's JAX/flax/optax (JAX 0.10 against 0.12
+    here; listed in the JSON).
 
   python benchmarks/maxtext_numerics.py
 """
