@@ -120,7 +120,8 @@ def check_same_model() -> None:
            "kv heads": (hf["num_key_value_heads"], mt["base_num_kv_heads"]),
            "mlp": (hf["intermediate_size"], mt["base_mlp_dim"]),
            "layers": (hf["num_hidden_layers"], mt["base_num_decoder_layers"]),
-           "head dim": (hf["head_dim"], mt["head_dim"]), "vocab": (hf["vocab_size"], mt["vocab_size"]),
+           "head dim": (hf["head_dim"], mt["head_dim"]),
+           "vocab": (hf["vocab_size"], mt["vocab_size"]),
            "eps": (hf["rms_norm_eps"], mt["normalization_layer_epsilon"]),
            "tied": (hf["tie_word_embeddings"], mt["logits_via_embedding"]),
            "theta": (rope["rope_theta"], mt["rope_max_timescale"]),
@@ -130,7 +131,8 @@ def check_same_model() -> None:
            "original context": (rope["original_max_position_embeddings"], 8192)}
   wrong = {k: v for k, v in pairs.items() if float(v[0]) != float(v[1])}
   if wrong:
-    raise SystemExit(f"the HF and MaxText descriptions of the model disagree (HF, MaxText): {wrong}")
+    raise SystemExit(f"the HF and MaxText descriptions of the model disagree (HF, MaxText): "
+                     f"{wrong}")
 
 
 # --- inputs, made in our venv ------------------------------------------------------------------
@@ -211,7 +213,8 @@ def maxtext_prepare(args) -> None:
     want = rows[step * args.batch:(step + 1) * args.batch]
     if not np.array_equal(batch["inputs"], want):
       raise SystemExit(f"MaxText's loader does not give our batch {step}")
-    if batch["targets_segmentation"][:, -1].any() or not batch["targets_segmentation"][:, :-1].all():
+    scored = batch["targets_segmentation"]
+    if scored[:, -1].any() or not scored[:, :-1].all():
       raise SystemExit("MaxText's loader masks other positions than each row's last")
 
   # The converter reads the model's sizes from its table of HF configs (the Llama 3.1 mapping
@@ -298,8 +301,8 @@ def ours_worker(args) -> None:
   from mind_jax.ckpts import load_pretrained
   from mind_jax.data import whole_document_rows
   from mind_jax.sharding import make_mesh
-  from mind_jax.training._config import OptimizerSection
-  from mind_jax.training._step import Trainer, flat_params, host_metrics
+  from mind_jax.training import OptimizerSection, Trainer
+  from mind_jax.training._step import flat_params, host_metrics
 
   mesh = make_mesh({"data": 1}, jax.devices()[:1])
   model, _ = load_pretrained(os.path.join(args.workdir, "hf"), dtype="float32", mesh=mesh,
@@ -381,7 +384,8 @@ def main():
   parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
   parser.add_argument("--role", choices=["driver", "maxtext-prepare", "ours"], default="driver",
                       help=argparse.SUPPRESS)
-  parser.add_argument("--variant", choices=["plain", "mtq"], default="plain", help=argparse.SUPPRESS)
+  parser.add_argument("--variant", choices=["plain", "mtq"], default="plain",
+                      help=argparse.SUPPRESS)
   parser.add_argument("--workdir", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.role == "maxtext-prepare":
