@@ -73,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--no-exact-cost", dest="exact_cost", action="store_false",
                       help="skip the extra compile that exact FLOPs and bytes per step need "
                       "(train: layers unrolled; generate: a one-step decode); memory is unchanged")
+  parser.add_argument("--cache", metavar="DIR", help="where compile results are remembered, "
+                      "one small JSON per program, keyed by the program's text, the jax, jaxlib "
+                      "and libtpu versions, XLA_FLAGS/LIBTPU_INIT_ARGS and the devices: an "
+                      "unchanged program is not compiled again (default: "
+                      "$MIND_JAX_PLAN_CACHE, else $XDG_CACHE_HOME/mind_jax/plan, else "
+                      "~/.cache/mind_jax/plan)")
+  parser.add_argument("--no-cache", dest="cache", action="store_const", const="",
+                      help="compile every program, reading and writing no cache")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   parser.add_argument("--topologies", action="store_true", help="list the known slices and exit")
   parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -133,8 +141,8 @@ def load_job(path: str, overrides, job: str, preset: str | None, devices,
 
 
 def plan(args) -> dict:
-  from mind_jax.planning import (Assumptions, devices, parse_topology, plan_generation,
-                                 plan_training)
+  from mind_jax.planning import (Assumptions, compile_cache, default_cache_directory, devices,
+                                 parse_topology)
   if not args.config:
     raise MindJaxError("--config: plan needs the job's config (a generate or train YAML)")
   if not args.topology:
@@ -147,16 +155,22 @@ def plan(args) -> dict:
   cfg, config = load_job(args.config, args.overrides, job, args.preset, devices(tpu_slice),
                          getattr(args, "variant", None))
   assumptions = Assumptions(mfu=args.mfu, mbu=args.mbu, price=args.price)
-  if job == "train":
-    result = plan_training(cfg, config, tpu_slice, args.num_slices, assumptions, args.tokens,
-                           exact_cost=getattr(args, "exact_cost", True))
-  else:
-    result = plan_generation(cfg, config, tpu_slice, args.num_slices, assumptions, args.tokens,
-                             exact_cost=getattr(args, "exact_cost", True),
-                             compare_modes=getattr(args, "compare_modes", True),
-                             records=getattr(args, "records", None))
+  cache = getattr(args, "cache", None)
+  with compile_cache(default_cache_directory() if cache is None else cache):
+    result = _plan_job(args, job, cfg, config, tpu_slice, assumptions)
   result["config"] = args.config
   return result
+
+
+def _plan_job(args, job, cfg, config, tpu_slice, assumptions) -> dict:
+  from mind_jax.planning import plan_generation, plan_training
+  if job == "train":
+    return plan_training(cfg, config, tpu_slice, args.num_slices, assumptions, args.tokens,
+                         exact_cost=getattr(args, "exact_cost", True))
+  return plan_generation(cfg, config, tpu_slice, args.num_slices, assumptions, args.tokens,
+                         exact_cost=getattr(args, "exact_cost", True),
+                         compare_modes=getattr(args, "compare_modes", True),
+                         records=getattr(args, "records", None))
 
 
 def main(argv=None) -> int:

@@ -13,10 +13,26 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# The jobs keep JAX's compilation cache in ~/.cache by default; tests keep theirs to themselves.
+# The jobs keep JAX's compilation cache and plan's compile results in ~/.cache by default;
+# tests keep theirs to themselves.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mind_jax_test_xla_"))
+os.environ.setdefault("MIND_JAX_PLAN_CACHE", tempfile.mkdtemp(prefix="mind_jax_test_plan_"))
 
 import pytest  # noqa: E402
+
+# The files that keep a worker busy for minutes (of ~50 worker-minutes), heaviest first. They
+# are handed out first (addopts: --no-loadscope-reorder; xdist would otherwise start with the
+# files of most tests), so the suite ends on small files on every worker rather than one
+# worker finishing a long file alone.
+LONGEST_FILES = ["test_recipe.py", "test_train.py", "test_generate_hosts.py", "test_plan.py",
+                 "test_evaluate.py", "test_engine.py", "test_notebooks.py", "test_model.py",
+                 "test_shipped_configs.py"]
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
+
 
 # The Llama variants the parity tests cover, as transformers config kwargs.
 LLAMA_VARIANTS = {

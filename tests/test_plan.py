@@ -135,12 +135,13 @@ def test_a_donated_input_that_the_output_overwrites_is_counted_once():
 
   from mind_jax.planning._compile import compile_program
   x, mib = jax.ShapeDtypeStruct((1024, 1024), jnp.float32), 2 ** 20
+  mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
   for donate, buffers in ((True, 1), (False, 2)):
     lowered = jax.jit(lambda a: a * 2 + 1, donate_argnums=0 if donate else ()).lower(x)
     memory = lowered.compile().memory_analysis()
     assert memory.alias_size_in_bytes == (4 * mib if donate else 0)
     rest = memory.temp_size_in_bytes + memory.generated_code_size_in_bytes
-    assert compile_program("step", lowered).total_bytes == buffers * 4 * mib + rest
+    assert compile_program("step", lowered, mesh).total_bytes == buffers * 4 * mib + rest
 
 def test_job_lengths_come_from_the_config_and_the_papers_or_a_runs_conversations(tmp_path):
   from mind_jax.mind import GenerateConfig
@@ -286,6 +287,42 @@ def test_json_output_and_exit_status(tmp_path, model_dir, capsys):
   out = json.loads(capsys.readouterr().out)
   assert out["fits"] is True and out["total_bytes_per_chip"] > 0
   assert out["chip"]["chips_per_host"] == 4 and out["topology"] == "v4-8"
+
+
+@needs_libtpu
+def test_an_unchanged_program_is_read_from_the_plan_cache_and_a_changed_one_compiled(
+    tmp_path, model_dir, capsys, monkeypatch):
+  from mind_jax.planning import _cache, _compile
+  cache, config = str(tmp_path / "cache"), _train_yaml(tmp_path, model_dir)
+
+  def run(*extra):
+    assert main(["--config", config, "--topology", "v5e-4", "--json", "--no-exact-cost",
+                 "--cache", cache, *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+  first = run()
+  assert len(os.listdir(cache)) == 1 and not first["programs"]["train_step"]["cached"]
+  compiles = []
+  real = _compile._compiled
+  monkeypatch.setattr(_compile, "_compiled", lambda *a: compiles.append(a) or real(*a))
+  again = run("--mfu", "0.3")  # other assumptions, the same program
+  assert compiles == [] and again["programs"]["train_step"]["cached"]
+  assert again["memory"] == first["memory"]
+  assert again["step"]["compiler_flops"] == first["step"]["compiler_flops"]
+  run("batch_size=16")  # another program
+  assert len(compiles) == 1 and len(os.listdir(cache)) == 2
+  monkeypatch.setattr(_cache, "_version", lambda package: "another")  # another compiler
+  run()
+  assert len(compiles) == 2
+  run("--no-cache")
+  assert len(compiles) == 3 and len(os.listdir(cache)) == 3
+  for entry in os.listdir(cache):  # an unreadable entry is compiled over
+    (pathlib.Path(cache) / entry).write_text("{")
+  assert not run()["programs"]["train_step"]["cached"] and len(compiles) == 4
+  for entry in pathlib.Path(cache).iterdir():  # as is one of fields the code no longer reads
+    if entry.read_text() != "{":  # the one the last run wrote again
+      stored = json.loads(entry.read_text())
+      entry.write_text(json.dumps({**stored, "result": {**stored["result"], "vmem_bytes": 0}}))
+  assert not run()["programs"]["train_step"]["cached"] and len(compiles) == 5
 
 
 def test_topology_names_as_users_type_them():

@@ -1,6 +1,13 @@
 """Every shipped config that names a TPU target (a `# plan:` line) fits that slice, compiled
 by the real TPU compiler with the kernels the run uses. Apart from test_plan.py so that these
-long compiles run beside the rest of the suite."""
+long compiles run beside the rest of the suite.
+
+Compiling these programs takes the TPU compiler about 15 minutes of a CPU; their results are
+kept in tests/tpu_compiles/ by the plan's compile cache, whose key is the program's whole
+lowered text with the jax, jaxlib and libtpu versions, the XLA flags and the devices
+(mind_jax/planning/_cache.py). A program this repository's code lowers differently, or another
+compiler version, misses and is compiled here as before (and its result written there: commit
+it, and delete the entries no test reads any more, to keep the suite fast)."""
 
 import importlib.util
 import json
@@ -40,7 +47,8 @@ def test_every_shipped_tpu_config_fits_its_target(config, flags):
   from mind_jax.plan import _parser
   key = _programs_key(config, flags)
   if key not in _PLANNED:  # a recipe's stage is often a shipped job config: compiled once
-    args = _parser().parse_args(["--config", str(ROOT / config), *flags, "--no-exact-cost"])
+    args = _parser().parse_args(["--config", str(ROOT / config), *flags, "--no-exact-cost",
+                                 "--cache", str(ROOT / "tests" / "tpu_compiles")])
     args.compare_modes = False  # the config's own mode fits; the other's is another test's
     _PLANNED[key] = plan(args)
   out = _PLANNED[key]

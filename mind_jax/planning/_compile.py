@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 
 import jax
 import jax.numpy as jnp
 
+from mind_jax.planning import _cache
 
 
 @dataclasses.dataclass
@@ -29,7 +31,8 @@ class Program:
   alias_bytes: int
   temp_bytes: int
   code_bytes: int
-  compile_seconds: float = 0.0
+  compile_seconds: float = 0.0  # the compile's, also when read from the cache
+  cached: bool = False          # read from the compile cache, not compiled by this plan
 
   @property
   def total_bytes(self) -> int:
@@ -55,8 +58,30 @@ def _bytes(text: str) -> float:
   return float(number) * _UNITS[unit]
 
 
-def compile_program(name: str, lowered) -> Program:
-  import time
+def compile_program(name: str, lowered, mesh) -> Program:
+  """`lowered` (a program over `mesh`) compiled, or its result read from the active compile
+  cache (`_cache.compile_cache`); raises DoesNotFit where the compiler ran out of HBM."""
+  cache = _cache.active()
+  key = _cache.program_key(lowered, mesh) if cache else None
+  result = cache.get(key, {f.name for f in dataclasses.fields(Program)}) if cache else None
+  if result is not None:
+    if "does_not_fit" in result:
+      refused = result["does_not_fit"]
+      raise DoesNotFit(name, refused["used"], refused["capacity"], refused["message"])
+    return Program(**{**result, "name": name, "cached": True})
+  try:
+    program = _compiled(name, lowered)
+  except DoesNotFit as e:
+    if cache:
+      cache.put(key, {"does_not_fit": {"used": e.used, "capacity": e.capacity,
+                                       "message": str(e)}})
+    raise
+  if cache:
+    cache.put(key, dataclasses.asdict(program))
+  return program
+
+
+def _compiled(name: str, lowered) -> Program:
   start = time.perf_counter()
   try:
     compiled = lowered.compile()
@@ -105,7 +130,7 @@ def _train_step(cfg, config, mesh) -> tuple[Program, dict]:
   named = {"weights": bytes_per_chip(state["params"]),
            "optimizer_state": bytes_per_chip(state["opt_state"]), "batch": bytes_per_chip(batch)}
   try:
-    return compile_program("train_step", trainer.train_step.lower(state, batch)), named
+    return compile_program("train_step", trainer.train_step.lower(state, batch), mesh), named
   except DoesNotFit as e:
     e.named = named
     raise
@@ -197,7 +222,7 @@ def generation_programs(state: dict, prompt_tokens: float, suffix_tokens: float,
     key = (bucket, None if start == 0 else engine._prefill_window(end))
     if key not in compiled:
       compiled[key] = compile_program("prefill", engine.lower_prefill(
-          params, bucket, None if start == 0 else end))
+          params, bucket, None if start == 0 else end), engine.mesh)
     return compiled[key]
 
   whole_pieces = engine.prefill_pieces(0, prompt)
@@ -206,7 +231,7 @@ def generation_programs(state: dict, prompt_tokens: float, suffix_tokens: float,
   out = {"prefill": whole[0], "prefill_whole": whole,
          "prefill_sharer": [program(*piece) for piece in sharer_pieces],
          "prefill_programs": list(compiled.values()),
-         "decode_full": compile_program("decode", engine.lower_decode(params)),
+         "decode_full": compile_program("decode", engine.lower_decode(params), engine.mesh),
          "buckets": [b for _, _, b in whole_pieces],
          "suffix_buckets": [b for _, _, b in sharer_pieces], "window": window}
   # The cost of one decode step: the program's scan over steps_per_call counts once in the
@@ -217,7 +242,8 @@ def generation_programs(state: dict, prompt_tokens: float, suffix_tokens: float,
   from mind_jax.engine import Engine
   one_step = Engine(state["model"], None, dataclasses.replace(engine.config, steps_per_call=1),
                     engine.mesh, allocate=False, rules=engine.rules)
-  out["decode"] = compile_program("decode", one_step.lower_decode(params, window))
+  out["decode"] = compile_program("decode", one_step.lower_decode(params, window),
+                                  engine.mesh)
   return out
 
 

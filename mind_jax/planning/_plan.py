@@ -32,7 +32,7 @@ class Assumptions:
 def _program_row(program: _compile.Program) -> dict:
   return {"flops_per_chip": program.flops, "bytes_accessed_per_chip": program.bytes_accessed,
           "total_bytes_per_chip": program.total_bytes, "temp_bytes_per_chip": program.temp_bytes,
-          "compile_seconds": round(program.compile_seconds, 2)}
+          "compile_seconds": round(program.compile_seconds, 2), "cached": program.cached}
 
 
 def _memory(capacity: int, programs: dict, named: dict) -> dict:

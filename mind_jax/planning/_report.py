@@ -74,6 +74,11 @@ def _pages(pages: dict, lengths: dict, s: dict) -> list[str]:
          else f"{_pieces(s['prompt_buckets'])} tokens")]
 
 
+def _compiled(row: dict) -> str:
+  seconds = f"compiled in {row['compile_seconds']:.1f} s"
+  return f"{seconds} (read from the plan cache)" if row.get("cached") else seconds
+
+
 def format_plan(p: dict) -> str:
   m, mem = p["model"], p["memory"]
   capacity = mem["capacity_bytes_per_chip"]
@@ -104,11 +109,11 @@ def format_plan(p: dict) -> str:
   if p["job"] == "train":
     s = p["step"]
     lines.append(f"  {'train_step':<20}{_si(s['compiler_flops'] / p['chips'], 'FLOP'):>14}"
-                 f"{_si(s['compiler_bytes_accessed'] / p['chips'], 'B'):>12}   compiled in "
-                 f"{p['programs']['train_step']['compile_seconds']:.1f} s")
+                 f"{_si(s['compiler_bytes_accessed'] / p['chips'], 'B'):>12}   "
+                 f"{_compiled(p['programs']['train_step'])}")
   for name, row in p["programs"].items() if p["job"] == "generate" else ():
     lines.append(f"  {name:<20}{_si(row['flops_per_chip'], 'FLOP'):>14}{_si(row['bytes_accessed_per_chip'], 'B'):>12}"
-               f"   compiled in {row['compile_seconds']:.1f} s")
+               f"   {_compiled(row)}")
   s, a, b = p["step"], p["assumptions"], p["budget"]
   lines.append("")
   if p["job"] == "train":
