@@ -15,6 +15,7 @@ import pytest
 from mind_jax import MindJaxError
 from mind_jax.experiment import load, plan, run
 from mind_jax.experiment import _stages
+from mind_jax.experiment._kinds import KINDS
 
 KILLED_IN_TRAINING = os.path.join(os.path.dirname(__file__), "helpers",
                                   "recipe_killed_in_training.py")
@@ -212,12 +213,12 @@ def test_on_a_slice_host_0_alone_writes_the_recipes_files(tmp_path, monkeypatch)
   def as_host(host, *overrides, only=("train/raw",)):
     monkeypatch.setattr(_run, "_hosts", lambda stages: (host, 2))
 
-    def job(stage, *_):  # the training job (every host takes part; host 0 writes its files)
+    def job(stage, context):  # the training job (every host takes part; host 0 writes its files)
       jobs.append(host)
       if host == 0:
         (workdir / "train" / "raw").mkdir(parents=True, exist_ok=True)
       return {}
-    monkeypatch.setattr(_run, "_job", job)
+    monkeypatch.setattr(KINDS["train"], "run", job)
     return run(recipe(workdir, *overrides), only=list(only))
 
   assert as_host(1) == {"train/raw": "ran"} and jobs == [1]

@@ -12,6 +12,7 @@ from mind_jax._hosts import sync_hosts
 from mind_jax._outdir import check_output_dir, claim, read_run_record
 from mind_jax.experiment import _stages
 from mind_jax.experiment._config import RecipeConfig
+from mind_jax.experiment._kinds import KINDS, Context, Preempted
 
 log = logging.getLogger("mind_jax.recipe")
 
@@ -41,48 +42,12 @@ def _check_workdir(cfg: RecipeConfig) -> None:
 def _check_inputs(stages: list[_stages.Stage]) -> None:
   """Every path the stages read that exists before the recipe starts (models, corpora,
   tokenizers, evaluation files) is checked now, not when its stage comes (hours later)."""
-  from mind_jax.ckpts import require_model_dir
-  from mind_jax.data import expand
-  from mind_jax.mind import check_model_path, check_style_keys, load_styles
   produced = [s.directory for s in stages]
   for stage in stages:
-    cfg, where = stage.config, stage.name
     try:
-      if stage.kind == "generate":
-        check_model_path(cfg)
-        check_style_keys(load_styles(cfg.prompt.styles_file), cfg.prompt.styles)
-        expand(cfg.input.source)
-      elif stage.kind == "filter":
-        for path in cfg.decontaminate.files:
-          expand(path)
-        if cfg.tokenizer and cfg.tokenizer != "byte":
-          require_model_dir(cfg.tokenizer, "tokenizer")
-      elif stage.kind == "train":
-        if cfg.model.path:
-          require_model_dir(cfg.model.path, "model.path")
-        if cfg.data.tokenizer and cfg.data.tokenizer != "byte":
-          require_model_dir(cfg.data.tokenizer, "data.tokenizer")
-        for key, sources in (("data.sources", cfg.data.sources), ("eval.sources", cfg.eval.sources)):
-          for index, source in enumerate(sources):
-            if source.path not in produced:
-              try:
-                expand(source.path)
-              except MindJaxError as e:
-                raise MindJaxError(f"{key}[{index}].path: {e}") from e
-      elif stage.kind == "evaluate":
-        import importlib.util
-        if importlib.util.find_spec("lm_eval") is None:
-          raise MindJaxError("needs EleutherAI's lm-evaluation-harness: pip install "
-                             "'mind_jax[eval]'")
-        for key, path in [("data_dir", cfg.data_dir)] + [("tasks_dir", p) for p in cfg.tasks_dir]:
-          if path and not os.path.isdir(path):
-            raise MindJaxError(f"{key}={path}: no such directory")
+      KINDS[stage.kind].check_inputs(stage.config, produced)
     except MindJaxError as e:
-      raise MindJaxError(f"{where}: {e}") from e
-
-
-# Stages whose job runs as one program over every host of a slice (the others run on one host).
-SLICE_WIDE = ("generate", "train")
+      raise MindJaxError(f"{stage.name}: {e}") from e
 
 
 def _hosts(stages: list[_stages.Stage]) -> tuple[int, int]:
@@ -91,51 +56,12 @@ def _hosts(stages: list[_stages.Stage]) -> tuple[int, int]:
   `distributed` setting), so that host 0 alone writes the recipe's own files."""
   from mind_jax._hosts import init_hosts, wants_distributed
   wanted = [s.config.distributed for s in stages
-            if s.kind in SLICE_WIDE and wants_distributed(s.config.distributed)]
+            if KINDS[s.kind].slice_wide and wants_distributed(s.config.distributed)]
   return init_hosts(wanted[0]) if wanted else (0, 1)
 
 
-def _job(stage: _stages.Stage, cfg: RecipeConfig, stages, records) -> dict:
-  """Runs the stage's command through its library function; returns a JSON-able summary."""
-  if stage.kind == "generate":
-    from mind_jax.mind import run
-    return run(stage.config)
-  if stage.kind == "filter":
-    from mind_jax.curation import run_filter
-    return run_filter(stage.config)
-  if stage.kind == "report":
-    from mind_jax.curation import run_report
-    report = run_report(stage.config)
-    return {"records": report["all"]["records"], "kept": report["all"]["kept"]}
-  if stage.kind == "train":
-    from mind_jax.mix import describe_mix
-    from mind_jax.training import run
-    # What the variant trains on, measured on its first batches, for the report.
-    mix = describe_mix(stage.config, batches=8, progress=False)
-    mix.pop("examples", None)
-    summary = run(stage.config)
-    if summary.get("preempted"):
-      raise _Preempted(stage.name, summary["stopped_at"])
-    return {**summary, "mix": mix}
-  if stage.kind == "evaluate":
-    from mind_jax.evaluation import evaluate
-    from mind_jax.evaluation import scores
-    results = evaluate(stage.config)
-    return {f"{task} / {metric}": value for (task, metric), (value, _) in scores(results).items()}
-  from mind_jax.experiment._report import write_report
-  return write_report(cfg.workdir, cfg, stages, records)
-
-
-class _Preempted(Exception):
-  """A training stage saved and stopped on a preemption notice (SIGTERM): not done."""
-
-  def __init__(self, stage: str, step: int):
-    super().__init__(stage, step)
-    self.stage, self.step = stage, step
-
-
 def _job_of_every_host(stage: _stages.Stage, cfg: RecipeConfig, stages, records, hosts: int) -> dict:
-  summary = _job(stage, cfg, stages, records)
+  summary = KINDS[stage.kind].run(stage, Context(cfg, stages, records))
   # Host 0 records the stage done only once every host's part of it is written (the hosts of
   # a slice end a job at different times: per-host generation engines finish their shares).
   sync_hosts(hosts, f"{stage.name} finished")
@@ -162,7 +88,7 @@ def run(cfg: RecipeConfig, only: list[str] | None = None) -> dict:
                              "run that first (or with it)")
   host, hosts = _hosts(stages)
   if hosts > 1:
-    one_host = [s.name for s in stages if s.kind not in SLICE_WIDE and decisions[s.name] != "skip"
+    one_host = [s.name for s in stages if not KINDS[s.kind].slice_wide and decisions[s.name] != "skip"
                 and (not only or s.name in only)]
     if one_host:
       raise MindJaxError(f"{', '.join(one_host)}: single-host stages, and this run spans {hosts} "
@@ -197,7 +123,7 @@ def run(cfg: RecipeConfig, only: list[str] | None = None) -> dict:
       records[stage.name] = _stages.run_stage(
           cfg.workdir, stage, lambda s: _job_of_every_host(s, cfg, stages, records, hosts),
           write=host == 0)
-    except _Preempted as e:
+    except Preempted as e:
       # The machine is going away: stop here, the stage recorded as started, not done, so
       # the same command resumes its training from the checkpoint it just saved.
       log.warning("%s: preempted, saved at step %d; rerun the same command to resume",

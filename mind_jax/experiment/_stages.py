@@ -2,7 +2,7 @@
 finished one may be skipped.
 
 Every stage has a fingerprint: the settings that decide its output (its section less the keys
-that only change how fast it runs, e.g. mesh, slots, workers) and the fingerprints of the
+that only change how it runs: each kind's free keys, experiment/_kinds.py) and the fingerprints of the
 stages it reads. WORKDIR/stages/NAME.json records it when the stage starts and again, marked
 done, when it ends. A rerun skips a done stage with the same fingerprint, resumes an unfinished
 one through the job's own resume logic, and redoes (after deleting its directory, which only
@@ -22,32 +22,19 @@ from typing import Any, Callable
 
 from mind_jax._atomic import write_json
 from mind_jax._errors import MindJaxError
-from mind_jax._outdir import differences, dir_fingerprint, flatten
+from mind_jax._outdir import differences, flatten
 from mind_jax._paths import is_within
 from mind_jax.experiment import _config as rc
+from mind_jax.experiment._kinds import KINDS
 
 log = logging.getLogger("mind_jax.recipe")
 
 STAGES_DIR, SUPERSEDED = "stages", "superseded"
 
-# Keys that change how a stage runs, not what it writes (each job's own resume accepts a
-# change of them too).
-FREE_KEYS = {
-    "generate": ("output", "engine", "mesh", "runtime", "distributed", "dry_run", "num_shards",
-                 "shard_index"),
-    "filter": ("input", "out", "workers", "scratch", "overwrite"),
-    "report": ("dir", "out", "workers"),
-    "train": ("workdir", "overwrite", "mesh", "runtime", "microbatches", "distributed",
-              "peak_flops", "checkpoint", "export.every", "data.workers", "data.prefetch",
-              "model.remat", "model.scan_layers", "model.attention"),
-    "evaluate": ("model", "out", "overwrite", "batch_size", "tensor"),
-}
-
-
 @dataclasses.dataclass
 class Stage:
   name: str                      # generate, filter-chunk200, train/mind, ...
-  kind: str                      # generate | filter | report | train | evaluate | compare
+  kind: str                      # a key of KINDS: generate, filter, report, train, ...
   directory: str                 # where it writes, inside WORKDIR
   config: Any                    # the job's own config, paths filled in (compare: None)
   after: list[str]               # names of the stages it reads
@@ -58,30 +45,6 @@ class Stage:
   @property
   def record_path(self) -> str:
     return self.name.replace("/", ".") + ".json"
-
-
-def _without(data: dict, keys) -> dict:
-  data = json.loads(json.dumps(data, default=str))
-  for dotted in keys:
-    *parents, last = dotted.split(".")
-    node = data
-    for key in parents:
-      node = node.get(key, {})
-    node.pop(last, None)
-  return data
-
-
-def _model_content(section) -> str | None:
-  path = getattr(section, "path", None)
-  return dir_fingerprint(path) if path and os.path.isdir(path) else None
-
-
-def _result_settings(kind: str, config) -> dict:
-  """What decides a stage's output (see FREE_KEYS); a local model is known by its content."""
-  settings = _without(config.model_dump(), FREE_KEYS[kind])
-  if kind in ("generate", "train") and _model_content(config.model):
-    settings["model"]["content"] = _model_content(config.model)
-  return settings
 
 
 def plan(cfg: rc.RecipeConfig) -> list[Stage]:
@@ -102,7 +65,7 @@ WORKDIR = "WORKDIR"
 def _plan_at(cfg: rc.RecipeConfig, root: str) -> list[Stage]:
   stages: dict[str, Stage] = {}
   conversations: dict[str, tuple[Stage, Stage]] = {}  # variant -> (generate, filter)
-  base = {kind: _result_settings(kind, getattr(cfg, kind)) for kind in ("generate", "filter")}
+  base = {kind: KINDS[kind].result_settings(getattr(cfg, kind)) for kind in ("generate", "filter")}
 
   def shared(kind: str, variant, settings: dict, after: list[str], make) -> Stage:
     """One stage per distinct settings: `kind` when they are the base's, else kind-VARIANT
@@ -128,12 +91,12 @@ def _plan_at(cfg: rc.RecipeConfig, root: str) -> list[Stage]:
                            f"on neither {rc.GENERATED} nor {rc.CONVERSATIONS}")
       continue
     generate_cfg = rc.stage_config(cfg, "generate", variant)
-    generate = shared("generate", variant, _result_settings("generate", generate_cfg), [],
+    generate = shared("generate", variant, KINDS["generate"].result_settings(generate_cfg), [],
                       lambda name: Stage(name, "generate", os.path.join(root, name),
                                          generate_cfg.model_copy(deep=True), [], []))
     generate.config.output.dir = generate.directory
     filter_cfg = rc.stage_config(cfg, "filter", variant)
-    filtered = shared("filter", variant, _result_settings("filter", filter_cfg), [generate.name],
+    filtered = shared("filter", variant, KINDS["filter"].result_settings(filter_cfg), [generate.name],
                       lambda name: Stage(name, "filter", os.path.join(root, name),
                                          filter_cfg.model_copy(deep=True), [], []))
     filtered.config.input, filtered.config.out = generate.directory, filtered.directory
@@ -144,7 +107,7 @@ def _plan_at(cfg: rc.RecipeConfig, root: str) -> list[Stage]:
       report_cfg.out = os.path.join(filtered.directory, "report")
       stages[report_name] = Stage(report_name, "report", report_cfg.out, report_cfg,
                                   [filtered.name], filtered.variants,
-                                  settings=_result_settings("report", report_cfg))
+                                  settings=KINDS["report"].result_settings(report_cfg))
     conversations[variant.name] = (generate, filtered)
 
   for variant in cfg.variants:
@@ -166,14 +129,14 @@ def _plan_at(cfg: rc.RecipeConfig, root: str) -> list[Stage]:
     after = [made[1].name] if made else []
     stages[f"train/{variant.name}"] = Stage(
         f"train/{variant.name}", "train", train.workdir, train, after, [variant.name],
-        settings=_result_settings("train", train))
+        settings=KINDS["train"].result_settings(train))
   for variant in cfg.variants:
     evaluate = cfg.evaluate.model_copy(deep=True)
     evaluate.model = os.path.join(root, "train", variant.name, "hf")
     evaluate.out = os.path.join(root, "evaluate", variant.name)
     stages[f"evaluate/{variant.name}"] = Stage(
         f"evaluate/{variant.name}", "evaluate", evaluate.out, evaluate, [f"train/{variant.name}"],
-        [variant.name], settings=_result_settings("evaluate", evaluate))
+        [variant.name], settings=KINDS["evaluate"].result_settings(evaluate))
   names = [v.name for v in cfg.variants]
   stages["compare"] = Stage(
       "compare", "compare", os.path.join(root, "report"), None,
@@ -181,7 +144,7 @@ def _plan_at(cfg: rc.RecipeConfig, root: str) -> list[Stage]:
       settings={"baseline": cfg.baseline_name, "variants": names,
                 "descriptions": [v.description for v in cfg.variants]})
 
-  order = ("generate", "filter", "report", "train", "evaluate", "compare")  # upstream first
+  order = list(KINDS)  # upstream first
   stages = {s.name: s for s in sorted(stages.values(), key=lambda s: order.index(s.kind))}
   for stage in stages.values():  # each fingerprint covers its inputs'
     stage.settings = {**stage.settings, "after": {a: stages[a].fingerprint for a in stage.after}}
@@ -244,15 +207,6 @@ def set_aside(workdir: str, stage: Stage, old_fingerprint: str) -> str | None:
   return target
 
 
-def device_count(stage: Stage) -> int:
-  """Accelerator devices the stage holds (for device time): the JAX jobs hold all of them."""
-  if stage.kind in ("generate", "train") or (stage.kind == "evaluate" and
-                                             stage.config.backend == "jax"):
-    import jax
-    return jax.device_count()
-  return 0
-
-
 def run_stage(workdir: str, stage: Stage, job: Callable[[Stage], dict], write: bool = True) -> dict:
   """Runs one stage, recording its start and (with the job's summary) its end; `write`: this
   process writes the record (host 0 of a slice)."""
@@ -270,7 +224,7 @@ def run_stage(workdir: str, stage: Stage, job: Callable[[Stage], dict], write: b
   # A killed attempt's time is lost; what is recorded is the time of attempts that ended.
   summary = job(stage)
   seconds = time.perf_counter() - began
-  devices = device_count(stage)
+  devices = KINDS[stage.kind].devices(stage.config)
   import jax
   record.update(done=True, summary=json.loads(json.dumps(summary, default=str)),
                 wall_seconds=record["wall_seconds"] + seconds,
