@@ -40,6 +40,22 @@ def _shipped_plans():
   return found
 
 
+RECORDED = ROOT / "tests" / "tpu_compiles"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _say_what_was_compiled():
+  """Names the programs compiled here rather than read (each costs a CI run up to minutes)."""
+  before = set(os.listdir(RECORDED)) if RECORDED.is_dir() else set()
+  yield
+  new = sorted(set(os.listdir(RECORDED)) - before) if RECORDED.is_dir() else []
+  if new:
+    import warnings
+    warnings.warn(f"{len(new)} shipped-config programs were compiled, not read from "
+                  f"{RECORDED.relative_to(ROOT)}: commit {', '.join(new)} (and delete the "
+                  "entries no shipped config reads any more)")
+
+
 @needs_libtpu
 @pytest.mark.slow
 @pytest.mark.parametrize("config,flags", _shipped_plans())
@@ -48,7 +64,7 @@ def test_every_shipped_tpu_config_fits_its_target(config, flags):
   key = _programs_key(config, flags)
   if key not in _PLANNED:  # a recipe's stage is often a shipped job config: compiled once
     args = _parser().parse_args(["--config", str(ROOT / config), *flags, "--no-exact-cost",
-                                 "--cache", str(ROOT / "tests" / "tpu_compiles")])
+                                 "--cache", str(RECORDED)])
     args.compare_modes = False  # the config's own mode fits; the other's is another test's
     _PLANNED[key] = plan(args)
   out = _PLANNED[key]
