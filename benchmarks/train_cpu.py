@@ -8,6 +8,14 @@ the step's FLOPs counted as mind_jax counts them for its metrics (6 per paramete
 for the matmuls, plus causal attention).
 
   python benchmarks/train_cpu.py --out bench_out
+
+With --loop, the whole training loop instead (`python -m mind_jax.train`: data, step, metrics
+records, the final checkpoint; the tiny preset, where the host's work per step is a large part
+of the step): seconds per step between the TensorBoard events of step LOOP_WARMUP and the last,
+so the time the host spends between steps counts, however the loop measures its own
+step_seconds. Run it against another checkout with PYTHONPATH=that checkout.
+
+  python benchmarks/train_cpu.py --loop --out bench_out
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ import numpy as np
 from generate_cpu import CONFIG  # the same model (the script's folder is on sys.path)
 
 BATCH, SEQ, WARMUP, TIMED = 8, 512, 2, 10
+LOOP_STEPS, LOOP_WARMUP = 200, 20
+LOOP_ARGS = ["model.preset=tiny", "batch_size=8", "data.seq_len=128", f"steps={LOOP_STEPS}",
+             f"checkpoint.every={LOOP_STEPS}", "optimizer.warmup_steps=2"]
 
 
 def roofline() -> float:
@@ -95,12 +106,38 @@ def run_torch(model_dir, data):
   return times
 
 
+def run_loop() -> dict:
+  """The training job on one CPU device: its seconds per step, host time between steps in."""
+  import subprocess
+  import sys
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  workdir = os.path.join(tempfile.mkdtemp(prefix="train_loop_bench_"), "run")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  began = time.perf_counter()
+  subprocess.run([sys.executable, "-m", "mind_jax.train", f"workdir={workdir}", *LOOP_ARGS],
+                 check=True, capture_output=True, env=env)
+  job_s = time.perf_counter() - began
+  events = EventAccumulator(os.path.join(workdir, "tensorboard"))
+  events.Reload()
+  wall = {e.step: e.wall_time for e in events.Scalars("train/loss")}
+  step_s = (wall[LOOP_STEPS] - wall[LOOP_WARMUP]) / (LOOP_STEPS - LOOP_WARMUP)
+  return {"loop_args": LOOP_ARGS, "loop_step_s": step_s, "loop_steps_per_s": 1 / step_s,
+          "job_s": job_s}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", default="bench_out")
+  parser.add_argument("--loop", action="store_true", help="time the whole training loop")
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
+  if args.loop:
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", **run_loop()}
+    print(json.dumps(result, indent=1))
+    with open(os.path.join(args.out, "train_loop_cpu.json"), "w") as f:
+      json.dump(result, f, indent=1)
+    return
   import torch
   import transformers
   model_dir = tempfile.mkdtemp(prefix="train_bench_")

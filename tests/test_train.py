@@ -247,13 +247,13 @@ def test_weight_decay_spares_norm_scales_and_the_embeddings_and_head_unless_aske
 def test_the_held_out_loss_is_the_token_mean_over_every_batch_it_reads(checkpoint):
   import grain
   import transformers
-  from mind_jax.training._loop import _held_out_loss
+  from mind_jax.training._hooks import held_out_loss
   mesh = make_mesh({"data": 1}, jax.devices()[:1])
   model, _, _ = load_model(ModelSection(path=checkpoint), mesh, "train")
   trainer = Trainer.create(model.config, mesh, OPT.build(STEPS))
   state = trainer.init_state(flat_params(model))
   held_out = batches(5)[:3]
-  loss = _held_out_loss(trainer, state, grain.MapDataset.source(held_out).to_iter_dataset(), 3)
+  loss = held_out_loss(trainer, state, grain.MapDataset.source(held_out).to_iter_dataset(), 3)
   reference = transformers.LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
   with torch.no_grad():
     per_batch = [reference(torch.tensor(b["tokens"], dtype=torch.long),
@@ -604,9 +604,10 @@ def test_two_processes_train_as_one_8_device_mesh(tmp_path):
     for process in processes:
       _, err = process.communicate(timeout=180)
       assert process.returncode == 0, err[-3000:]
-  # A preemption notice reaches process 0 alone, after step 2: both save step 2 and exit 0.
+  # A preemption notice reaches process 0 alone, after step 2: the hosts compare notices at
+  # the next checkpoint (step 3), so both save step 3, stop there and exit 0.
   two_processes(notice_after_step=2)
-  assert _saved(multi) == [2] and _steps_logged(multi) == 2
+  assert _saved(multi) == [3] and _steps_logged(multi) == 3
   two_processes()  # the rerun resumes from it on both
   # Each process read its own data shard; together they made the single process's batches.
   np.testing.assert_allclose([m["loss"] for m in read_metrics(multi)],

@@ -11,17 +11,18 @@ preemption notice) saves at once and exits 0.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import shutil
-import signal
 import time
 
-from mind_jax._errors import Diverged, MindJaxError, check_space
+from mind_jax._errors import Diverged, MindJaxError
 from mind_jax._hosts import init_hosts, sync_hosts
 from mind_jax._outdir import check_output_dir, claim, dir_fingerprint, write_run_notes
 from mind_jax._progress import progress_bar
+from mind_jax.training import _hooks as hooks
 from mind_jax.training._config import (TrainConfig, data_pipeline, framing_tokenizer,
                                        model_config)
 from mind_jax.training._metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLog, logged_loss
@@ -90,26 +91,7 @@ def _checkpoint_manager(cfg: TrainConfig):
   return ocp.CheckpointManager(directory, options=options)
 
 
-class _Space:
-  """Whether the workdir holds one more checkpoint, asked before each save: a full disk then
-  stops the run in one line with its last checkpoint complete, instead of failing inside the
-  asynchronous writer (tracebacks from its threads, a partial checkpoint set aside)."""
-
-  MARGIN = 1.1  # the state's bytes plus the iterator's state and the writer's metadata
-
-  def __init__(self, workdir: str, state):
-    import jax
-    self.workdir = workdir
-    self.need = int(sum(x.nbytes for x in jax.tree.leaves(state)) * self.MARGIN)
-
-  def check(self, step: int, last_complete: int) -> None:
-    """Every host asks (they share the workdir, so they agree) and stops alike."""
-    check_space(self.workdir, self.need, "workdir", f"the checkpoint of step {step}",
-                f"the last complete checkpoint is step {last_complete}" if last_complete else
-                "no checkpoint was written yet")
-
-
-def _save(manager, step: int, state, batches, force: bool = False) -> None:
+def _save(manager, batches, step: int, state, force: bool = False) -> None:
   import grain
   import orbax.checkpoint as ocp
   manager.save(step, force=force, args=ocp.args.Composite(
@@ -123,45 +105,49 @@ def _export(trainer, state, tokenizer, out_dir: str, dtype: str | None) -> None:
                   overwrite=True)
 
 
-def _held_out_loss(trainer, state, dataset, batches: int) -> float:
-  """The mean token loss over the first `batches` batches of the held-out data."""
-  from mind_jax.data import DeviceBatches
-  reader = DeviceBatches(dataset, trainer.mesh, "train", prefetch=1)
-  try:
-    nll = weight = 0.0
-    for _ in range(batches):
-      batch, _ = next(reader)
-      batch_nll, batch_weight = trainer.eval_step(state["params"], batch)
-      nll, weight = nll + float(batch_nll), weight + float(batch_weight)
-  finally:
-    reader.close()
-  return nll / max(weight, 1.0)
+def advance(train_step, state, next_batch, hooks, start: int, end: int, diverged, timing):
+  """Steps `start` + 1 .. `end`; returns the state and the last step's metrics.
 
+  Each step is dispatched before the previous step's metrics are read, so the devices go
+  from one step to the next while the host records the last one. After a step whose state a
+  due hook needs, the loop waits for it instead: the next step would take (donate) the state,
+  and the step's metrics are read and found finite before any hook sees it, so a checkpoint
+  never holds a diverged state. `diverged(step, loss)` is the exception a non-finite loss
+  raises (one step after it was computed, at the latest); `timing(seconds, metrics)` the
+  fields the step's duration gives."""
+  from mind_jax.training._step import host_metrics
+  last_read = time.perf_counter()
+  last_metrics = None
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (it then saves and exits 0)."""
+  def finish(step, device_metrics, began, state):
+    nonlocal last_read, last_metrics
+    metrics = host_metrics(device_metrics)  # waits for the step
+    now = time.perf_counter()
+    seconds, last_read = now - max(began, last_read), now
+    if not math.isfinite(metrics["loss"]):
+      raise diverged(step, metrics["loss"])
+    metrics.update(timing(seconds, metrics))
+    for hook in hooks:
+      if hook.due(step) and (state is not None or not hook.needs_state):
+        hook(step, state if hook.needs_state else None, metrics)
+    last_metrics = metrics
 
-  def __init__(self, hosts: int):
-    self.requested = False
-    self.hosts = hosts
-    self.previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def stop_now(self) -> bool:
-    """Whether to save and stop before the next step. On a slice the hosts agree (any host's
-    notice stops all): the save is a collective every host must enter at the same step, and
-    the hosts of a preempted slice get their notices at different steps."""
-    if self.hosts == 1:
-      return self.requested
-    import numpy as np
-    from jax.experimental import multihost_utils
-    return bool(np.asarray(multihost_utils.process_allgather(np.int32(self.requested))).any())
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self.previous)
+  pending = None
+  for step in range(start + 1, end + 1):
+    batch = next_batch()
+    began = time.perf_counter()
+    state, device_metrics = train_step(state, batch)
+    for value in device_metrics.values():
+      value.copy_to_host_async()
+    if pending:
+      finish(*pending, None)
+    pending = (step, device_metrics, began)
+    if any(hook.needs_state and hook.due(step) for hook in hooks):
+      finish(*pending, state)
+      pending = None
+  if pending:
+    finish(*pending, None)
+  return state, last_metrics
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -172,7 +158,7 @@ def run(cfg: TrainConfig) -> dict:
   from mind_jax._devices import peak_flops
   from mind_jax.ckpts import load_model
   from mind_jax.data import DeviceBatches
-  from mind_jax.training._step import Trainer, flat_params, host_metrics, step_flops
+  from mind_jax.training._step import Trainer, flat_params, step_flops
 
   cfg.runtime.apply()
   host, hosts = init_hosts(cfg.distributed)
@@ -247,63 +233,56 @@ def run(cfg: TrainConfig) -> dict:
 
   peak = cfg.peak_flops or peak_flops(jax.devices()[0].device_kind)
   flops_per_step = step_flops(config, cfg.tokens_per_step, cfg.data.seq_len)
+
+  def timing(seconds, metrics):
+    return {"step_seconds": seconds, "tokens_per_s": metrics["tokens"] / seconds,
+            "mfu": flops_per_step / seconds / (peak * mesh.size) if peak else None}
+
   metrics_log = MetricsLog(cfg.workdir, start, enabled=host == 0)
   if extending:
     metrics_log.mark(start, {"event": "extended", "from_steps": extensions[-1]["from_steps"],
                              "to_steps": cfg.steps})
-  preemption = _Preemption(hosts)
+  checkpoint = hooks.Checkpoint(cfg.checkpoint.every, cfg.steps, manager,
+                                functools.partial(_save, manager, batches),
+                                hooks.Space(cfg.workdir, state), start)
+  preemption = hooks.Preemption(hosts, checkpoint)
   summary = {"workdir": os.path.abspath(cfg.workdir), "start_step": start}
-  last_saved = start
-  space = _Space(cfg.workdir, state)
   if start < cfg.steps:  # refused before a step is trained where not one checkpoint fits
-    space.check(min(cfg.steps, (start // cfg.checkpoint.every + 1) * cfg.checkpoint.every),
-                start)
+    checkpoint.space.check(
+        min(cfg.steps, (start // cfg.checkpoint.every + 1) * cfg.checkpoint.every), start)
+
+  def diverged(step, loss):
+    return Diverged(f"step {step}: the loss is {loss}; stopped; "
+                    f"{checkpoint.kept(f'{cfg.workdir}/{CHECKPOINTS}')}; "
+                    "lower optimizer.learning_rate or check the data")
+
+  def export_step(state, step):
+    _export(trainer, state, tokenizer, os.path.join(cfg.workdir, f"{EXPORT}-step{step}"),
+            cfg.export.dtype)
+
+  metrics = None
   try:
     with progress_bar(cfg.steps, "train", "step", enabled=host == 0) as bar:
       bar.update(start)
-      for step in range(start, cfg.steps):
-        if preemption.stop_now():
-          log.warning("SIGTERM: saving step %d and stopping", step)
-          if step != last_saved:
-            manager.wait_until_finished()
-            space.check(step, last_saved)
-            _save(manager, step, state, batches, force=True)
-          manager.wait_until_finished()
-          return {**summary, "stopped_at": step, "preempted": True}
-        device_batch, _ = next(batches)
-        began = time.perf_counter()
-        state, metrics = trainer.train_step(state, device_batch)
-        metrics = host_metrics(metrics)  # waits for the step
-        seconds = time.perf_counter() - began
-        if not math.isfinite(metrics["loss"]):
-          manager.wait_until_finished()
-          kept = (f"the last good checkpoint (step {last_saved}) is kept in "
-                  f"{cfg.workdir}/{CHECKPOINTS}" if manager.latest_step() is not None else
-                  "no checkpoint was written yet")
-          raise Diverged(f"step {step + 1}: the loss is {metrics['loss']}; stopped; {kept}; "
-                         "lower optimizer.learning_rate or check the data")
-        metrics.update(step_seconds=seconds, tokens_per_s=metrics["tokens"] / seconds,
-                       mfu=flops_per_step / seconds / (peak * mesh.size) if peak else None)
-        if held_out is not None and (step + 1) % cfg.eval.every == 0:
-          metrics["eval_loss"] = _held_out_loss(trainer, state, held_out, cfg.eval.batches)
-        metrics_log.write(step + 1, metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
-        bar.update(1)
-        done = step + 1
-        if done % cfg.checkpoint.every == 0 or done == cfg.steps:
-          manager.wait_until_finished()  # the previous checkpoint's bytes are on disk
-          space.check(done, last_saved)
-          _save(manager, done, state, batches)
-          last_saved = done
-        if cfg.export.every and done % cfg.export.every == 0 and done != cfg.steps:
-          _export(trainer, state, tokenizer, os.path.join(cfg.workdir, f"{EXPORT}-step{done}"),
-                  cfg.export.dtype)
+      loop_hooks = [
+          hooks.HeldOutLoss(cfg.eval.every if held_out is not None else 0,
+                            lambda state: hooks.held_out_loss(trainer, state, held_out,
+                                                              cfg.eval.batches)),
+          hooks.RecordMetrics(metrics_log, bar),
+          checkpoint,
+          hooks.Export(cfg.export.every, cfg.steps, export_step),
+          preemption,
+      ]
+      state, metrics = advance(trainer.train_step, state, lambda: next(batches)[0], loop_hooks,
+                               start, cfg.steps, diverged, timing)
     manager.wait_until_finished()
     _export(trainer, state, tokenizer, os.path.join(cfg.workdir, EXPORT), cfg.export.dtype)
+  except hooks.StopTraining as stop:
+    return {**summary, "stopped_at": stop.step, "preempted": True}
   finally:
     preemption.restore()
     metrics_log.close()
     batches.close()
     manager.close()
   return {**summary, "steps": cfg.steps, "export": os.path.join(cfg.workdir, EXPORT),
-          "final_loss": metrics["loss"] if cfg.steps > start else logged_loss(cfg.workdir, start)}
+          "final_loss": metrics["loss"] if metrics else logged_loss(cfg.workdir, start)}
