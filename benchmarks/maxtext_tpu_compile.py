@@ -209,6 +209,7 @@ def launch(cmd: list[str], log_path: str, timeout: float) -> tuple[int, float, d
     for line in proc.stdout:
       now = time.perf_counter() - start
       log.write(line)
+      log.flush()
       if "Jitting and compiling train step" in line:
         marks["compile_start"] = now
       elif "Jitting and compilation complete" in line:
