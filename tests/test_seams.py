@@ -6,7 +6,7 @@ the root package. A module or a name with a leading underscore is private to the
 holds it: its owner renames, splits or drops it without notice, and an importer elsewhere breaks
 (or, worse, keeps a stale copy's meaning). So a package states what others may use in its
 __init__'s `__all__`, and others import from there: `from mind_jax.data import MODEL_INPUTS`,
-never `from mind_jax.data._mixture import MODEL_INPUTS`.
+never `from mind_jax.data._packing import MODEL_INPUTS`.
 
 The root package's private modules (mind_jax._errors, mind_jax._outdir, ...) are the internals
 that every package of mind_jax shares, so any of them may import those; a private name is its
@@ -158,7 +158,7 @@ def test_the_check_sees_a_reach_into_another_package():
   modules, nor the package's own private modules."""
   path = SOURCE / "evaluation" / "_example.py"
   source = "\n".join([
-      "from mind_jax.data._mixture import MODEL_INPUTS",
+      "from mind_jax.data._packing import MODEL_INPUTS",
       "import mind_jax.engine._engine",
       "def f():",
       "  from mind_jax.data import _champ_file",
@@ -169,7 +169,7 @@ def test_the_check_sees_a_reach_into_another_package():
       "from mind_jax.evaluation import _compare",
   ])
   assert crossings(path, source) == [
-      "mind_jax/evaluation/_example.py:1 -> mind_jax.data._mixture (a private module of "
+      "mind_jax/evaluation/_example.py:1 -> mind_jax.data._packing (a private module of "
       "mind_jax.data)",
       "mind_jax/evaluation/_example.py:2 -> mind_jax.engine._engine (a private module of "
       "mind_jax.engine)",

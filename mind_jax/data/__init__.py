@@ -10,12 +10,15 @@ from mind_jax.data._readers import (CHAMP_SOURCE, Document, ReadStats, champ_pro
 # first use, so the filter and its worker processes, which read corpora but never train, start
 # without it. group_winners waits too: the readers alone start without NumPy.
 with epy.lazy_api_imports(globals()):
-  from mind_jax.data._mixture import (MODEL_INPUTS, DataSection, DeviceBatches, Framing, Mixture,
-                                      SourceSize, TokenMix, host_dataset, model_inputs,
-                                      resolve_mixture, source_size, training_dataset,
-                                      whole_document_rows)
+  from mind_jax.data._config import DataSection, Mixture, resolve_mixture
+  from mind_jax.data._device import DeviceBatches
+  from mind_jax.data._framing import Framing
+  from mind_jax.data._packing import MODEL_INPUTS, model_inputs, whole_document_rows
+  from mind_jax.data._pipeline import host_dataset, training_dataset
   from mind_jax.data._select import group_winners
+  from mind_jax.data._sizes import SourceSize, source_size
   from mind_jax.data._sources import DocumentStream, Source, SourceSection
+  from mind_jax.data._token_mix import TokenMix
 
 __all__ = ["CHAMP_SOURCE", "DataSection", "DeviceBatches", "Document", "DocumentStream",
            "Framing", "MODEL_INPUTS", "Mixture", "ReadStats", "Source", "SourceSection",

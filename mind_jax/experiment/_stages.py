@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from mind_jax._atomic import write_json
 from mind_jax._errors import MindJaxError
@@ -62,91 +62,125 @@ def plan(cfg: rc.RecipeConfig) -> list[Stage]:
 WORKDIR = "WORKDIR"
 
 
-def _plan_at(cfg: rc.RecipeConfig, root: str) -> list[Stage]:
-  stages: dict[str, Stage] = {}
-  conversations: dict[str, tuple[Stage, Stage]] = {}  # variant -> (generate, filter)
-  base = {kind: KINDS[kind].result_settings(getattr(cfg, kind)) for kind in ("generate", "filter")}
+class Conversations(NamedTuple):
+  """The stages that make a variant's conversations: those it trains on as @generated and as
+  @conversations."""
+  generated: Stage
+  filtered: Stage
 
-  def shared(kind: str, variant, settings: dict, after: list[str], make) -> Stage:
+
+@dataclasses.dataclass
+class Plan:
+  """The stages of a plan under `root` as they are added, by name; `base`: the generate and
+  filter settings no variant overrides, whose stages keep the plain names."""
+  root: str
+  base: dict
+  stages: dict[str, Stage] = dataclasses.field(default_factory=dict)
+
+  def add(self, stage: Stage) -> Stage:
+    self.stages[stage.name] = stage
+    return stage
+
+  def shared(self, kind: str, variant, config, after: list[str]) -> Stage:
     """One stage per distinct settings: `kind` when they are the base's, else kind-VARIANT
     after the first variant that needs them."""
+    settings = KINDS[kind].result_settings(config)
     key = json.dumps([settings, after], sort_keys=True)
-    for stage in stages.values():
+    for stage in self.stages.values():
       if stage.kind == kind and json.dumps([stage.settings, stage.after], sort_keys=True) == key:
         stage.variants.append(variant.name)
         return stage
-    is_base = settings == base[kind] and all("-" not in a for a in after)
+    is_base = settings == self.base[kind] and all("-" not in a for a in after)
     name = kind if is_base else f"{kind}-{variant.name}"
-    stage = make(name)
-    stage.settings, stage.after, stage.variants = settings, after, [variant.name]
-    stages[name] = stage
-    return stage
+    return self.add(Stage(name, kind, os.path.join(self.root, name), config.model_copy(deep=True),
+                          after, [variant.name], settings=settings))
 
-  for variant in cfg.variants:
-    train = rc.stage_config(cfg, "train", variant)
-    used = {s.path for s in [*train.data.sources, *train.eval.sources]}
-    if not used & {rc.GENERATED, rc.CONVERSATIONS}:
-      if variant.generate or variant.filter:
-        raise MindJaxError(f"variants ({variant.name}): overrides generate or filter but trains "
-                           f"on neither {rc.GENERATED} nor {rc.CONVERSATIONS}")
-      continue
-    generate_cfg = rc.stage_config(cfg, "generate", variant)
-    generate = shared("generate", variant, KINDS["generate"].result_settings(generate_cfg), [],
-                      lambda name: Stage(name, "generate", os.path.join(root, name),
-                                         generate_cfg.model_copy(deep=True), [], []))
-    generate.config.output.dir = generate.directory
-    filter_cfg = rc.stage_config(cfg, "filter", variant)
-    filtered = shared("filter", variant, KINDS["filter"].result_settings(filter_cfg), [generate.name],
-                      lambda name: Stage(name, "filter", os.path.join(root, name),
-                                         filter_cfg.model_copy(deep=True), [], []))
-    filtered.config.input, filtered.config.out = generate.directory, filtered.directory
-    report_name = "dataset-report" + filtered.name.removeprefix("filter")
-    if report_name not in stages:
-      report_cfg = cfg.report.model_copy(deep=True)
-      report_cfg.dir = filtered.directory
-      report_cfg.out = os.path.join(filtered.directory, "report")
-      stages[report_name] = Stage(report_name, "report", report_cfg.out, report_cfg,
-                                  [filtered.name], filtered.variants,
-                                  settings=KINDS["report"].result_settings(report_cfg))
-    conversations[variant.name] = (generate, filtered)
 
+def _plan_at(cfg: rc.RecipeConfig, root: str) -> list[Stage]:
+  draft = Plan(root, {kind: KINDS[kind].result_settings(getattr(cfg, kind))
+                      for kind in ("generate", "filter")})
+  conversations = {}
   for variant in cfg.variants:
-    train = rc.stage_config(cfg, "train", variant).model_copy(deep=True)
-    train.workdir = os.path.join(root, "train", variant.name)
-    made = conversations.get(variant.name)
-    for sources, key in ((train.data.sources, "data.sources"), (train.eval.sources, "eval.sources")):
-      for index, source in enumerate(sources):
-        where = f"variants ({variant.name}).train.{key}[{index}].path"
-        if source.path == rc.CORPUS:
-          source.path = cfg.generate.input.source
-          source.text_field = source.text_field or cfg.generate.input.text_field
-          source.split, source.data_dir = cfg.generate.input.split, cfg.generate.input.data_dir
-        elif source.path in (rc.GENERATED, rc.CONVERSATIONS):
-          source.path = made[0 if source.path == rc.GENERATED else 1].directory
-        elif source.path.startswith("@"):
-          raise MindJaxError(f"{where}={source.path}: unknown; the recipe's paths are "
-                             f"{', '.join(rc.SYMBOLS)}")
-    after = [made[1].name] if made else []
-    stages[f"train/{variant.name}"] = Stage(
-        f"train/{variant.name}", "train", train.workdir, train, after, [variant.name],
-        settings=KINDS["train"].result_settings(train))
+    made = _conversation_stages(cfg, variant, draft)
+    if made:
+      conversations[variant.name] = made
   for variant in cfg.variants:
-    evaluate = cfg.evaluate.model_copy(deep=True)
-    evaluate.model = os.path.join(root, "train", variant.name, "hf")
-    evaluate.out = os.path.join(root, "evaluate", variant.name)
-    stages[f"evaluate/{variant.name}"] = Stage(
-        f"evaluate/{variant.name}", "evaluate", evaluate.out, evaluate, [f"train/{variant.name}"],
-        [variant.name], settings=KINDS["evaluate"].result_settings(evaluate))
+    draft.add(_train_stage(cfg, variant, root, conversations.get(variant.name)))
+  for variant in cfg.variants:
+    draft.add(_evaluate_stage(cfg, variant, root))
+  draft.add(_compare_stage(cfg, root, draft.stages))
+  return _fingerprinted(draft.stages.values())
+
+
+def _conversation_stages(cfg: rc.RecipeConfig, variant, draft: Plan) -> Conversations | None:
+  """The generate, filter and dataset-report stages the variant trains on, added to `draft`
+  (or found there, shared with an earlier variant); None if it trains on no conversations."""
+  train = rc.stage_config(cfg, "train", variant)
+  used = {s.path for s in [*train.data.sources, *train.eval.sources]}
+  if not used & {rc.GENERATED, rc.CONVERSATIONS}:
+    if variant.generate or variant.filter:
+      raise MindJaxError(f"variants ({variant.name}): overrides generate or filter but trains "
+                         f"on neither {rc.GENERATED} nor {rc.CONVERSATIONS}")
+    return None
+  generate = draft.shared("generate", variant, rc.stage_config(cfg, "generate", variant), [])
+  generate.config.output.dir = generate.directory
+  filtered = draft.shared("filter", variant, rc.stage_config(cfg, "filter", variant),
+                          [generate.name])
+  filtered.config.input, filtered.config.out = generate.directory, filtered.directory
+  report_name = "dataset-report" + filtered.name.removeprefix("filter")
+  if report_name not in draft.stages:
+    report_cfg = cfg.report.model_copy(deep=True)
+    report_cfg.dir = filtered.directory
+    report_cfg.out = os.path.join(filtered.directory, "report")
+    draft.add(Stage(report_name, "report", report_cfg.out, report_cfg, [filtered.name],
+                    filtered.variants, settings=KINDS["report"].result_settings(report_cfg)))
+  return Conversations(generate, filtered)
+
+
+def _train_stage(cfg: rc.RecipeConfig, variant, root: str, made: Conversations | None) -> Stage:
+  """The variant's training, its sources' recipe paths (@corpus, ...) made real ones."""
+  train = rc.stage_config(cfg, "train", variant).model_copy(deep=True)
+  train.workdir = os.path.join(root, "train", variant.name)
+  for sources, key in ((train.data.sources, "data.sources"), (train.eval.sources, "eval.sources")):
+    for index, source in enumerate(sources):
+      where = f"variants ({variant.name}).train.{key}[{index}].path"
+      if source.path == rc.CORPUS:
+        source.path = cfg.generate.input.source
+        source.text_field = source.text_field or cfg.generate.input.text_field
+        source.split, source.data_dir = cfg.generate.input.split, cfg.generate.input.data_dir
+      elif source.path in (rc.GENERATED, rc.CONVERSATIONS):
+        source.path = (made.generated if source.path == rc.GENERATED else made.filtered).directory
+      elif source.path.startswith("@"):
+        raise MindJaxError(f"{where}={source.path}: unknown; the recipe's paths are "
+                           f"{', '.join(rc.SYMBOLS)}")
+  after = [made.filtered.name] if made else []
+  return Stage(f"train/{variant.name}", "train", train.workdir, train, after, [variant.name],
+               settings=KINDS["train"].result_settings(train))
+
+
+def _evaluate_stage(cfg: rc.RecipeConfig, variant, root: str) -> Stage:
+  evaluate = cfg.evaluate.model_copy(deep=True)
+  evaluate.model = os.path.join(root, "train", variant.name, "hf")
+  evaluate.out = os.path.join(root, "evaluate", variant.name)
+  return Stage(f"evaluate/{variant.name}", "evaluate", evaluate.out, evaluate,
+               [f"train/{variant.name}"], [variant.name],
+               settings=KINDS["evaluate"].result_settings(evaluate))
+
+
+def _compare_stage(cfg: rc.RecipeConfig, root: str, stages: dict[str, Stage]) -> Stage:
   names = [v.name for v in cfg.variants]
-  stages["compare"] = Stage(
+  return Stage(
       "compare", "compare", os.path.join(root, "report"), None,
       [f"evaluate/{n}" for n in names] + [s for s in stages if s.startswith("dataset-report")], names,
       settings={"baseline": cfg.baseline_name, "variants": names,
                 "descriptions": [v.description for v in cfg.variants]})
 
-  order = list(KINDS)  # upstream first
-  stages = {s.name: s for s in sorted(stages.values(), key=lambda s: order.index(s.kind))}
-  for stage in stages.values():  # each fingerprint covers its inputs'
+
+def _fingerprinted(stages) -> list[Stage]:
+  """`stages` upstream first, each fingerprint covering its settings and its inputs'."""
+  order = list(KINDS)
+  stages = {s.name: s for s in sorted(stages, key=lambda s: order.index(s.kind))}
+  for stage in stages.values():
     stage.settings = {**stage.settings, "after": {a: stages[a].fingerprint for a in stage.after}}
     stage.fingerprint = hashlib.sha256(
         json.dumps(stage.settings, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,8 +1,8 @@
 """The MIND generation job: seven-style conversations from math text, exactly once."""
 
-from mind_jax.mind._pipeline import (PAPER_MEAN_OUTPUT_TOKENS, GenerateConfig, Unit,
-                                     check_model_path, engine_config, load_generator, plan_units,
-                                     run)
+from mind_jax.mind._config import GenerateConfig
+from mind_jax.mind._pipeline import (PAPER_MEAN_OUTPUT_TOKENS, Unit, check_model_path,
+                                     engine_config, load_generator, plan_units, run)
 from mind_jax.mind._styles import (Style, check_style_keys, format_prompt, load_styles,
                                    prompt_text)
 from mind_jax.data import part_files
