@@ -120,3 +120,42 @@ def test_a_choice_of_values_is_a_literal_type_and_help_lists_the_choices():
          "'jsonl', 'parquet')" in help_lines
   assert any(line.startswith("  select.mode = 'all'") and line.endswith(
       "one of: 'all', 'longest')") for line in help_lines)
+
+
+def _unmarked(schema, prefix=""):
+  """Dotted keys reachable from `schema` with no result/speed/source mark (a section field may
+  go unmarked: its own fields are walked)."""
+  found = []
+  for name, field in schema.model_fields.items():
+    nested = config.nested_sections(field.annotation)
+    if config.mark(field) is None:
+      if not nested:
+        found.append(f"{prefix}{name}")
+      for section in nested:
+        found += _unmarked(section, f"{prefix}{name}.")
+  return found
+
+
+def test_every_key_of_every_job_is_marked_result_speed_or_source():
+  from mind_jax.curation import FilterConfig, ReportConfig
+  from mind_jax.evaluation import EvaluateConfig
+  from mind_jax.experiment import RecipeConfig
+  from mind_jax.mind import GenerateConfig
+  from mind_jax.training import TrainConfig  # train's and mix's
+  for schema in (TrainConfig, GenerateConfig, FilterConfig, EvaluateConfig, ReportConfig,
+                 RecipeConfig):
+    assert _unmarked(schema) == [], schema.__name__
+
+
+def test_settings_that_decide_leave_speed_keys_out_and_refuse_unmarked_ones():
+  import pydantic
+  from mind_jax.training import TrainConfig
+  kept = config.deciding(TrainConfig(steps=5, microbatches=2, batch_size=4))
+  assert kept["steps"] == 5 and "microbatches" not in kept and "mesh" not in kept
+  assert "workers" not in kept["data"] and kept["data"]["sources"][0]["path"] == "champ"
+  assert "remat" not in kept["model"] and kept["export"] == {"dtype": None}
+
+  class Loose(config.Section):
+    size: int = pydantic.Field(1)
+  with pytest.raises(MindJaxError, match=r"Loose.size: not marked"):
+    config.deciding(Loose())
