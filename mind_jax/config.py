@@ -126,6 +126,11 @@ class ModelSection(Section):
       "checkpoint loads (or once, by mind_jax.convert quantize=int8 into an Orbax checkpoint); "
       "embeddings and norms keep param_dtype")
 
+  def settings_beside_identity(self) -> dict:
+    """The model's deciding keys other than which model it is (path, preset): each job names
+    the model itself, a checkpoint by its content."""
+    return {k: v for k, v in deciding(self).items() if k not in ("path", "preset")}
+
   def check_training(self) -> None:
     """Refuses the keys a job with a backward pass cannot use."""
     if self.quantize:

@@ -155,12 +155,13 @@ def evaluate(cfg: EvaluateConfig) -> dict:
   check_output_dir(cfg.out, "--out", [model])
   if cfg.data_dir:  # read before `datasets` is imported, which fixes its offline mode
     os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+  # The keys the config marks result, the model by its content; quantize only when set: an
+  # evaluation made before the key existed resumes as it was.
   settings = {"model": f"{os.path.basename(os.path.normpath(model))}, content "
-                       f"{dir_fingerprint(model)}", "tasks": cfg.tasks, "backend": cfg.backend,
-              "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "dtype": cfg.dtype,
-              "seed": cfg.seed, "tasks_dir": cfg.tasks_dir, "data_dir": cfg.data_dir,
-              # Only when set: an evaluation made before the key existed resumes as it was.
-              **({"quantize": cfg.quantize} if cfg.quantize else {})}
+                       f"{dir_fingerprint(model)}",
+              **config_lib.deciding(cfg, leave_out=(config_lib.SPEED, config_lib.SOURCE))}
+  if not settings["quantize"]:
+    del settings["quantize"]
 
   def remove_owned(record):
     del record

@@ -2,7 +2,7 @@
 finished one may be skipped.
 
 Every stage has a fingerprint: the settings that decide its output (its section less the keys
-that only change how fast it runs, e.g. mesh, slots, workers) and the fingerprints of the
+its schema marks speed-only, e.g. mesh, slots, workers) and the fingerprints of the
 stages it reads. WORKDIR/stages/NAME.json records it when the stage starts and again, marked
 done, when it ends. A rerun skips a done stage with the same fingerprint, resumes an unfinished
 one through the job's own resume logic, and redoes (after deleting its directory, which only
@@ -20,6 +20,7 @@ import shutil
 import time
 from typing import Any, Callable
 
+from mind_jax import config as config_lib
 from mind_jax._atomic import write_json
 from mind_jax._errors import MindJaxError
 from mind_jax._outdir import differences, dir_fingerprint, flatten
@@ -29,20 +30,6 @@ from mind_jax.experiment import _config as rc
 log = logging.getLogger("mind_jax.recipe")
 
 STAGES_DIR, SUPERSEDED = "stages", "superseded"
-
-# Keys that change how a stage runs, not what it writes (each job's own resume accepts a
-# change of them too).
-FREE_KEYS = {
-    "generate": ("output", "engine", "mesh", "runtime", "distributed", "dry_run", "num_shards",
-                 "shard_index"),
-    "filter": ("input", "out", "workers", "scratch", "overwrite"),
-    "report": ("dir", "out", "workers"),
-    "train": ("workdir", "overwrite", "mesh", "runtime", "microbatches", "distributed",
-              "peak_flops", "checkpoint", "export.every", "data.workers", "data.prefetch",
-              "model.remat", "model.scan_layers", "model.attention"),
-    "evaluate": ("model", "out", "overwrite", "batch_size", "tensor"),
-}
-
 
 @dataclasses.dataclass
 class Stage:
@@ -77,8 +64,12 @@ def _model_content(section) -> str | None:
 
 
 def _result_settings(kind: str, config) -> dict:
-  """What decides a stage's output (see FREE_KEYS); a local model is known by its content."""
-  settings = _without(config.model_dump(), FREE_KEYS[kind])
+  """What decides a stage's output: the keys its config marks result or source (see
+  mind_jax.config), less those the recipe sets itself (rc.OWNED_KEYS: where the stage writes,
+  and what it reads, which the fingerprints of the stages it reads stand for). A local model
+  is known by its content."""
+  decides = config_lib.deciding(config, leave_out=(config_lib.SPEED,))
+  settings = _without(decides, rc.OWNED_KEYS[kind])
   if kind in ("generate", "train") and _model_content(config.model):
     settings["model"]["content"] = _model_content(config.model)
   return settings
@@ -214,7 +205,7 @@ def decide(workdir: str, stages: list[Stage]) -> dict[str, str]:
     record = read_record(workdir, stage)
     if record is None:
       decisions[stage.name] = "run"
-    elif record["fingerprint"] == stage.fingerprint:
+    elif record["fingerprint"] == stage.fingerprint or _same_as_recorded(stage, record, decisions):
       decisions[stage.name] = "skip" if record.get("done") else "resume"
     else:
       changed = [c for c in differences(record["settings"], flatten(stage.settings))
@@ -225,6 +216,30 @@ def decide(workdir: str, stages: list[Stage]) -> dict[str, str]:
       log.warning("%s: %s; redoing it and what reads it", stage.name, why)
       decisions[stage.name] = "redo"
   return decisions
+
+
+def _same_as_recorded(stage: Stage, record: dict, decisions: dict[str, str]) -> bool:
+  """Whether a record under another fingerprint holds this stage's settings all the same: made
+  by a version that fingerprinted other keys (before the config's marks decided them, say).
+  Every key both hold is equal, a key only the plan holds is at its default (as it was for the
+  run that made the record; keys only the record holds no longer decide), and every stage it
+  reads is kept."""
+  if any(decisions.get(a) not in ("skip", "resume") for a in stage.after):
+    return False
+  recorded, planned = record["settings"], flatten(stage.settings)
+  if any(not key.startswith("after.") for key in
+         (c.split(" (")[0].split("[")[0] for c in differences(recorded, planned))):
+    return False
+  added = [key for key in planned.keys() - recorded.keys() if not key.startswith("after.")]
+  if added:
+    if stage.config is None:  # compare: its settings are its own, not a schema's
+      return False
+    defaults = flatten(_result_settings(stage.kind, type(stage.config)()))
+    if any(key not in defaults or defaults[key] != planned[key] for key in added):
+      return False
+  log.info("%s: recorded by an earlier version under fingerprint %s, same settings; kept",
+           stage.name, record["fingerprint"])
+  return True
 
 
 def set_aside(workdir: str, stage: Stage, old_fingerprint: str) -> str | None:
