@@ -24,6 +24,74 @@ OnOffAuto = Annotated[Literal["auto", "on", "off"], pydantic.BeforeValidator(
     lambda v: ("on" if v else "off") if isinstance(v, bool) else v)]
 
 
+# What each config field is to a job's result, marked once where the field is declared: the
+# jobs' rerun checks and the recipe's stage fingerprints are derived from these marks.
+#   result  decides what the job writes: a rerun with another value is another result
+#   speed   only how the job runs or where it writes (mesh, workers, slots, cadence, overwrite)
+#   source  what the job reads: decides the result, yet the job's own rerun accepts another
+#           value (a corpus arriving in pieces, a grown generation output: ids keep them apart);
+#           the recipe's fingerprint covers it
+# A field holding a section (or a list of them) may go unmarked: its own fields decide.
+RESULT, SPEED, SOURCE = "result", "speed", "source"
+_MARK = "decides"
+
+
+def _marked(kind: str, args, kwargs):
+  extra = dict(kwargs.pop("json_schema_extra", None) or {})
+  return pydantic.Field(*args, json_schema_extra={**extra, _MARK: kind}, **kwargs)
+
+
+def result(*args, **kwargs):
+  """pydantic.Field of a key that decides the job's result."""
+  return _marked(RESULT, args, kwargs)
+
+
+def speed(*args, **kwargs):
+  """pydantic.Field of a key that changes only how the job runs, or where it writes."""
+  return _marked(SPEED, args, kwargs)
+
+
+def source(*args, **kwargs):
+  """pydantic.Field of the input a job reads (see SOURCE above)."""
+  return _marked(SOURCE, args, kwargs)
+
+
+def mark(field) -> str | None:
+  """RESULT, SPEED or SOURCE for a pydantic FieldInfo; None when unmarked."""
+  extra = field.json_schema_extra
+  return extra.get(_MARK) if isinstance(extra, dict) else None
+
+
+def nested_sections(annotation) -> list[type]:
+  """The Section classes a field's type holds (a section, a list of them, or either or None)."""
+  import typing
+  if isinstance(annotation, type) and issubclass(annotation, Section):
+    return [annotation]
+  return [s for arg in typing.get_args(annotation) for s in nested_sections(arg)]
+
+
+def deciding(section: "Section", leave_out: tuple[str, ...] = (SPEED,)) -> dict:
+  """`section` dumped without the keys whose mark is in `leave_out`: what decides its result.
+
+  An unmarked section field is walked into (lists of sections item by item); any other
+  unmarked field is refused, so a new key cannot slip past the rerun checks unjudged."""
+  out = {}
+  for name, field in type(section).model_fields.items():
+    kind, value = mark(field), getattr(section, name)
+    if kind is None and isinstance(value, Section):
+      kept = deciding(value, leave_out)
+      if kept:  # a section none of whose keys decide anything is left out whole
+        out[name] = kept
+    elif kind is None and isinstance(value, list) and nested_sections(field.annotation):
+      out[name] = [deciding(item, leave_out) for item in value]
+    elif kind is None:
+      raise MindJaxError(f"{type(section).__name__}.{name}: not marked result, speed or source "
+                         "(see mind_jax.config)")
+    elif kind not in leave_out:
+      out[name] = section.model_dump(include={name})[name]
+  return out
+
+
 class Section(pydantic.BaseModel):
   model_config = pydantic.ConfigDict(extra="forbid", validate_default=True)
 
@@ -31,32 +99,37 @@ class Section(pydantic.BaseModel):
 class ModelSection(Section):
   """Which model to use and how to hold it."""
 
-  path: str | None = pydantic.Field(
+  path: str | None = result(
       None, description="HF model directory or mind_jax Orbax checkpoint")
-  preset: str | None = pydantic.Field(
+  preset: str | None = result(
       None, description="named architecture for a random model: tiny, llama2-7b, llama3.1-8b, "
       "llama3.1-70b, llama3.2-1b, llama3.2-3b")
-  dtype: Literal["float32", "bfloat16", "float16"] = pydantic.Field(
+  dtype: Literal["float32", "bfloat16", "float16"] = result(
       "float32", description="compute dtype")
-  param_dtype: Literal["float32", "bfloat16", "float16"] | None = pydantic.Field(
+  param_dtype: Literal["float32", "bfloat16", "float16"] | None = result(
       None, description="storage dtype of the weights (default: dtype)")
-  scan_layers: bool | None = pydantic.Field(
+  scan_layers: bool | None = speed(
       None, description="stack layers and scan over them (default: as an Orbax checkpoint "
       "stores them; off for HF checkpoints and presets)")
-  remat: Literal["none", "full", "dots", "dots_no_batch"] = pydantic.Field(
+  remat: Literal["none", "full", "dots", "dots_no_batch"] = speed(
       "none", description="rematerialisation policy (training)")
-  attention: Literal["auto", "xla", "tpu", "cudnn"] = pydantic.Field(
+  attention: Literal["auto", "xla", "tpu", "cudnn"] = speed(
       "auto", description="attention implementation: xla (any device), tpu (Pallas splash and "
       "paged attention kernels), cudnn (GPU flash attention); auto picks by the mesh's devices "
       "(tpu on TPU, cudnn on GPU, xla on CPU); a kernel the devices cannot run is refused")
-  allow_unused_tensors: bool = pydantic.Field(
+  allow_unused_tensors: bool = result(
       False, description="load even if the checkpoint holds tensors the model does not use "
       "(e.g. config.json lists fewer layers than the weights); off: such a load is refused")
-  quantize: Literal["int8"] | None = pydantic.Field(
+  quantize: Literal["int8"] | None = result(
       None, description="generation only: int8 stores every projection's weight (and an "
       "untied output head) as int8 with one scale per output channel, quantized as an HF "
       "checkpoint loads (or once, by mind_jax.convert quantize=int8 into an Orbax checkpoint); "
       "embeddings and norms keep param_dtype")
+
+  def settings_beside_identity(self) -> dict:
+    """The model's deciding keys other than which model it is (path, preset): each job names
+    the model itself, a checkpoint by its content."""
+    return {k: v for k, v in deciding(self).items() if k not in ("path", "preset")}
 
   def check_training(self) -> None:
     """Refuses the keys a job with a backward pass cannot use."""
@@ -74,7 +147,7 @@ class ModelSection(Section):
 
 def kv_dtype_field():
   """`engine.kv_dtype` of the jobs that decode (generate, sample): one wording for both."""
-  return pydantic.Field(
+  return result(
       None, description="KV cache entries: the model's dtype (default), or int8 with one "
       "float32 scale per token and kv head (about half the bytes: more sequences fit; the "
       "records differ slightly from the float cache's)")
@@ -83,10 +156,10 @@ def kv_dtype_field():
 class MeshSection(Section):
   """Device mesh and sharding rules."""
 
-  axes: dict[str, int] = pydantic.Field(
+  axes: dict[str, int] = speed(
       default_factory=lambda: dict(_sharding().DEFAULT_MESH),
       description="mesh axis sizes; one may be -1 to take the remaining devices")
-  rules: Literal["generate", "train"] = pydantic.Field(
+  rules: Literal["generate", "train"] = speed(
       "generate", description="logical-axis rule set")
 
   def build(self, devices=None, use_first: bool = False):
@@ -107,7 +180,7 @@ class MeshSection(Section):
 class RuntimeSection(Section):
   """How the job's device programs are compiled."""
 
-  compile_cache: str | None = pydantic.Field(
+  compile_cache: str | None = speed(
       "~/.cache/mind_jax/jax", description="directory of JAX's persistent compilation cache: a "
       "rerun of the same job loads its programs instead of compiling them (minutes for a 70B "
       "model on a slice); null or '' turns it off; JAX_COMPILATION_CACHE_DIR, if set, wins")

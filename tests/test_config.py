@@ -120,3 +120,93 @@ def test_a_choice_of_values_is_a_literal_type_and_help_lists_the_choices():
          "'jsonl', 'parquet')" in help_lines
   assert any(line.startswith("  select.mode = 'all'") and line.endswith(
       "one of: 'all', 'longest')") for line in help_lines)
+
+
+def _unmarked(schema, prefix=""):
+  """Dotted keys reachable from `schema` with no result/speed/source mark (a section field may
+  go unmarked: its own fields are walked)."""
+  found = []
+  for name, field in schema.model_fields.items():
+    nested = config.nested_sections(field.annotation)
+    if config.mark(field) is None:
+      if not nested:
+        found.append(f"{prefix}{name}")
+      for section in nested:
+        found += _unmarked(section, f"{prefix}{name}.")
+  return found
+
+
+def test_every_key_of_every_job_is_marked_result_speed_or_source():
+  from mind_jax.curation import FilterConfig, ReportConfig
+  from mind_jax.evaluation import EvaluateConfig
+  from mind_jax.experiment import RecipeConfig
+  from mind_jax.mind import GenerateConfig
+  from mind_jax.training import TrainConfig  # train's and mix's
+  for schema in (TrainConfig, GenerateConfig, FilterConfig, EvaluateConfig, ReportConfig,
+                 RecipeConfig):
+    assert _unmarked(schema) == [], schema.__name__
+
+
+def test_settings_that_decide_leave_speed_keys_out_and_refuse_unmarked_ones():
+  import pydantic
+  from mind_jax.training import TrainConfig
+  kept = config.deciding(TrainConfig(steps=5, microbatches=2, batch_size=4))
+  assert kept["steps"] == 5 and "microbatches" not in kept and "mesh" not in kept
+  assert "workers" not in kept["data"] and kept["data"]["sources"][0]["path"] == "champ"
+  assert "remat" not in kept["model"] and kept["export"] == {"dtype": None}
+
+  class Loose(config.Section):
+    size: int = pydantic.Field(1)
+  with pytest.raises(MindJaxError, match=r"Loose.size: not marked"):
+    config.deciding(Loose())
+
+
+# What each job recorded in run.json before its settings were derived from the marks: a
+# record of that shape must still be accepted (no key both hold differs).
+def _train_settings_before_marks(cfg):
+  return {"model": f"preset {cfg.model.preset}, seed {cfg.seed}", "dtype": cfg.model.dtype,
+          "param_dtype": cfg.model.param_dtype,
+          "data": cfg.data.model_dump(exclude={"workers", "prefetch"}),
+          "optimizer": cfg.optimizer.model_dump(), "batch_size": cfg.batch_size,
+          "steps": cfg.steps, "z_loss": cfg.z_loss, "seed": cfg.seed}
+
+
+def _generate_settings_before_marks(cfg, styles, model):
+  import hashlib
+  return {"model": model, "dtype": cfg.model.dtype,
+          "param_dtype": cfg.model.param_dtype or cfg.model.dtype,
+          "input": {"text_field": cfg.input.text_field, "id_field": cfg.input.id_field},
+          "chunking": cfg.chunking.model_dump(),
+          "prompt": {"order": cfg.prompt.order, "format": cfg.prompt.format,
+                     "styles": {s.key: hashlib.sha256(f"{s.name}\0{s.instruction}".encode())
+                                .hexdigest()[:16] for s in styles}},
+          "sampling": cfg.sampling.model_dump(), "seed": cfg.seed}
+
+
+def _added_keys(before, now):
+  from mind_jax._outdir import differences, flatten
+  assert differences(before, now) == []
+  old, new = flatten(before), flatten(now)
+  assert old.keys() <= new.keys()
+  return sorted(new.keys() - old.keys())
+
+
+def test_settings_derived_from_the_marks_accept_the_runs_recorded_before():
+  from mind_jax.curation._filter import run_settings as filter_settings
+  from mind_jax.curation import FilterConfig
+  from mind_jax.mind import GenerateConfig, load_styles
+  from mind_jax.mind._pipeline import run_settings as generate_settings
+  from mind_jax.training import TrainConfig
+  from mind_jax.training._loop import run_settings as train_settings
+  cfg = TrainConfig(steps=7, seed=3, microbatches=2, eval={"every": 2, "sources": [{"path": "x"}]})
+  assert _added_keys(_train_settings_before_marks(cfg), train_settings(cfg)) == [
+      "allow_unused_tensors", "eval.batches", "eval.every", "eval.sources", "export.dtype",
+      "quantize"]
+  cfg = GenerateConfig(seed=2, input={"source": "a.jsonl", "limit": 9}, engine={"slots": 2})
+  styles = list(load_styles(None).values())
+  assert _added_keys(_generate_settings_before_marks(cfg, styles, "m"),
+                     generate_settings(cfg, styles, "m")) == ["allow_unused_tensors"]
+  cfg = FilterConfig(input="in", out="out", workers=3, min_tokens=5)
+  before = {"tokenizer": "byte", **cfg.model_dump(
+      exclude={"input", "out", "tokenizer", "workers", "scratch", "overwrite"})}
+  assert filter_settings(cfg, "byte") == before

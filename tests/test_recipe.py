@@ -97,6 +97,27 @@ def test_a_changed_filter_setting_redoes_the_filter_and_what_reads_it(tmp_path):
 
 
 
+def test_records_of_the_version_before_the_marks_are_kept(tmp_path):
+  """Before the config's marks, generate's fingerprint held model.remat, scan_layers and
+  attention, and not engine.kv_dtype: other fingerprints, the same settings."""
+  stages = plan(recipe(tmp_path))
+  old = {}
+  for stage in stages:
+    settings = _stages.flatten(stage.settings)
+    if stage.kind == "generate":
+      del settings["engine.kv_dtype"]
+      settings.update({"model.remat": "none", "model.scan_layers": None, "model.attention": "auto"})
+    settings.update({f"after.{a}": old[a] for a in stage.after})
+    old[stage.name] = stage.fingerprint[::-1]
+    _stages.write_record(str(tmp_path), stage, {"fingerprint": old[stage.name], "done": True,
+                                                "settings": settings})
+  assert set(_stages.decide(str(tmp_path), stages).values()) == {"skip"}
+  # A key the old record lacks, set to other than its default then, is a change.
+  decisions = _stages.decide(str(tmp_path), plan(recipe(tmp_path, "generate.engine.kv_dtype=int8")))
+  assert decisions["generate"] == decisions["train/mind"] == "redo"
+  assert decisions["train/raw"] == "skip"
+
+
 def test_new_weights_at_the_same_model_path_redo_the_training_that_starts_from_them(tmp_path):
   """A path does not say what a local checkpoint holds: train's fingerprint covers the model
   directory's content. New weights at train.model.path redo train/raw, which reads nothing

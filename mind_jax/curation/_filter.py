@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from etils import epath
 
+from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
 from mind_jax._atomic import RecordFile, write_json, write_records
 from mind_jax.curation._decontam import EvalIndex
@@ -338,7 +339,8 @@ def run_settings(cfg: FilterConfig, tokenizer_spec: str) -> dict:
   The input is not among them: refiltering a generation output that has grown (or moved) into
   the same directory is the usual rerun, and the filter rewrites all of its output each time,
   so nothing mixes."""
-  rules = cfg.model_dump(exclude={"input", "out", "tokenizer", "workers", "scratch", "overwrite"})
+  rules = config_lib.deciding(cfg, leave_out=(config_lib.SPEED, config_lib.SOURCE))
+  del rules["tokenizer"]  # named below as found, not as given
   tokenizer = tokenizer_spec if "://" in tokenizer_spec or tokenizer_spec == BYTE_TOKENIZER \
       else os.path.basename(os.path.abspath(tokenizer_spec))  # by name: a moved one is the same
   return {"tokenizer": tokenizer, **rules}

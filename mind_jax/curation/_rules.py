@@ -26,76 +26,77 @@ REQUIRED_FIELDS = {"id": str, "doc_id": str, "chunk_index": int, "style": str,
 
 
 class TurnsRule(config_lib.Section):
-  enabled: bool = pydantic.Field(False, description="require speakers and turns")
-  min_speakers: int = pydantic.Field(2, ge=1)
-  min_turns: int = pydantic.Field(4, ge=1, description="lines opening with a speaker label")
+  enabled: bool = config_lib.result(False, description="require speakers and turns")
+  min_speakers: int = config_lib.result(2, ge=1)
+  min_turns: int = config_lib.result(4, ge=1, description="lines opening with a speaker label")
 
 
 class RepetitionRule(config_lib.Section):
-  enabled: bool = pydantic.Field(False, description="reject repetitive conversations")
-  max_repeated_lines: float = pydantic.Field(
+  enabled: bool = config_lib.result(False, description="reject repetitive conversations")
+  max_repeated_lines: float = config_lib.result(
       0.3, ge=0, le=1, description="share of non-empty lines that repeat an earlier line")
-  ngram: int = pydantic.Field(10, ge=2, description="word n-gram size for the next limit")
-  max_duplicate_ngrams: float = pydantic.Field(
+  ngram: int = config_lib.result(10, ge=2, description="word n-gram size for the next limit")
+  max_duplicate_ngrams: float = config_lib.result(
       0.3, ge=0, le=1, description="share of word n-grams that repeat an earlier one")
 
 
 class CopyRule(config_lib.Section):
-  enabled: bool = pydantic.Field(False, description="reject conversations that copy the source")
-  ngram: int = pydantic.Field(10, ge=2)
-  max_share: float = pydantic.Field(
+  enabled: bool = config_lib.result(False, description="reject conversations that copy the source")
+  ngram: int = config_lib.result(10, ge=2)
+  max_share: float = config_lib.result(
       0.5, ge=0, le=1, description="share of the conversation's word n-grams found in the source")
 
 
 class DedupRule(config_lib.Section):
-  exact: bool = pydantic.Field(True, description="drop repeats of the same normalised words")
-  near: bool = pydantic.Field(False, description="MinHash LSH near-duplicate removal")
-  threshold: float = pydantic.Field(0.8, gt=0, le=1, description="Jaccard similarity")
-  num_perm: int = pydantic.Field(128, ge=16, description="MinHash permutations")
-  shingle: int = pydantic.Field(5, ge=1, description="word n-gram size of the shingles")
-  index: Literal["memory", "bloom"] = pydantic.Field(
+  exact: bool = config_lib.result(True, description="drop repeats of the same normalised words")
+  near: bool = config_lib.result(False, description="MinHash LSH near-duplicate removal")
+  threshold: float = config_lib.result(0.8, gt=0, le=1, description="Jaccard similarity")
+  num_perm: int = config_lib.result(128, ge=16, description="MinHash permutations")
+  shingle: int = config_lib.result(5, ge=1, description="word n-gram size of the shingles")
+  index: Literal["memory", "bloom"] = config_lib.result(
       "memory", description="memory: datasketch MinHashLSH, candidates confirmed on their "
       "signatures (~5 KB per record); bloom: datasketch MinHashLSHBloom (~50 bytes per record, "
       "for tens of millions; unconfirmed; needs pybloomfiltermmap3)")
-  bloom_fp: float = pydantic.Field(1e-6, gt=0, lt=1, description="false positive rate of each "
+  bloom_fp: float = config_lib.result(1e-6, gt=0, lt=1, description="false positive rate of each "
                                    "band's Bloom filter (index=bloom)")
 
 
 class DecontaminateRule(config_lib.Section):
-  files: list[str] = pydantic.Field(
+  files: list[str] = config_lib.result(
       default_factory=list, description="evaluation sets (.jsonl/.parquet, local or gs://) whose "
       "question/problem field must not appear in conversations")
-  ngram: int = pydantic.Field(13, ge=4)
-  min_words: int = pydantic.Field(8, ge=1, description="shorter questions are ignored")
+  ngram: int = config_lib.result(13, ge=4)
+  min_words: int = config_lib.result(8, ge=1, description="shorter questions are ignored")
 
 
 class SelectRule(config_lib.Section):
-  mode: Literal["all", "longest"] = pydantic.Field(
+  mode: Literal["all", "longest"] = config_lib.result(
       "all", description="all, or the longest conversation per chunk")
-  styles: list[str] | None = pydantic.Field(None, description="keep only these styles")
+  styles: list[str] | None = config_lib.result(None, description="keep only these styles")
 
 
 class FilterConfig(config_lib.Section):
-  input: str | None = pydantic.Field(None, description="output directory of mind_jax.generate")
-  out: str | None = pydantic.Field(None, description="where kept/ and rejected/ are written")
-  tokenizer: str | None = pydantic.Field(
+  input: str | None = config_lib.source(None, description="output directory of mind_jax.generate")
+  out: str | None = config_lib.speed(None, description="where kept/ and rejected/ are written")
+  tokenizer: str | None = config_lib.result(
       None, description="generator's tokenizer directory, or 'byte' (default: the one the "
       "input's run.json notes, else the records' model directory)")
-  workers: int = pydantic.Field(0, ge=0, description="processes (0: one per CPU, at most one "
+  workers: int = config_lib.speed(0, ge=0, description="processes (0: one per CPU, at most one "
                                 "per input file)")
-  scratch: str | None = pydantic.Field(
+  scratch: str | None = config_lib.speed(
       None, description="local directory for MinHash signatures while near-duplicate removal "
       "runs (default: the system's temporary directory); needs 4 x num_perm bytes per record")
-  format: Literal["same", "jsonl", "parquet"] = pydantic.Field(
+  format: Literal["same", "jsonl", "parquet"] = config_lib.result(
       "same", description="output format (same: as each input file)")
-  min_tokens: int = pydantic.Field(50, ge=0, description="drop shorter conversations (the paper)")
-  cleanup: bool = pydantic.Field(True, description="strip preambles and trailing notes")
-  genres: list[str] | None = pydantic.Field(
+  min_tokens: int = config_lib.result(
+      50, ge=0, description="drop shorter conversations (the paper)")
+  cleanup: bool = config_lib.result(True, description="strip preambles and trailing notes")
+  genres: list[str] | None = config_lib.result(
       None, description="words for what the generator wrote ('debate', 'podcast'): with cleanup, "
       "a lead-in or closing note naming one (or a conversation, dialogue, discussion, debate, "
       "interview, exchange, transcript) is stripped (default: the genres of the styles the "
       "input's run.json notes)")
-  truncated: Literal["flag", "drop"] = pydantic.Field(
+  truncated: Literal["flag", "drop"] = config_lib.result(
       "flag", description="records cut off by the length limit")
   turns: TurnsRule = pydantic.Field(default_factory=TurnsRule)
   repetition: RepetitionRule = pydantic.Field(default_factory=RepetitionRule)
@@ -103,7 +104,7 @@ class FilterConfig(config_lib.Section):
   dedup: DedupRule = pydantic.Field(default_factory=DedupRule)
   decontaminate: DecontaminateRule = pydantic.Field(default_factory=DecontaminateRule)
   select: SelectRule = pydantic.Field(default_factory=SelectRule)
-  overwrite: bool = pydantic.Field(
+  overwrite: bool = config_lib.speed(
       False, description="when out holds a filter output of other input or settings, delete the "
       "files it wrote and write afresh; off: refuse")
 

@@ -19,27 +19,27 @@ class DataSection(config_lib.Section):
       default_factory=lambda: [SourceSection(path="champ")],
       description="inputs with their weights (a list of source sections; see `mind_jax.mix "
       "--help`)")
-  seq_len: int = pydantic.Field(4096, ge=2, description="tokens per training sequence")
-  packing: Literal["first_fit", "concat"] = pydantic.Field(
+  seq_len: int = config_lib.result(4096, ge=2, description="tokens per training sequence")
+  packing: Literal["first_fit", "concat"] = config_lib.result(
       "first_fit", description="first_fit: whole documents per sequence (longer ones split "
       "into seq_len pieces), padding the rest; concat: one stream cut every seq_len tokens, "
       "no padding, documents cut at sequence ends")
-  pack_bins: int = pydantic.Field(
+  pack_bins: int = config_lib.result(
       256, ge=1, description="first_fit: sequences filled side by side; more bins, less padding")
-  shuffle_window: int = pydantic.Field(
+  shuffle_window: int = config_lib.result(
       10_000, ge=1, description="documents (per source and host) shuffled together; 1: off")
-  tokenizer: str | None = pydantic.Field(
+  tokenizer: str | None = config_lib.result(
       None, description="tokenizer dir or 'byte' (default: the model's)")
-  add_bos: bool = pydantic.Field(True, description="start each document with the BOS id")
-  add_eos: bool = pydantic.Field(True, description="end each document with the EOS id")
-  shards: int | None = pydantic.Field(
+  add_bos: bool = config_lib.result(True, description="start each document with the BOS id")
+  add_eos: bool = config_lib.result(True, description="end each document with the EOS id")
+  shards: int | None = config_lib.result(
       None, ge=1, description="independent pipelines the global batch is made of, each reading "
       "its share of every source (default: one per host). Fixed, the data a run sees does not "
       "depend on how many hosts read it; a multiple of the host count")
-  workers: int = pydantic.Field(
+  workers: int = config_lib.speed(
       0, ge=0, description="worker processes per host reading and packing (0: in the training "
       "process; the Rust tokenizer already uses every core); changing it changes the order")
-  prefetch: int = pydantic.Field(2, ge=0, description="batches placed on the devices ahead")
+  prefetch: int = config_lib.speed(2, ge=0, description="batches placed on the devices ahead")
 
   @pydantic.model_validator(mode="after")
   def _weights(self):

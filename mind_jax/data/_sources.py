@@ -24,7 +24,6 @@ from typing import Literal, Protocol
 
 import grain
 import numpy as np
-import pydantic
 
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
@@ -44,27 +43,27 @@ READ_CHARS = 4_000_000
 class SourceSection(config_lib.Section):
   """One input of the training mix."""
 
-  path: str = pydantic.Field(
+  path: str = config_lib.result(
       description="a corpus as generate reads it (file, dir, glob, gs://, datasets dir, "
       "tfds:NAME[:SPLIT], champ) or a mind_jax.filter / generate output dir")
-  name: str | None = pydantic.Field(
+  name: str | None = config_lib.result(
       None, description="label in reports and metrics (default: from the path)")
-  weight: float = pydantic.Field(
+  weight: float = config_lib.result(
       1.0, ge=0, description="share of the training tokens, relative to the other sources")
-  use: Literal["auto", "raw", "conversation", "raw+conversation"] = pydantic.Field(
+  use: Literal["auto", "raw", "conversation", "raw+conversation"] = config_lib.result(
       "auto", description="what a record gives: its text (raw), its conversation, or the raw "
       "chunk followed by its conversation; auto: conversation for filter/generate outputs, "
       "raw otherwise")
-  text_field: str | None = pydantic.Field(
+  text_field: str | None = config_lib.result(
       None, description="record field with the text (default: text, or conversation)")
-  styles: list[str] | None = pydantic.Field(
+  styles: list[str] | None = config_lib.result(
       None, description="conversation sources: keep only these styles (e.g. [two_students])")
-  select: Literal["all", "longest_per_chunk"] = pydantic.Field(
+  select: Literal["all", "longest_per_chunk"] = config_lib.result(
       "all", description="conversation sources: all records, or the longest conversation of "
       "each chunk (the paper's 'Longest Conversation')")
-  split: str = pydantic.Field("train", description="split of a datasets dir or tfds source")
-  data_dir: str | None = pydantic.Field(None, description="TFDS data dir (tfds: sources)")
-  on_bad_record: Literal["error", "skip"] = pydantic.Field(
+  split: str = config_lib.result("train", description="split of a datasets dir or tfds source")
+  data_dir: str | None = config_lib.result(None, description="TFDS data dir (tfds: sources)")
+  on_bad_record: Literal["error", "skip"] = config_lib.result(
       "error", description="a record that cannot be read: stop naming it, or skip and count it")
 
 

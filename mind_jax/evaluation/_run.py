@@ -11,7 +11,6 @@ import subprocess
 import tempfile
 from typing import Literal
 
-import pydantic
 
 from mind_jax import config as config_lib
 from mind_jax._atomic import write_json
@@ -25,31 +24,31 @@ RESULTS, TABLE, SAMPLES = "results.json", "results.md", "samples"
 
 
 class EvaluateConfig(config_lib.Section):
-  model: str | None = pydantic.Field(
+  model: str | None = config_lib.source(
       None, description="HF model directory, or a mind_jax.train workdir (its hf/ export)")
-  tasks: list[str] = pydantic.Field(
+  tasks: list[str] = config_lib.result(
       default_factory=lambda: ["champ"], description="harness task or group names; champ "
       "(bundled CHAMP problems, offline) by default")
-  backend: Literal["jax", "hf"] = pydantic.Field(
+  backend: Literal["jax", "hf"] = config_lib.result(
       "jax", description="jax: mind_jax's model (TPU/GPU, no PyTorch); hf: the harness's own "
       "transformers model")
-  limit: int | None = pydantic.Field(None, ge=1, description="documents per task (a smoke run)")
-  num_fewshot: int | None = pydantic.Field(None, ge=0, description="override the tasks' count")
-  tasks_dir: list[str] = pydantic.Field(
+  limit: int | None = config_lib.result(None, ge=1, description="documents per task (a smoke run)")
+  num_fewshot: int | None = config_lib.result(None, ge=0, description="override the tasks' count")
+  tasks_dir: list[str] = config_lib.result(
       default_factory=list, description="directories of your own task YAMLs (include_path)")
-  data_dir: str | None = pydantic.Field(
+  data_dir: str | None = config_lib.result(
       None, description="tasks on local files only (made by `evaluate prepare`): the hub is "
       "never contacted")
-  out: str = pydantic.Field("mind_eval", description="output directory")
-  batch_size: int = pydantic.Field(8, ge=1, description="requests per forward pass")
-  dtype: Literal["float32", "bfloat16"] = pydantic.Field("float32", description="compute dtype")
-  tensor: int = pydantic.Field(
+  out: str = config_lib.speed("mind_eval", description="output directory")
+  batch_size: int = config_lib.speed(8, ge=1, description="requests per forward pass")
+  dtype: Literal["float32", "bfloat16"] = config_lib.result("float32", description="compute dtype")
+  tensor: int = config_lib.speed(
       1, ge=1, description="jax backend: chips the model is split over (tensor parallel)")
-  quantize: Literal["int8"] | None = pydantic.Field(
+  quantize: Literal["int8"] | None = config_lib.result(
       None, description="jax backend: int8 projection weights, as generation's model.quantize "
       "(to score what an int8 generator sees)")
-  seed: int = pydantic.Field(0, description="the harness's seeds (few-shot sampling, ...)")
-  overwrite: bool = pydantic.Field(
+  seed: int = config_lib.result(0, description="the harness's seeds (few-shot sampling, ...)")
+  overwrite: bool = config_lib.speed(
       False, description="replace an earlier evaluation in out made with other settings")
 
 
@@ -155,12 +154,13 @@ def evaluate(cfg: EvaluateConfig) -> dict:
   check_output_dir(cfg.out, "--out", [model])
   if cfg.data_dir:  # read before `datasets` is imported, which fixes its offline mode
     os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+  # The keys the config marks result, the model by its content; quantize only when set: an
+  # evaluation made before the key existed resumes as it was.
   settings = {"model": f"{os.path.basename(os.path.normpath(model))}, content "
-                       f"{dir_fingerprint(model)}", "tasks": cfg.tasks, "backend": cfg.backend,
-              "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "dtype": cfg.dtype,
-              "seed": cfg.seed, "tasks_dir": cfg.tasks_dir, "data_dir": cfg.data_dir,
-              # Only when set: an evaluation made before the key existed resumes as it was.
-              **({"quantize": cfg.quantize} if cfg.quantize else {})}
+                       f"{dir_fingerprint(model)}",
+              **config_lib.deciding(cfg, leave_out=(config_lib.SPEED, config_lib.SOURCE))}
+  if not settings["quantize"]:
+    del settings["quantize"]
 
   def remove_owned(record):
     del record

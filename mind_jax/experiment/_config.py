@@ -54,21 +54,21 @@ class VariantSection(config_lib.Section):
   """One arm of the comparison: overrides of the train stage (and of generate or filter
   where the variant needs other conversations)."""
 
-  name: str = pydantic.Field(description="names the variant's directories and its report rows")
-  description: str = pydantic.Field("", description="one line for the report")
-  generate: dict = pydantic.Field(default_factory=dict, description="overrides of generate")
-  filter: dict = pydantic.Field(default_factory=dict, description="overrides of filter")
-  train: dict = pydantic.Field(default_factory=dict, description="overrides of train")
+  name: str = config_lib.result(description="names the variant's directories and its report rows")
+  description: str = config_lib.result("", description="one line for the report")
+  generate: dict = config_lib.result(default_factory=dict, description="overrides of generate")
+  filter: dict = config_lib.result(default_factory=dict, description="overrides of filter")
+  train: dict = config_lib.result(default_factory=dict, description="overrides of train")
 
 
 class RecipeConfig(config_lib.Section):
   """generate -> filter -> dataset report -> train each variant (HF export at its end) ->
   evaluate each -> compare, in one work dir."""
 
-  workdir: str = pydantic.Field("mind_recipe", description="the experiment's directory")
-  experiment: str = pydantic.Field(
+  workdir: str = config_lib.speed("mind_recipe", description="the experiment's directory")
+  experiment: str = config_lib.result(
       "mind", description="the experiment's name: a workdir holding another one is refused")
-  baseline: str | None = pydantic.Field(
+  baseline: str | None = config_lib.result(
       None, description="variant the others are compared with (default: the first)")
   generate: GenerateConfig = pydantic.Field(default_factory=GenerateConfig)
   filter: FilterConfig = pydantic.Field(default_factory=FilterConfig)

@@ -1,5 +1,5 @@
-"""The kinds of recipe stage, one object each: the keys that do not decide its output, the
-paths it reads that must exist before anything runs, whether it runs as one program over every
+"""The kinds of recipe stage, one object each: what decides its output (its config's keys
+marked result or source, less those the recipe sets itself), the paths it reads that must exist before anything runs, whether it runs as one program over every
 host of a slice, the devices it holds, and the job it runs. A new kind of stage is a class
 here (and its place in the plan, experiment/_stages.py)."""
 
@@ -9,6 +9,7 @@ import json
 import os
 from typing import Any, NamedTuple
 
+from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
 from mind_jax._outdir import dir_fingerprint
 
@@ -41,12 +42,15 @@ def _without(data: dict, keys) -> dict:
 
 class Kind:
   name = ""
-  free_keys: tuple[str, ...] = ()  # change how the stage runs, not what it writes
-  slice_wide = False               # one program over every host of a slice (else one host)
+  slice_wide = False  # one program over every host of a slice (else one host)
 
   def result_settings(self, config) -> dict:
-    """What decides the stage's output: its config less the free keys."""
-    return _without(config.model_dump(), self.free_keys)
+    """What decides the stage's output: the keys its config marks result or source (see
+    mind_jax.config), less those the recipe sets itself (rc.OWNED_KEYS: where the stage
+    writes, and what it reads, which the fingerprints of the stages it reads stand for)."""
+    from mind_jax.experiment import _config as rc
+    decides = config_lib.deciding(config, leave_out=(config_lib.SPEED,))
+    return _without(decides, rc.OWNED_KEYS.get(self.name, ()))
 
   def check_inputs(self, config, produced: list[str]) -> None:
     """Raises MindJaxError for a path the stage reads that is not there (`produced`: the
@@ -76,8 +80,6 @@ class _ReadsModel(Kind):
 
 class Generate(_ReadsModel):
   name, slice_wide = "generate", True
-  free_keys = ("output", "engine", "mesh", "runtime", "distributed", "dry_run", "num_shards",
-               "shard_index")
 
   def check_inputs(self, config, produced):
     from mind_jax.data import expand
@@ -93,7 +95,6 @@ class Generate(_ReadsModel):
 
 class Filter(Kind):
   name = "filter"
-  free_keys = ("input", "out", "workers", "scratch", "overwrite")
 
   def check_inputs(self, config, produced):
     from mind_jax.ckpts import require_model_dir
@@ -110,7 +111,6 @@ class Filter(Kind):
 
 class Report(Kind):
   name = "report"
-  free_keys = ("dir", "out", "workers")
 
   def run(self, stage, context):
     from mind_jax.curation import run_report
@@ -120,9 +120,6 @@ class Report(Kind):
 
 class Train(_ReadsModel):
   name, slice_wide = "train", True
-  free_keys = ("workdir", "overwrite", "mesh", "runtime", "microbatches", "distributed",
-               "peak_flops", "checkpoint", "export.every", "data.workers", "data.prefetch",
-               "model.remat", "model.scan_layers", "model.attention")
 
   def check_inputs(self, config, produced):
     from mind_jax.ckpts import require_model_dir
@@ -154,7 +151,6 @@ class Train(_ReadsModel):
 
 class Evaluate(Kind):
   name = "evaluate"
-  free_keys = ("model", "out", "overwrite", "batch_size", "tensor")
 
   def check_inputs(self, config, produced):
     import importlib.util

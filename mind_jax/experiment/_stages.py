@@ -2,8 +2,8 @@
 finished one may be skipped.
 
 Every stage has a fingerprint: the settings that decide its output (its section less the keys
-that only change how it runs: each kind's free keys, experiment/_kinds.py) and the fingerprints of the
-stages it reads. WORKDIR/stages/NAME.json records it when the stage starts and again, marked
+its schema marks speed-only, e.g. mesh, slots, workers: experiment/_kinds.py) and the
+fingerprints of the stages it reads. WORKDIR/stages/NAME.json records it when the stage starts and again, marked
 done, when it ends. A rerun skips a done stage with the same fingerprint, resumes an unfinished
 one through the job's own resume logic, and redoes (after deleting its directory, which only
 the recipe wrote) a stage whose fingerprint changed, and with it everything downstream.
@@ -211,7 +211,7 @@ def decide(workdir: str, stages: list[Stage]) -> dict[str, str]:
     record = read_record(workdir, stage)
     if record is None:
       decisions[stage.name] = "run"
-    elif record["fingerprint"] == stage.fingerprint:
+    elif record["fingerprint"] == stage.fingerprint or _same_as_recorded(stage, record, decisions):
       decisions[stage.name] = "skip" if record.get("done") else "resume"
     else:
       changed = [c for c in differences(record["settings"], flatten(stage.settings))
@@ -222,6 +222,30 @@ def decide(workdir: str, stages: list[Stage]) -> dict[str, str]:
       log.warning("%s: %s; redoing it and what reads it", stage.name, why)
       decisions[stage.name] = "redo"
   return decisions
+
+
+def _same_as_recorded(stage: Stage, record: dict, decisions: dict[str, str]) -> bool:
+  """Whether a record under another fingerprint holds this stage's settings all the same: made
+  by a version that fingerprinted other keys (before the config's marks decided them, say).
+  Every key both hold is equal, a key only the plan holds is at its default (as it was for the
+  run that made the record; keys only the record holds no longer decide), and every stage it
+  reads is kept."""
+  if any(decisions.get(a) not in ("skip", "resume") for a in stage.after):
+    return False
+  recorded, planned = record["settings"], flatten(stage.settings)
+  if any(not key.startswith("after.") for key in
+         (c.split(" (")[0].split("[")[0] for c in differences(recorded, planned))):
+    return False
+  added = [key for key in planned.keys() - recorded.keys() if not key.startswith("after.")]
+  if added:
+    if stage.config is None:  # compare: its settings are its own, not a schema's
+      return False
+    defaults = flatten(KINDS[stage.kind].result_settings(type(stage.config)()))
+    if any(key not in defaults or defaults[key] != planned[key] for key in added):
+      return False
+  log.info("%s: recorded by an earlier version under fingerprint %s, same settings; kept",
+           stage.name, record["fingerprint"])
+  return True
 
 
 def set_aside(workdir: str, stage: Stage, old_fingerprint: str) -> str | None:

@@ -11,57 +11,60 @@ from mind_jax._errors import MindJaxError
 
 
 class InputSection(config_lib.Section):
-  source: str = pydantic.Field(
+  source: str = config_lib.source(
       "champ", description="'champ' (the champ-dataset package), a .jsonl[.gz|.bz2|.xz] or "
       ".parquet file, a directory or a glob of them, a Hugging Face datasets save_to_disk "
       "directory, or tfds:name[/config][:split]")
-  text_field: str = pydantic.Field("text", description="field holding the document text")
-  id_field: str | None = pydantic.Field("id", description="field holding the document id "
+  text_field: str = config_lib.result("text", description="field holding the document text")
+  id_field: str | None = config_lib.result("id", description="field holding the document id "
                                         "(default when missing: file:line)")
-  split: str = pydantic.Field("train", description="split of a datasets DatasetDict directory "
+  split: str = config_lib.source("train", description="split of a datasets DatasetDict directory "
                               "or of a tfds: source without one")
-  data_dir: str | None = pydantic.Field(None, description="TFDS data directory for tfds: sources")
-  on_bad_record: Literal["error", "skip"] = pydantic.Field(
+  data_dir: str | None = config_lib.source(
+      None, description="TFDS data directory for tfds: sources")
+  on_bad_record: Literal["error", "skip"] = config_lib.source(
       "error", description="error: stop naming file and line; skip: count")
-  limit: int | None = pydantic.Field(3, ge=1, description="read at most this many documents")
+  limit: int | None = config_lib.source(3, ge=1, description="read at most this many documents")
 
 
 class ChunkSection(config_lib.Section):
-  max_tokens: int = pydantic.Field(500, ge=16, description="chunk size in generator tokens")
-  min_tail_tokens: int = pydantic.Field(50, ge=0, description="shorter tails join the chunk before")
+  max_tokens: int = config_lib.result(500, ge=16, description="chunk size in generator tokens")
+  min_tail_tokens: int = config_lib.result(
+      50, ge=0, description="shorter tails join the chunk before")
 
 
 class PromptSection(config_lib.Section):
-  styles: list[str] | None = pydantic.Field(None, description="style keys (default: all)")
-  styles_file: str | None = pydantic.Field(None, description="YAML file of extra/replacement styles")
-  order: Literal["context_first", "instruction_first"] = pydantic.Field(
+  styles: list[str] | None = config_lib.result(None, description="style keys (default: all)")
+  styles_file: str | None = config_lib.result(
+      None, description="YAML file of extra/replacement styles")
+  order: Literal["context_first", "instruction_first"] = config_lib.result(
       "context_first", description="where the chunk goes relative to the instruction")
-  format: Literal["chat", "raw"] = pydantic.Field(
+  format: Literal["chat", "raw"] = config_lib.result(
       "chat", description="chat: the checkpoint's chat template; raw: base model")
 
 
 class SamplingSection(config_lib.Section):
-  temperature: float = pydantic.Field(1.0, ge=0.0)
-  top_p: float = pydantic.Field(0.9, gt=0.0, le=1.0)
-  top_k: int = pydantic.Field(0, ge=0)
-  max_new_tokens: int | None = pydantic.Field(
+  temperature: float = config_lib.result(1.0, ge=0.0)
+  top_p: float = config_lib.result(0.9, gt=0.0, le=1.0)
+  top_k: int = config_lib.result(0, ge=0)
+  max_new_tokens: int | None = config_lib.result(
       48, ge=1, description="cap per conversation (null: up to the context limit)")
-  context_limit: int = pydantic.Field(4096, ge=64, description="prompt + output tokens")
+  context_limit: int = config_lib.result(4096, ge=64, description="prompt + output tokens")
 
 
 class EngineSection(config_lib.Section):
-  slots: int = pydantic.Field(8, ge=1, description="the most sequences decoding at once")
-  steps_per_call: int = pydantic.Field(8, ge=1)
-  page_size: int | None = pydantic.Field(
+  slots: int = config_lib.speed(8, ge=1, description="the most sequences decoding at once")
+  steps_per_call: int = config_lib.speed(8, ge=1)
+  page_size: int | None = config_lib.speed(
       None, ge=1, description="tokens per KV-cache page: a multiple of 8 dividing "
       "sampling.context_limit (default 64, or the largest power of two below that divides it)")
-  kv_pages: int | None = pydantic.Field(
+  kv_pages: int | None = config_lib.speed(
       None, ge=1, description="pages in the KV pool over all chips (default: from kv_memory)")
-  kv_memory: str | None = pydantic.Field(
+  kv_memory: str | None = config_lib.speed(
       None, description="KV pool per chip, e.g. 20GiB or 500MB (default: 90% of the memory "
       "left after the weights, up to every slot at the context limit)")
   kv_dtype: Literal["int8"] | None = config_lib.kv_dtype_field()
-  share_prefixes: bool = pydantic.Field(
+  share_prefixes: bool = config_lib.speed(
       True, description="prefill the prompt tokens a chunk's styles have in common once and "
       "share their KV pages (off: every prompt prefilled whole; the records are the same)")
 
@@ -75,7 +78,7 @@ class EngineSection(config_lib.Section):
       except MindJaxError as error:
         raise ValueError(str(error)) from error
     return value
-  hosts: int = pydantic.Field(
+  hosts: int = config_lib.speed(
       1, description="hosts one engine spans on a multi-host slice: 1, an engine per host on "
       "its own chips (the fastest where the model fits a host); -1, one engine over every "
       "host's chips (a model too large for a host: 70B on v5e or v4); k, engines of k hosts "
@@ -90,12 +93,13 @@ class EngineSection(config_lib.Section):
 
 
 class OutputSection(config_lib.Section):
-  dir: str = pydantic.Field("mind_output", description="output directory")
-  format: Literal["jsonl", "parquet"] = "jsonl"
-  records_per_part: int = pydantic.Field(500, ge=1)
-  flush_seconds: float = pydantic.Field(300.0, gt=0, description="write a part at least this often")
-  log_seconds: float = pydantic.Field(300.0, gt=0, description="progress log line interval")
-  overwrite: bool = pydantic.Field(
+  dir: str = config_lib.speed("mind_output", description="output directory")
+  format: Literal["jsonl", "parquet"] = config_lib.speed("jsonl")
+  records_per_part: int = config_lib.speed(500, ge=1)
+  flush_seconds: float = config_lib.speed(
+      300.0, gt=0, description="write a part at least this often")
+  log_seconds: float = config_lib.speed(300.0, gt=0, description="progress log line interval")
+  overwrite: bool = config_lib.speed(
       False, description="when dir holds a run with other settings (model, dtype, seed, "
       "sampling, prompts, chunking, input fields), delete the files that run wrote and start "
       "afresh; off: refuse")
@@ -112,11 +116,11 @@ class GenerateConfig(config_lib.Section):
   mesh: config_lib.MeshSection = pydantic.Field(default_factory=config_lib.MeshSection)
   runtime: config_lib.RuntimeSection = pydantic.Field(default_factory=config_lib.RuntimeSection)
   output: OutputSection = pydantic.Field(default_factory=OutputSection)
-  seed: int = pydantic.Field(0, description="global seed; each unit's key derives from it")
-  num_shards: int = pydantic.Field(1, ge=1, description="independent jobs splitting the work")
-  shard_index: int = pydantic.Field(0, ge=0, description="which of them this job is")
-  dry_run: bool = pydantic.Field(False, description="print the plan and token estimate only")
-  distributed: config_lib.OnOffAuto = pydantic.Field(
+  seed: int = config_lib.result(0, description="global seed; each unit's key derives from it")
+  num_shards: int = config_lib.speed(1, ge=1, description="independent jobs splitting the work")
+  shard_index: int = config_lib.speed(0, ge=0, description="which of them this job is")
+  dry_run: bool = config_lib.speed(False, description="print the plan and token estimate only")
+  distributed: config_lib.OnOffAuto = config_lib.speed(
       "auto",
       description="multi-host slices: start JAX's distributed runtime (auto: when the TPU "
       "runtime lists several hosts); engines then span engine.hosts hosts each")

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
 from mind_jax._hosts import init_hosts, sync_hosts
 from mind_jax._progress import progress_bar
@@ -216,32 +217,29 @@ def check_model_path(cfg: GenerateConfig) -> None:
 
 
 def run_settings(cfg: GenerateConfig, styles: list[Style], model_name: str | None) -> dict:
-  """The settings that determine the records, recorded in output.dir/run.json: a rerun with
-  other values would mix two datasets in one directory. Engine slots, mesh and part sizes
-  are not among them (a record does not depend on its slot or batch-mates), nor the input
-  source and limit (more documents extend a dataset; their ids differ)."""
+  """The settings that determine the records (the keys marked so in the config), recorded in
+  output.dir/run.json: a rerun with other values would mix two datasets in one directory.
+  Engine slots, mesh and part sizes are not among them (a record does not depend on its slot
+  or batch-mates), nor the input source and limit (more documents extend a dataset; their ids
+  differ): which corpus is read is free (a corpus may arrive in pieces), how its records
+  become documents and ids is not."""
   from mind_jax._outdir import dir_fingerprint
+  settings = config_lib.deciding(cfg, leave_out=(config_lib.SPEED, config_lib.SOURCE))
+  del settings["model"]
   # A checkpoint is known by its content, so one copied or moved elsewhere is the same model.
   model = (f"{os.path.basename(os.path.abspath(cfg.model.path))}, content "
            f"{dir_fingerprint(cfg.model.path)}"
            if cfg.model.path and model_name is None else model_name or _smoke_name(cfg))
-  return {
-      "model": model, "dtype": cfg.model.dtype,
-      "param_dtype": cfg.model.param_dtype or cfg.model.dtype,
-      # int8 weights make other records; recorded only when set, so a run made before the key
-      # existed resumes.
-      **({"quantize": cfg.model.quantize} if cfg.model.quantize else {}),
-      **({"kv_dtype": cfg.engine.kv_dtype} if cfg.engine.kv_dtype else {}),
-      # Which corpus is read is free (a corpus may arrive in pieces: ids keep them apart); how
-      # its records become documents and ids is not.
-      "input": {"text_field": cfg.input.text_field, "id_field": cfg.input.id_field},
-      "chunking": cfg.chunking.model_dump(),
-      "prompt": {"order": cfg.prompt.order, "format": cfg.prompt.format,
-                 # Per style, so adding a style to a run is a resume, not a conflict.
-                 "styles": {s.key: hashlib.sha256(f"{s.name}\0{s.instruction}".encode())
-                            .hexdigest()[:16] for s in styles}},
-      "sampling": cfg.sampling.model_dump(), "seed": cfg.seed,
-  }
+  beside = {**cfg.model.settings_beside_identity(), **settings.pop("engine", {})}
+  beside["param_dtype"] = beside["param_dtype"] or beside["dtype"]
+  # Styles by content, per style, so adding a style to a run is a resume, not a conflict.
+  settings["prompt"].pop("styles_file")
+  settings["prompt"]["styles"] = {
+      s.key: hashlib.sha256(f"{s.name}\0{s.instruction}".encode()).hexdigest()[:16]
+      for s in styles}
+  # An unset key (int8 weights or cache off) is not recorded, so a run made before the key
+  # existed resumes.
+  return {"model": model, **{k: v for k, v in beside.items() if v is not None}, **settings}
 
 
 def _owned_parts(out_dir: str) -> list:

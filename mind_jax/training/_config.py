@@ -16,20 +16,20 @@ from mind_jax.data import (DataSection, Framing, Mixture, SourceSection, host_da
 class OptimizerSection(config_lib.Section):
   """AdamW with warmup and a decay schedule, global-norm clipping."""
 
-  learning_rate: float = pydantic.Field(3e-4, gt=0, description="peak learning rate")
-  end_learning_rate: float = pydantic.Field(
+  learning_rate: float = config_lib.result(3e-4, gt=0, description="peak learning rate")
+  end_learning_rate: float = config_lib.result(
       3e-5, ge=0, description="learning rate at the last step (cosine and linear)")
-  schedule: Literal["cosine", "linear", "constant"] = pydantic.Field(
+  schedule: Literal["cosine", "linear", "constant"] = config_lib.result(
       "cosine", description="decay after the warmup")
-  warmup_steps: int = pydantic.Field(10, ge=0, description="linear warmup from 0")
-  b1: float = pydantic.Field(0.9, ge=0, lt=1, description="AdamW beta1")
-  b2: float = pydantic.Field(0.95, ge=0, lt=1, description="AdamW beta2")
-  eps: float = pydantic.Field(1e-8, gt=0, description="AdamW epsilon")
-  weight_decay: float = pydantic.Field(
+  warmup_steps: int = config_lib.result(10, ge=0, description="linear warmup from 0")
+  b1: float = config_lib.result(0.9, ge=0, lt=1, description="AdamW beta1")
+  b2: float = config_lib.result(0.95, ge=0, lt=1, description="AdamW beta2")
+  eps: float = config_lib.result(1e-8, gt=0, description="AdamW epsilon")
+  weight_decay: float = config_lib.result(
       0.1, ge=0, description="decoupled weight decay; never on norm scales")
-  decay_embeddings: bool = pydantic.Field(
+  decay_embeddings: bool = config_lib.result(
       True, description="decay the token embeddings and the output head too")
-  clip_norm: float | None = pydantic.Field(
+  clip_norm: float | None = config_lib.result(
       1.0, gt=0, description="clip gradients to this global norm (null: no clipping)")
 
   def build(self, steps: int):
@@ -42,29 +42,29 @@ class OptimizerSection(config_lib.Section):
 class CheckpointSection(config_lib.Section):
   """Orbax checkpoints of the whole run (weights, optimizer, data position, step)."""
 
-  every: int = pydantic.Field(100, ge=1, description="save every N steps (and at the end)")
-  keep: int = pydantic.Field(3, ge=1, description="newest checkpoints kept")
-  async_save: bool = pydantic.Field(
+  every: int = config_lib.speed(100, ge=1, description="save every N steps (and at the end)")
+  keep: int = config_lib.speed(3, ge=1, description="newest checkpoints kept")
+  async_save: bool = config_lib.speed(
       True, description="write in the background while training goes on")
 
 
 class ExportSection(config_lib.Section):
   """Hugging Face weights of the trained model."""
 
-  every: int = pydantic.Field(
+  every: int = config_lib.speed(
       0, ge=0, description="also export WORKDIR/hf-stepN every N steps (0: only at the end)")
-  dtype: Literal["float32", "bfloat16", "float16"] | None = pydantic.Field(
+  dtype: Literal["float32", "bfloat16", "float16"] | None = config_lib.result(
       None, description="dtype of the exported weights (default: the model's param_dtype)")
 
 
 class EvalSection(config_lib.Section):
   """A held-out loss during training."""
 
-  every: int = pydantic.Field(0, ge=0, description="every N steps (0: never)")
-  sources: list[SourceSection] = pydantic.Field(
+  every: int = config_lib.result(0, ge=0, description="every N steps (0: never)")
+  sources: list[SourceSection] = config_lib.result(
       default_factory=list, description="held-out data, as data.sources (read in order, the "
       "same batches each time)")
-  batches: int = pydantic.Field(4, ge=1, description="batches per evaluation")
+  batches: int = config_lib.result(4, ge=1, description="batches per evaluation")
 
   @pydantic.model_validator(mode="after")
   def _sources_given(self):
@@ -84,24 +84,24 @@ class TrainConfig(config_lib.Section):
   checkpoint: CheckpointSection = pydantic.Field(default_factory=CheckpointSection)
   export: ExportSection = pydantic.Field(default_factory=ExportSection)
   eval: EvalSection = pydantic.Field(default_factory=EvalSection)
-  workdir: str = pydantic.Field(
+  workdir: str = config_lib.speed(
       "mind_train", description="checkpoints, metrics, TensorBoard logs and the HF export")
-  batch_size: int = pydantic.Field(8, ge=1, description="sequences per step, over all hosts")
-  microbatches: int = pydantic.Field(
+  batch_size: int = config_lib.result(8, ge=1, description="sequences per step, over all hosts")
+  microbatches: int = config_lib.speed(
       1, ge=1, description="gradient accumulation: each step runs batch_size / microbatches "
       "sequences at a time (same result, less activation memory)")
-  steps: int = pydantic.Field(200, ge=1, description="optimizer steps of the run")
-  z_loss: float = pydantic.Field(
+  steps: int = config_lib.result(200, ge=1, description="optimizer steps of the run")
+  z_loss: float = config_lib.result(
       0.0, ge=0, description="weight of the squared log-partition term (PaLM's z-loss; 0: off)")
-  seed: int = pydantic.Field(0, description="seeds the data order (and a preset's init)")
-  peak_flops: float | None = pydantic.Field(
+  seed: int = config_lib.result(0, description="seeds the data order (and a preset's init)")
+  peak_flops: float | None = config_lib.speed(
       None, gt=0, description="peak FLOP/s of one device, for MFU (default: the chip's bf16 "
       "peak for TPUs and NVIDIA GPUs; none for CPUs)")
-  distributed: config_lib.OnOffAuto = pydantic.Field(
+  distributed: config_lib.OnOffAuto = config_lib.speed(
       "auto",
       description="multi-host slices: one program over every host's chips, each host reading "
       "its own share of the data (auto: when the TPU runtime lists several hosts)")
-  overwrite: bool = pydantic.Field(
+  overwrite: bool = config_lib.speed(
       False, description="when workdir holds a run with other settings, delete what that run "
       "wrote and start afresh; off: refuse")
 

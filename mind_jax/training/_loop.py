@@ -34,16 +34,16 @@ OWNED = (CHECKPOINTS, METRICS_FILE, TENSORBOARD_DIR, EXPORT)
 
 
 def run_settings(cfg: TrainConfig) -> dict:
-  """What decides the run's result: a rerun with other values is refused (or, with
-  overwrite, starts afresh). Mesh, microbatches, remat, scan, prefetch, workers, checkpoint
-  and export cadence may change between the runs of one training."""
-  data = cfg.data.model_dump(exclude={"workers", "prefetch"})
+  """What decides the run's result (the keys marked so in its config): a rerun with other
+  values is refused (or, with overwrite, starts afresh). The model is named by its content (a
+  preset by name and seed), its other keys sit beside that name."""
+  from mind_jax import config as config_lib
+  settings = config_lib.deciding(cfg, leave_out=(config_lib.SPEED, config_lib.SOURCE))
+  del settings["model"]
   model = (f"{os.path.basename(os.path.normpath(cfg.model.path))}, content "
            f"{dir_fingerprint(cfg.model.path)}" if cfg.model.path else
            f"preset {cfg.model.preset or 'tiny'}, seed {cfg.seed}")
-  return {"model": model, "dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype,
-          "data": data, "optimizer": cfg.optimizer.model_dump(), "batch_size": cfg.batch_size,
-          "steps": cfg.steps, "z_loss": cfg.z_loss, "seed": cfg.seed}
+  return {"model": model, **cfg.model.settings_beside_identity(), **settings}
 
 
 def _extensions(cfg: TrainConfig) -> list[dict]:
