@@ -48,10 +48,10 @@ MEASURE_BATCH = 1024  # records tokenised together; bounds the memory a part fil
 
 class ReportConfig(config_lib.Section):
   dir: str | None = config_lib.source(None, description="filter output (kept/, rejected/) or "
-                                   "generation output directory")
+                                      "generation output directory")
   out: str | None = config_lib.speed(None, description="report directory (default: DIR/report)")
   tokenizer: str | None = config_lib.result(None, description="generator's tokenizer directory "
-                                         "(default: from the records, as in mind_jax.filter)")
+                                            "(default: from the records, as in mind_jax.filter)")
   similarity_sample: int = config_lib.result(
       100, ge=0, description="records per style scored with ROUGE-L and BLEU (~0.05 s each for "
       "600-token conversations)")
@@ -59,7 +59,7 @@ class ReportConfig(config_lib.Section):
   example_chars: int = config_lib.result(1500, ge=100, description="characters shown per example")
   seed: int = config_lib.result(0, description="seed of the similarity and example samples")
   workers: int = config_lib.speed(0, ge=0, description="processes reading part files (0: one per "
-                                "CPU, at most one per file)")
+                                  "CPU, at most one per file)")
 
 
 @dataclasses.dataclass

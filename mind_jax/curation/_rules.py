@@ -58,7 +58,7 @@ class DedupRule(config_lib.Section):
       "signatures (~5 KB per record); bloom: datasketch MinHashLSHBloom (~50 bytes per record, "
       "for tens of millions; unconfirmed; needs pybloomfiltermmap3)")
   bloom_fp: float = config_lib.result(1e-6, gt=0, lt=1, description="false positive rate of each "
-                                   "band's Bloom filter (index=bloom)")
+                                      "band's Bloom filter (index=bloom)")
 
 
 class DecontaminateRule(config_lib.Section):
@@ -82,7 +82,7 @@ class FilterConfig(config_lib.Section):
       None, description="generator's tokenizer directory, or 'byte' (default: the one the "
       "input's run.json notes, else the records' model directory)")
   workers: int = config_lib.speed(0, ge=0, description="processes (0: one per CPU, at most one "
-                                "per input file)")
+                                  "per input file)")
   scratch: str | None = config_lib.speed(
       None, description="local directory for MinHash signatures while near-duplicate removal "
       "runs (default: the system's temporary directory); needs 4 x num_perm bytes per record")

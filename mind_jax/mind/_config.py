@@ -17,9 +17,9 @@ class InputSection(config_lib.Section):
       "directory, or tfds:name[/config][:split]")
   text_field: str = config_lib.result("text", description="field holding the document text")
   id_field: str | None = config_lib.result("id", description="field holding the document id "
-                                        "(default when missing: file:line)")
+                                           "(default when missing: file:line)")
   split: str = config_lib.source("train", description="split of a datasets DatasetDict directory "
-                              "or of a tfds: source without one")
+                                 "or of a tfds: source without one")
   data_dir: str | None = config_lib.source(
       None, description="TFDS data directory for tfds: sources")
   on_bad_record: Literal["error", "skip"] = config_lib.source(
