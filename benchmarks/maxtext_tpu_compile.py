@@ -41,7 +41,7 @@ set its own (an HLO dump to /tmp/xla_dump). Compile seconds: for both stacks low
 compiling the train step (MaxText: wall time between its "Jitting and compiling train step..."
 and "Jitting and compilation complete!" lines, stamped as they arrive; ours: timed in the worker).
 
-  python benchmarks/maxtext_tpu_compile.py --cases v5p-128-4096 --stacks mind_jax,mind_jax@mt,maxtext
+  python benchmarks/maxtext_tpu_compile.py --cases v5p-128-4096 --stacks maxtext,mind_jax
   python benchmarks/maxtext_tpu_compile.py --cases v6e-256-4096,v5p-128-8192
 Results are merged into --out (default docs/results/maxtext_tpu_compile.json) per case and stack.
 """
