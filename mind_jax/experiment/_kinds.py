@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
 from mind_jax._outdir import dir_fingerprint
+from mind_jax.experiment import _config as rc
 
 
 class Context(NamedTuple):
@@ -48,7 +49,6 @@ class Kind:
     """What decides the stage's output: the keys its config marks result or source (see
     mind_jax.config), less those the recipe sets itself (rc.OWNED_KEYS: where the stage
     writes, and what it reads, which the fingerprints of the stages it reads stand for)."""
-    from mind_jax.experiment import _config as rc
     decides = config_lib.deciding(config, leave_out=(config_lib.SPEED,))
     return _without(decides, rc.OWNED_KEYS.get(self.name, ()))
 

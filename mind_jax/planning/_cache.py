@@ -60,7 +60,6 @@ class CompileCache:
 
   def __init__(self, directory: str):
     self.directory = directory
-    self.hits = self.misses = 0
 
   def _path(self, key: str) -> str:
     return os.path.join(self.directory, f"{key[:32]}.json")
@@ -70,7 +69,6 @@ class CompileCache:
     with the code that reads it: an entry of other fields is compiled over)."""
     path = self._path(key)
     if not os.path.exists(path):
-      self.misses += 1
       return None
     try:
       with open(path) as f:
@@ -81,9 +79,7 @@ class CompileCache:
         raise ValueError(f"fields {sorted(entry['result'])}, not {sorted(fields)}")
     except (OSError, ValueError, KeyError) as e:
       log.warning("plan cache: %s unreadable (%s); compiling again", path, e)
-      self.misses += 1
       return None
-    self.hits += 1
     return entry["result"]
 
   def put(self, key: str, result: dict) -> None:
