@@ -69,7 +69,7 @@ def main():
     shutil.rmtree(out_dir)
     start = time.perf_counter()
     # Handing run() the loaded model makes both sides start equal.
-    summary = run(cfg, loaded=(model, tokenizer, cfg.model.path, mesh))
+    summary = run(cfg, loaded=Loaded(model, tokenizer, cfg.model.path, mesh))
     pipeline_times.append(time.perf_counter() - start)
     assert summary["output_tokens"] == tokens, "pipeline and engine decoded different tokens"
 

@@ -130,7 +130,7 @@ def resolve_source(section: SourceSection, key: str) -> Source:
     try:
       files = tuple(expand(section.path))
     except MindJaxError as e:
-      raise MindJaxError(f"{key}.path: {e}") from None
+      raise MindJaxError(f"{key}.path: {e}") from e
   use = section.use if section.use != "auto" else ("conversation" if job else "raw")
   if job is not None and use == "raw":
     raise MindJaxError(f"{key}: use=raw on the {job[0]} output {section.path} would repeat each "

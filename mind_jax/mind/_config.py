@@ -64,6 +64,12 @@ class EngineSection(config_lib.Section):
       None, description="KV pool per chip, e.g. 20GiB or 500MB (default: 90% of the memory "
       "left after the weights, up to every slot at the context limit)")
   kv_dtype: Literal["int8"] | None = config_lib.kv_dtype_field()
+  admission: Literal["projected", "eager"] = config_lib.speed(
+      "projected", description="when a request starts: projected, once the pages its shard's "
+      "running sequences will need (each grown to the mean length of the conversations ended "
+      "so far, or to the cap before any has) still fit beside its prompt's, so the pool "
+      "rarely runs dry; eager, once its prompt's pages are free (more sequences at once, more "
+      "preempted and recomputed when the pool runs dry)")
   share_prefixes: bool = config_lib.speed(
       True, description="prefill the prompt tokens a chunk's styles have in common once and "
       "share their KV pages (off: every prompt prefilled whole; the records are the same)")

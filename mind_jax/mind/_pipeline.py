@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from mind_jax import config as config_lib
 from mind_jax._errors import MindJaxError
@@ -88,16 +89,16 @@ def host_shard(cfg: GenerateConfig, group: EngineGroup) -> tuple[int, int]:
   return cfg.shard_index * group.count + group.index, cfg.num_shards * group.count
 
 
-def load_generator(cfg: GenerateConfig, group: EngineGroup | None = None):
-  """(model, tokenizer, model name, mesh): the checkpoint or preset `cfg.model` names, placed
-  by `cfg.mesh` on the devices of this host's engine (default: this host's own)."""
+def load_generator(cfg: GenerateConfig, group: EngineGroup | None = None) -> Loaded:
+  """The checkpoint or preset `cfg.model` names, placed by `cfg.mesh` on the devices of this
+  host's engine (default: this host's own)."""
   import jax
   from mind_jax.ckpts import load_model
   mesh = cfg.mesh.build(group.devices() if group else jax.local_devices())
   model, tokenizer, name = load_model(cfg.model, mesh, cfg.mesh.rules)
   if tokenizer is None:
     raise MindJaxError(f"model.path={cfg.model.path}: the generator needs its tokenizer files")
-  return model, tokenizer, name, mesh
+  return Loaded(model, tokenizer, name, mesh)
 
 
 def engine_config(cfg: GenerateConfig) -> EngineConfig:
@@ -108,7 +109,7 @@ def engine_config(cfg: GenerateConfig) -> EngineConfig:
                       steps_per_call=cfg.engine.steps_per_call, seed=cfg.seed,
                       page_size=cfg.engine.page_size, kv_pages=cfg.engine.kv_pages,
                       kv_memory=None if memory is None else parse_size(memory),
-                      cache_dtype=cfg.engine.kv_dtype)
+                      cache_dtype=cfg.engine.kv_dtype, admission=cfg.engine.admission)
 
 
 def unit_id(doc_id: str, chunk_index: int, style_key: str) -> str:
@@ -281,124 +282,188 @@ def _smoke_name(cfg: GenerateConfig) -> str:
   return random_model_name(cfg.model.preset or "tiny")
 
 
-def run(cfg: GenerateConfig, loaded=None) -> dict:
+class Loaded(NamedTuple):
+  """A generator in memory: what `load_generator` returns and `run` may be handed."""
+
+  model: object
+  tokenizer: object
+  name: str
+  mesh: object
+
+
+@dataclasses.dataclass
+class Plan:
+  """Pass 1 over this shard's corpus: what it holds, what earlier runs already wrote, and where
+  each document was cut (so the pass that feeds the engine does not chunk again)."""
+
+  shard: tuple[int, int]
+  done: set[str]
+  chunks: ChunkPlan
+  summary: dict
+  units: int
+  already: int
+
+
+def run(cfg: GenerateConfig, loaded: Loaded | None = None) -> dict:
   """Runs (or resumes) the job; returns the summary it prints.
 
-  `loaded` is an optional (model, tokenizer, model name, mesh) already in memory
-  (a notebook, a benchmark); by default `cfg.model` is loaded.
+  `loaded` is a generator already in memory (a notebook, a benchmark); by default `cfg.model`
+  is loaded.
   """
-  from mind_jax._outdir import check_output_dir
   start = time.perf_counter()
+  styles, settings = _preflight(cfg, loaded)
+  host, hosts, group = _join_hosts(cfg, loaded)
+  tokenizer = loaded.tokenizer if loaded else generator_tokenizer(cfg)
+  sampling = _sampling_params(cfg)
+  plan = _plan(cfg, tokenizer, styles, settings, host_shard(cfg, group), sampling)
+  if cfg.dry_run:
+    plan.summary["estimated_output_tokens"] = (plan.units - plan.already) * min(
+        sampling.max_new_tokens, PAPER_MEAN_OUTPUT_TOKENS)
+    _print_summary(plan.summary, "dry run: nothing generated")
+    return plan.summary
+  loaded = loaded or load_generator(cfg, group)
+  engine = _start_engine(cfg, loaded, settings, styles, host, hosts)
+  summary = {**plan.summary, "model": loaded.name}
+  summary.update(_generate(cfg, engine, loaded, styles, plan, sampling, group))
+  summary["elapsed_seconds"] = time.perf_counter() - start
+  # What paging and prefix sharing did: prompt tokens computed and read from shared pages.
+  summary.update({key: int(engine.stats[key]) for key in (
+      "prefill_tokens", "prefix_tokens_reused", "preemptions", "most_sequences_at_once")})
+  return _final_summary(cfg, summary, group)
+
+
+def _sampling_params(cfg: GenerateConfig) -> SamplingParams:
+  """The engine's sampling for a generate config (no max_new_tokens: up to the context)."""
+  return SamplingParams(max_new_tokens=cfg.sampling.max_new_tokens or cfg.sampling.context_limit,
+                        temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                        top_k=cfg.sampling.top_k)
+
+
+def _preflight(cfg: GenerateConfig, loaded: Loaded | None) -> tuple[list[Style], dict]:
+  """Every path and setting checked before the corpus is read and long before the model
+  loads: (the styles in use, the settings recorded in output.dir/run.json)."""
+  from mind_jax._outdir import check_output_dir
   styles = check_style_keys(load_styles(cfg.prompt.styles_file), cfg.prompt.styles)
-  # Every path is checked before the corpus is read and long before the model loads.
   cfg.model.check_inference()
   if not loaded:
     check_model_path(cfg)
   check_output_dir(cfg.output.dir, "output.dir", inputs=[cfg.input.source])
-  settings = run_settings(cfg, styles, loaded[2] if loaded else None)
-  tokenizer_source = tokenizer_name(cfg, loaded[1] if loaded else None)
-  claim_output(cfg, settings, dry_run=True, tokenizer=tokenizer_source, styles=styles)
+  settings = run_settings(cfg, styles, loaded.name if loaded else None)
+  claim_output(cfg, settings, dry_run=True, styles=styles,
+               tokenizer=tokenizer_name(cfg, loaded.tokenizer if loaded else None))
+  return styles, settings
+
+
+def _join_hosts(cfg: GenerateConfig, loaded: Loaded | None) -> tuple[int, int, EngineGroup]:
+  """(this host, hosts, this host's engine group), the runtime flags applied and the slots
+  checked against the mesh (the engine would say so too, but only after the model loads)."""
   host, hosts = init_hosts(cfg.distributed)
   group = EngineGroup.of(cfg, host, hosts)
   cfg.runtime.apply()
-  if not loaded:  # the engine would say so too, but only after the model has loaded
+  if not loaded:
     from mind_jax.engine import slot_ways
     ways = slot_ways(cfg.mesh.build(group.devices()), cfg.mesh.rules)
     if cfg.engine.slots % ways:
       raise MindJaxError(f"engine.slots={cfg.engine.slots} must be a multiple of the mesh's batch "
                          f"axes ({ways} here; set mesh.axes.data or engine.slots)")
-  shard = host_shard(cfg, group)
-  tokenizer = loaded[1] if loaded else generator_tokenizer(cfg)
-  max_new = cfg.sampling.max_new_tokens or cfg.sampling.context_limit
-  sampling = SamplingParams(max_new_tokens=max_new, temperature=cfg.sampling.temperature,
-                            top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k)
+  return host, hosts, group
 
-  # Pass 1: the plan (counts and token estimate), and what earlier runs already wrote.
-  # What an earlier run wrote counts as done, unless an overwrite is about to delete it.
+
+def _plan(cfg: GenerateConfig, tokenizer, styles: list[Style], settings: dict,
+          shard: tuple[int, int], sampling: SamplingParams) -> Plan:
+  """Pass 1: the units of this shard and their prompt tokens, counted without building a prompt
+  (a chunk's prompt is its tokens plus its style's instruction and template, counted once per
+  style), so the corpus is tokenized once to plan and once to feed."""
   from mind_jax._outdir import replaces
+  # What an earlier run wrote counts as done, unless an overwrite is about to delete it.
   overwriting = cfg.output.overwrite and replaces(cfg.output.dir, "generate", settings)
   done = set() if overwriting else done_ids(cfg.output.dir)
-  # Prompts are not built here: a chunk's prompt is its tokens plus its style's instruction and
-  # template (counted once per style), so the corpus is tokenized once to plan, once to feed.
-  plan_stats, chunk_plan = ReadStats(), ChunkPlan()
+  stats, chunks = ReadStats(), ChunkPlan()
   overhead = {s.key: len(format_prompt(tokenizer, prompt_text("", s, cfg.prompt.order),
                                        cfg.prompt.format)) for s in styles}
-  planned = prompt_tokens = already = 0
-  for doc, chunks in chunked_documents(cfg, tokenizer, plan_stats, shard, chunk_plan):
-    for index, tokens in enumerate(tokenizer.count_tokens(chunks)):
+  units = prompt_tokens = already = 0
+  for doc, doc_chunks in chunked_documents(cfg, tokenizer, stats, shard, chunks):
+    for index, tokens in enumerate(tokenizer.count_tokens(doc_chunks)):
       for style in styles:
-        planned += 1
+        units += 1
         prompt_tokens += tokens + overhead[style.key]
         already += unit_id(doc.id, index, style.key) in done
   log.info("plan: %d documents, %d chunks, %d styles -> %d units (%d already done), "
-           "~%d prompt tokens; up to %d output tokens each", plan_stats["documents"],
-           plan_stats["chunks"], len(styles), planned, already, prompt_tokens,
+           "~%d prompt tokens; up to %d output tokens each", stats["documents"],
+           stats["chunks"], len(styles), units, already, prompt_tokens,
            sampling.max_new_tokens)
+  if not stats["documents"]:
+    raise MindJaxError(f"input.source={cfg.input.source}: no documents to generate from "
+                       f"({stats['empty_documents']} empty, {stats['bad_records']} "
+                       "bad records skipped)")
+  if not units:
+    log.warning("this shard has no units: all %d documents belong to other shards",
+                stats["documents"])
   summary = {
-      "documents_read": plan_stats["documents"], "empty_documents": plan_stats["empty_documents"],
-      "bad_records": plan_stats["bad_records"], "chunks": plan_stats["chunks"],
-      "styles": [s.key for s in styles], "units": planned, "prompt_tokens": prompt_tokens,
+      "documents_read": stats["documents"], "empty_documents": stats["empty_documents"],
+      "bad_records": stats["bad_records"], "chunks": stats["chunks"],
+      "styles": [s.key for s in styles], "units": units, "prompt_tokens": prompt_tokens,
       "already_done": already, "output_dir": cfg.output.dir,
   }
-  if not plan_stats["documents"]:
-    raise MindJaxError(f"input.source={cfg.input.source}: no documents to generate from "
-                       f"({plan_stats['empty_documents']} empty, {plan_stats['bad_records']} "
-                       "bad records skipped)")
-  if not planned:
-    log.warning("this shard has no units: all %d documents belong to other shards",
-                plan_stats["documents"])
-  if cfg.dry_run:
-    summary["estimated_output_tokens"] = (planned - already) * min(sampling.max_new_tokens,
-                                                                   PAPER_MEAN_OUTPUT_TOKENS)
-    _print_summary(summary, "dry run: nothing generated")
-    return summary
+  return Plan(shard, done, chunks, summary, units, already)
 
-  model, tokenizer, model_name, mesh = loaded or load_generator(cfg, group)
-  # Written once the model has loaded: a load that fails leaves output.dir as it was. On a
-  # slice host 0 alone claims it (with output.overwrite, deleting the earlier run's parts), and
-  # no host writes a part before: another host's claim could delete a part just written.
-  # The engine (its KV pool) is built before too: a pool that cannot be had writes nothing.
-  engine = Engine(model, tokenizer, engine_config(cfg), mesh=mesh, rules=cfg.mesh.rules)
+
+def _start_engine(cfg: GenerateConfig, loaded: Loaded, settings: dict, styles: list[Style],
+                  host: int, hosts: int) -> Engine:
+  """The engine (its KV pool built), then output.dir claimed: a load or a pool that fails
+  leaves output.dir as it was. On a slice host 0 alone claims it (with output.overwrite,
+  deleting the earlier run's parts), and no host writes a part before: another host's claim
+  could delete a part just written."""
+  engine = Engine(loaded.model, loaded.tokenizer, engine_config(cfg), mesh=loaded.mesh,
+                  rules=cfg.mesh.rules)
   if host == 0:
-    claim_output(cfg, settings, dry_run=False, tokenizer=tokenizer_source, styles=styles)
+    claim_output(cfg, settings, dry_run=False, styles=styles,
+                 tokenizer=tokenizer_name(cfg, loaded.tokenizer))
   sync_hosts(hosts, "generate: output.dir claimed")
-  summary["model"] = model_name
-  # Every host of an engine sees every result (the engine's tokens come back replicated);
-  # one of them writes the engine's part files.
-  writer = PartWriter(cfg.output.dir, shard[0], cfg.output.format,
+  return engine
+
+
+def _generate(cfg: GenerateConfig, engine: Engine, loaded: Loaded, styles: list[Style],
+              plan: Plan, sampling: SamplingParams, group: EngineGroup) -> dict:
+  """Pass 2: the units not yet done through the engine, each result written as it comes.
+  Every host of an engine sees every result (the engine's tokens come back replicated); one
+  of them writes the engine's part files. Returns the counts."""
+  writer = PartWriter(cfg.output.dir, plan.shard[0], cfg.output.format,
                       cfg.output.records_per_part, cfg.output.flush_seconds,
                       enabled=group.rank == 0)
   units: dict[str, Unit] = {}
 
   def requests():
-    for unit in plan_units(cfg, tokenizer, styles, ReadStats(), shard, chunk_plan, skip=done):
+    for unit in plan_units(cfg, loaded.tokenizer, styles, ReadStats(), plan.shard, plan.chunks,
+                           skip=plan.done):
       units[unit.id] = unit
       yield Request(unit.id, unit.prompt_ids, sampling,
                     prefix_len=unit.prefix_len if cfg.engine.share_prefixes else 0)
 
-  todo = planned - already
+  todo = plan.units - plan.already
   counts = {"units_written": 0, "output_tokens": 0, "errors": 0}
   last_log = time.monotonic()
-  gen_start = time.perf_counter()
+  start = time.perf_counter()
   interactive = sys.stderr.isatty()
   with progress_bar(todo, "generate", unit="conv", enabled=group.rank == 0) as bar:
     for result in engine.generate(requests()):
       unit = units.pop(result.id)
-      writer.add(_record(unit, result, model_name, sampling, cfg.seed))
+      writer.add(_record(unit, result, loaded.name, sampling, cfg.seed))
       counts["units_written"] += 1
       counts["output_tokens"] += result.output_tokens
       counts["errors"] += result.finish_reason == "error"
-      rate = counts["output_tokens"] / max(1e-9, time.perf_counter() - gen_start)
+      rate = counts["output_tokens"] / max(1e-9, time.perf_counter() - start)
       bar.set_postfix_str(f"{rate:.0f} out tok/s", refresh=False)
       bar.update(1)
       if not interactive and time.monotonic() - last_log >= cfg.output.log_seconds:
         last_log = time.monotonic()
         log.info("%d/%d units, %.0f output tokens/s", counts["units_written"], todo, rate)
   writer.flush()
-  summary.update(counts, elapsed_seconds=time.perf_counter() - start)
-  # What paging and prefix sharing did: prompt tokens computed and read from shared pages.
-  summary.update({key: int(engine.stats[key]) for key in (
-      "prefill_tokens", "prefix_tokens_reused", "preemptions", "most_sequences_at_once")})
+  return counts
+
+
+def _final_summary(cfg: GenerateConfig, summary: dict, group: EngineGroup) -> dict:
+  """The slice's figures (over its engines), rounded, printed and returned."""
   if group.count > 1:
     summary = _over_engines(summary, group)
   seconds = summary["elapsed_seconds"]

@@ -156,7 +156,7 @@ class HFTokenizer(Tokenizer):
     try:
       tok = loader.from_pretrained(path, local_files_only=True)
     except Exception as e:  # transformers raises many types; the message is what matters
-      raise MindJaxError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+      raise MindJaxError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from e
     return cls(tok, source=path)
 
   @property
@@ -225,7 +225,8 @@ class SentencePieceTokenizer(Tokenizer):
     try:
       self.sp.Load(model_file)
     except (OSError, RuntimeError) as e:
-      raise MindJaxError(f"{model_file}: not a SentencePiece model ({str(e).splitlines()[0]})") from None
+      raise MindJaxError(
+          f"{model_file}: not a SentencePiece model ({str(e).splitlines()[0]})") from e
     self.bos_id = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
     self.eos_ids = (self.sp.eos_id(),) if self.sp.eos_id() >= 0 else ()
     self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else None
