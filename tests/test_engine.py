@@ -79,9 +79,10 @@ def test_greedy_equals_transformers_with_slot_refills(hf_checkpoints, loaded, va
 def test_greedy_equals_transformers_with_shared_prefixes_and_preemption(hf_checkpoints, loaded,
                                                                          page_size, buckets):
   """Three groups of requests share a prompt prefix (as a chunk's seven styles do), at a
-  length that ends mid-page; the pool holds two sequences at the context limit, so sequences
-  are preempted and recomputed. Every output is transformers' greedy one. With one prefill
-  bucket of 16 tokens, every longer prompt and recompute is prefilled in 16-token pieces."""
+  length that ends mid-page; the pool holds two sequences at the context limit and requests
+  are admitted eagerly, so sequences are preempted and recomputed. Every output is
+  transformers' greedy one. With one prefill bucket of 16 tokens, every longer prompt and
+  recompute is prefilled in 16-token pieces."""
   model, tokenizer = loaded["llama3.1-gqa"]
   heads = random_prompts([21, 13, 30], seed=11)
   tails = random_prompts([3, 9, 5, 12, 2, 7, 4, 10, 6], seed=12)
@@ -89,7 +90,7 @@ def test_greedy_equals_transformers_with_shared_prefixes_and_preemption(hf_check
   requests = [Request(i, p, GREEDY_70, prefix_len=len(heads[i // 3]))
               for i, p in enumerate(prompts)]
   config = EngineConfig(slots=6, max_len=128, steps_per_call=5, page_size=page_size,
-                        kv_pages=2 * 128 // page_size, prefill_buckets=buckets)
+                        kv_pages=2 * 128 // page_size, prefill_buckets=buckets, admission="eager")
   engine = Engine(model, tokenizer, config)
   results = engine.generate_all(requests)
   hf_model = hf_checkpoints["llama3.1-gqa"][1]
@@ -109,6 +110,13 @@ def test_greedy_equals_transformers_with_shared_prefixes_and_preemption(hf_check
   assert roomy.stats["preemptions"] == 0 and roomy.stats["most_sequences_at_once"] == 6
   assert roomy.stats["prefix_tokens_reused"] == 2 * sum(map(len, heads))
   assert roomy.stats["prefill_tokens"] == sum(map(len, prompts)) - 2 * sum(map(len, heads))
+  # Admitted only when the growth projected for the running sequences fits (every output's
+  # length is known here: 70 tokens), none is preempted, and the tokens are the same.
+  projected = Engine(model, tokenizer, dataclasses.replace(config, admission="projected"))
+  assert [r.token_ids for r in projected.generate_all(requests)] == [r.token_ids for r in results]
+  assert projected.stats["preemptions"] == 0
+  assert projected.stats["most_sequences_at_once"] >= 2
+  assert projected.stats["prefill_tokens"] < engine.stats["prefill_tokens"]  # no recomputes
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +213,7 @@ def test_same_seed_same_tokens_whatever_the_slots(loaded):
     page_size, kv_pages = pages or (None, None)
     engine = Engine(model, tokenizer, EngineConfig(slots=slots, max_len=64, steps_per_call=steps,
                                                    seed=123, page_size=page_size,
-                                                   kv_pages=kv_pages))
+                                                   kv_pages=kv_pages, admission="eager"))
     order = list(range(len(prompts)))[::-1] if slots == 2 else range(len(prompts))
     results = engine.generate_all(Request(f"r{i}", prompts[i], params) for i in order)
     runs.append({r.id: r.token_ids for r in results})

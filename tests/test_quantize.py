@@ -344,7 +344,7 @@ def test_an_int8_kv_engine_decodes_the_same_tokens_however_it_schedules(gqa):
   and sampled) equal a roomy pool's."""
   model = gqa[2]
   roomy, expected = _engine_outputs(model, cache_dtype="int8")
-  tight, got = _engine_outputs(model, cache_dtype="int8", kv_pages=12)
+  tight, got = _engine_outputs(model, cache_dtype="int8", kv_pages=12, admission="eager")
   assert tight.stats["preemptions"] > 0 and roomy.stats["preemptions"] == 0
   assert got == expected
   assert all(k.values.dtype == jnp.int8 for k in tight.state.cache.k)  # the int8 cache in use

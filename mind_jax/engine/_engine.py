@@ -119,6 +119,11 @@ class EngineConfig:
   kv_pages: pages in the pool, over all shards (default: from kv_memory).
   kv_memory: bytes of KV pool per device (default: what fits in the memory left after the
     weights, up to every slot at max_len).
+  admission: "projected": a request is admitted when its prompt's pages are free and the
+    pages its shard's running sequences are projected to need at their worst moment still
+    fit (see `_Scheduler._growth`), so the pool rarely runs dry; "eager": when its prompt's
+    pages are free, keeping one page per running sequence; the youngest is preempted (and
+    recomputed later) whenever the pool runs dry.
   """
 
   slots: int = 8
@@ -130,6 +135,7 @@ class EngineConfig:
   page_size: int | None = None
   kv_pages: int | None = None
   kv_memory: int | None = None
+  admission: str = "projected"
 
   def buckets(self) -> tuple[int, ...]:
     if self.prefill_buckets:
@@ -205,10 +211,10 @@ class Engine:
         ...
 
   The pool's pages are taken as sequences grow and returned as they end; a request is
-  admitted when its prompt's pages are free (keeping a page per running sequence in reserve
-  for growth); when the pool runs dry mid-decode the youngest sequence is preempted and later
-  recomputed from its prompt and the tokens it had made, so its output is an uninterrupted
-  run's.
+  admitted when its prompt's pages are free and the growth projected for the running
+  sequences still fits (EngineConfig.admission); when the pool runs dry mid-decode all the
+  same, the youngest sequence is preempted and later recomputed from its prompt and the
+  tokens it had made, so its output is an uninterrupted run's.
   """
 
   def __init__(self, model: Llama, tokenizer=None, config: EngineConfig = EngineConfig(),
@@ -747,6 +753,8 @@ class _Scheduler:
     self.waiting: collections.deque[tuple[Request, list[int]]] = collections.deque()
     self.admitted = 0
     self.prefix_keys: dict[tuple, bytes] = {}
+    # Output lengths of the sequences ended so far: the length a running one is projected to.
+    self.ended, self.ended_tokens = 0, 0
 
   def _shard(self, slot: int) -> int:
     return slot // self.slots_per_shard
@@ -765,9 +773,51 @@ class _Scheduler:
   def _pages_for(self, tokens: int) -> int:
     return min(-(-tokens // self.page), self.engine.config.row_pages)
 
-  def _reserve(self, shard: int) -> int:
-    """Pages kept free at admission for the growth of the shard's running sequences."""
-    return sum(1 for s in self.live.values() if self._shard(s.slot) == shard)
+  def _reserve(self, shard: int, request: Request, tokens: list[int], pages: int,
+               shared: int) -> int:
+    """Pages kept free when `request` (which made `tokens`) is admitted to `shard` with
+    `pages` pages, `shared` of them a cached prefix's, for the growth of the shard's running
+    sequences and its own."""
+    running = [s for s in self.live.values() if self._shard(s.slot) == shard]
+    if self.engine.config.admission == "eager" or not running:
+      return len(running)  # a shard with nothing running admits whatever fits, or stalls
+    return self._growth(running, (request, tokens, pages, shared))
+
+  def _expected_output(self, request: Request, made: int) -> int:
+    """The output length a sequence that has made `made` tokens is projected to end at: its
+    cap (max_new_tokens, or the context) until a sequence of this run has ended, then the
+    mean output length of those that ended (a sequence already past it: the next call's
+    tokens), never past the cap. Depends only on the tokens, as every decision here."""
+    cap = min(request.sampling.max_new_tokens, self.engine.config.max_len
+              - len(request.prompt_ids))
+    if not self.ended:
+      return cap
+    return min(cap, max(self.ended_tokens // self.ended, made + self.engine.config.steps_per_call))
+
+  def _growth(self, running: list[_Sequence], new: tuple[Request, list[int], int, int]) -> int:
+    """The most pages beyond what they hold that the `running` sequences and `new` (a request,
+    the tokens it made, the pages it is given and how many of them are shared) are projected
+    to need at once: each grows by a token a step to its expected length, and one that ends
+    returns the pages it alone holds. The worst moment is just before one of them ends."""
+    steps = self.engine.config.steps_per_call
+    left, length, held, own = [], [], [], []
+    for seq in running:
+      made = len(seq.tokens)
+      left.append(max(0, self._expected_output(seq.request, made) - made))
+      length.append(len(seq.request.prompt_ids) + made)
+      held.append(len(seq.pages))
+      own.append(int(np.count_nonzero(self.pool.refs[seq.pages] == 1)))
+    request, tokens, pages, shared = new
+    left.append(max(0, self._expected_output(request, len(tokens)) - len(tokens)))
+    length.append(len(request.prompt_ids) + len(tokens))
+    held.append(pages)
+    own.append(pages - shared)
+    left, length, held, own = map(np.asarray, (left, length, held, own))
+    moments = np.unique(left)[:, None]  # [moments, 1] against [sequences]
+    pages_then = np.minimum(-(-(length + moments + steps) // self.page),
+                            self.engine.config.row_pages)
+    need = np.where(left >= moments, np.maximum(pages_then - held, 0), -own).sum(axis=1)
+    return max(0, int(need.max()))
 
   def _admit(self, request: Request, tokens: list[int]) -> tuple[_Sequence, int] | None:
     """A slot and pages for `request` (which made `tokens` before a preemption) and its
@@ -783,15 +833,15 @@ class _Scheduler:
       return None
     shard = self._shard(slot)
     prefix = self.pool.lookup(shard, key) if key else None
-    # Pages for the prompt and the first decode call's tokens, and a page in reserve for each
-    # running sequence of the shard. The prefix's pages are held first: making room may drop
+    # Pages for the prompt and the first decode call's tokens, and room kept for the growth of
+    # the shard's running sequences. The prefix's pages are held first: making room may drop
     # cached prefixes, never this one.
     length = len(request.prompt_ids) + len(tokens)
     needed = self._pages_for(length + engine.config.steps_per_call)
     whole = share // self.page if prefix else 0
     held = list(prefix.pages[:whole + (1 if share % self.page else 0)]) if prefix else []
     self.pool.share(held)
-    reserve = self._reserve(shard)
+    reserve = self._reserve(shard, request, tokens, needed, whole)
     pages = self.pool.take(shard, needed - whole + reserve, self._waiting_prefixes())
     if pages is None:
       self.pool.release(held)
@@ -885,7 +935,12 @@ class _Scheduler:
 
   def _finish(self, seq: _Sequence) -> None:
     del self.live[seq.slot]
+    self._ended(seq.tokens)
     self.pool.release(seq.pages)
+
+  def _ended(self, tokens: list[int]) -> None:
+    self.ended += 1
+    self.ended_tokens += len(tokens)
 
   def run(self, pending: Iterator[Request]) -> Iterator[Result]:
     engine = self.engine
@@ -917,6 +972,7 @@ class _Scheduler:
         seq.tokens.append(first)
         reason = engine._finish_reason(request, seq.tokens)
         if reason:
+          self._ended(seq.tokens)
           self.pool.release(seq.pages)
           yield engine._result(request, seq.tokens, reason)
         else:
