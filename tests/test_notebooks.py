@@ -28,8 +28,10 @@ def run_notebook(name: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
   script = cwd / (name.removesuffix(".ipynb") + ".py")
   script.write_text(notebook_script(ROOT / "notebooks" / name))
   out = subprocess.run([sys.executable, "-c", f"exec(open({str(script)!r}).read())"], cwd=cwd,
-                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                       timeout=900)
+                       capture_output=True, text=True, timeout=900, env={
+                           **os.environ, "PYTHONPATH": str(ROOT),
+                           # The plan cell's TPU compile, kept with test_shipped_configs.py's.
+                           "MIND_JAX_PLAN_CACHE": str(ROOT / "tests" / "tpu_compiles")})
   assert out.returncode == 0, out.stderr[-3000:]
   return out
 

@@ -473,3 +473,54 @@ chunking: {{max_tokens: 64}}
   assert memory > compute
   assert step["predicted_decode_step_seconds"] == pytest.approx(memory)
   assert p["assumptions"]["mbu"] == 0.3
+
+
+KERNEL = '''
+import jax
+from jax.experimental import pallas as pl
+
+
+def double(x_ref, o_ref):
+  o_ref[...] = x_ref[...] * {factor}
+
+
+def program(x):
+  return pl.pallas_call(double, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
+'''
+
+
+@needs_libtpu
+def test_a_kernel_is_the_same_program_wherever_its_source_is_installed(tmp_path):
+  """A Pallas kernel's serialized body carries its Python file's path (where jax is
+  installed): the same kernel from another venv or checkout has the same key."""
+  import importlib.util
+
+  import jax
+  import numpy as np
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  from mind_jax.planning import devices
+  from mind_jax.planning._cache import program_key
+  chips = devices(parse_topology("v5e-4"))[:1]
+  mesh = Mesh(np.array(chips), ("x",))
+  x = jax.ShapeDtypeStruct((8, 128), np.float32, sharding=NamedSharding(mesh, PartitionSpec()))
+
+  def key(where, factor=2):
+    path = tmp_path / where / "kernel.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(KERNEL.format(factor=factor))
+    spec = importlib.util.spec_from_file_location(f"kernel_{where}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lowered = jax.jit(module.program).trace(x).lower(lowering_platforms=("tpu",))
+    assert "tpu_custom_call" in lowered.as_text() and str(path) in _kernel_text(lowered)
+    return program_key(lowered, mesh)
+  assert key("venv-a/site-packages") == key("checkout-b/somewhere/else")
+  assert key("venv-a/site-packages") != key("venv-a/site-packages", factor=3)
+
+
+def _kernel_text(lowered) -> str:
+  import base64
+  import re
+  body = re.search(r'\\22body\\22: \\22([A-Za-z0-9+/=]+)', lowered.as_text()).group(1)
+  return base64.b64decode(body).decode("latin-1")

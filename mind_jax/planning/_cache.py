@@ -5,9 +5,10 @@ CPU machine, and a plan compiles several; replanning with other assumptions (MFU
 price) or an unchanged config would compile the same programs again. The compiler is
 deterministic: the same program text, compiled by the same compiler with the same options
 for the same devices, gives the same executable and so the same memory and cost analysis.
-An entry is keyed by all of those (the lowered StableHLO text without source locations; the
-jax, jaxlib and libtpu versions; XLA_FLAGS and LIBTPU_INIT_ARGS; the devices by id, kind and
-coordinates, and the mesh over them), so a change to any of them misses and compiles. A
+An entry is keyed by all of those (the lowered StableHLO text without source locations, and
+without where jax is installed in its kernels' bodies; the jax, jaxlib and libtpu versions;
+XLA_FLAGS and LIBTPU_INIT_ARGS; the devices by id, kind and coordinates, and the mesh over
+them), so a change to any of them misses and compiles. A
 program that did not fit is remembered too (its refusal is the result).
 
 One small JSON file per program; a file that cannot be read is compiled over, with a warning.
@@ -15,12 +16,14 @@ One small JSON file per program; a file that cannot be read is compiled over, wi
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import importlib.metadata
 import json
 import logging
 import os
+import re
 
 from mind_jax._atomic import write_json
 
@@ -51,8 +54,31 @@ def program_key(lowered, mesh) -> str:
              "env": {k: os.environ.get(k) for k in _ENV_KEYS},
              "devices": devices, "mesh": [list(mesh.axis_names), list(mesh.devices.shape)]}
   digest = hashlib.sha256(json.dumps(context, sort_keys=True).encode())
-  digest.update(lowered.as_text().encode())
+  digest.update(_without_kernel_locations(lowered.as_text()).encode())
   return digest.hexdigest()
+
+
+# A Pallas kernel is embedded in the program as serialized Mosaic (base64 MLIR bytecode) with
+# the source locations of the kernel's Python file, i.e. where jax is installed: the same
+# kernel from another venv would be another program. It is keyed by its text without them.
+_KERNEL_BODY = re.compile(r'\\22body\\22: \\22([A-Za-z0-9+/=]+)')
+
+
+def _without_kernel_locations(text: str) -> str:
+  def without_locations(match):
+    try:
+      from jax._src import tpu_custom_call
+      from jax._src.interpreters import mlir
+      from jax._src.lib.mlir import ir
+      context = mlir.make_ir_context()
+      tpu_custom_call.tpu.register_dialect(context)
+      with context, ir.Location.unknown():
+        context.allow_unregistered_dialects = True
+        module = ir.Module.parse(base64.b64decode(match.group(1)))
+        return module.operation.get_asm(enable_debug_info=False)
+    except Exception:  # noqa: BLE001 - jax internals moved: key by the body as it is
+      return match.group(0)
+  return _KERNEL_BODY.sub(without_locations, text)
 
 
 class CompileCache:
