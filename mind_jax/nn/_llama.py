@@ -204,6 +204,12 @@ class Llama(nnx.Module):
     logits = self.logits(hidden)
     return logits if cache is None else (logits, new_cache)
 
+  def output_head(self) -> jax.Array:
+    """The output head's weight `[vocab, hidden]` (the embedding where the two are tied)."""
+    if self.config.tie_word_embeddings:
+      return self.model.embed_tokens.weight[...]
+    return self.lm_head.weight[...]
+
   def logits(self, hidden):
     if self.config.tie_word_embeddings:
       logits = self.model.embed_tokens.attend(hidden)

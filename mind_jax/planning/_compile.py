@@ -122,7 +122,7 @@ def _train_step(cfg, config, mesh) -> tuple[Program, dict]:
   from mind_jax.data import MODEL_INPUTS
   from mind_jax.training import Trainer
   trainer = Trainer.create(config, mesh, cfg.optimizer.build(cfg.steps), microbatches=cfg.microbatches,
-                           z_loss=cfg.z_loss, seed=cfg.seed)
+                           z_loss=cfg.z_loss, loss_chunk=cfg.loss_chunk, seed=cfg.seed)
   state = trainer.abstract_state()
   shape = (cfg.batch_size, cfg.data.seq_len)
   batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "loss_weights" else jnp.int32,
@@ -141,13 +141,15 @@ def training_programs(cfg, config, mesh, exact_cost: bool = True) -> dict:
   the per-chip bytes of weights, optimizer state and batch, and the step's FLOPs and bytes.
 
   The compiler's cost analysis counts a loop's body once, whatever its trip count: where
-  the step loops (scanned layers, microbatches), its cost is read from a second compile of
+  the step loops (scanned layers, microbatches, the loss's chunks), its cost is read from a second compile of
   one microbatch with the layers unrolled, times the microbatches.
   """
   step, named = _train_step(cfg, config, mesh)
   flops, moved, m = step.flops, step.bytes_accessed, cfg.microbatches
-  if exact_cost and (config.scan_layers or m > 1):
-    one = cfg.model_copy(update={"batch_size": cfg.batch_size // m, "microbatches": 1})
+  if exact_cost and (config.scan_layers or m > 1 or 0 < cfg.loss_chunk < cfg.data.seq_len):
+    # The loss's chunk loop too: the whole row's head at once has the same FLOPs.
+    one = cfg.model_copy(update={"batch_size": cfg.batch_size // m, "microbatches": 1,
+                                 "loss_chunk": 0})
     unrolled, _ = _train_step(one, config.replace(scan_layers=False), mesh)
     flops, moved = unrolled.flops * m, unrolled.bytes_accessed * m
   return {"step": step, "named": named, "flops": flops, "bytes_accessed": moved}

@@ -93,6 +93,10 @@ class TrainConfig(config_lib.Section):
   steps: int = config_lib.result(200, ge=1, description="optimizer steps of the run")
   z_loss: float = config_lib.result(
       0.0, ge=0, description="weight of the squared log-partition term (PaLM's z-loss; 0: off)")
+  loss_chunk: int = config_lib.speed(
+      512, ge=0, description="positions of a row whose output-head logits exist at a time: "
+      "the loss and its gradient go through the head a chunk at a time, never holding the "
+      "whole [tokens, vocab] logits (same result; 0: the whole row at once)")
   seed: int = config_lib.result(0, description="seeds the data order (and a preset's init)")
   peak_flops: float | None = config_lib.speed(
       None, gt=0, description="peak FLOP/s of one device, for MFU (default: the chip's bf16 "

@@ -196,7 +196,7 @@ def run(cfg: TrainConfig) -> dict:
   sync_hosts(hosts, "train: workdir claimed")
 
   trainer = Trainer.create(config, mesh, cfg.optimizer.build(cfg.steps), microbatches=cfg.microbatches,
-                           z_loss=cfg.z_loss, seed=cfg.seed)
+                           z_loss=cfg.z_loss, loss_chunk=cfg.loss_chunk, seed=cfg.seed)
   batches = DeviceBatches(dataset, mesh, "train", cfg.data.prefetch)
   manager = _checkpoint_manager(cfg)
   start = manager.latest_step() or 0

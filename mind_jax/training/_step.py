@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from mind_jax import sharding
 from mind_jax.data import MODEL_INPUTS
 from mind_jax.nn import Llama, LlamaConfig
+from mind_jax.training._loss import head_cross_entropy
 from mind_jax.training._optim import applied_learning_rate
 
 
@@ -56,10 +57,11 @@ class Trainer:
   batch_sharding: NamedSharding
   microbatches: int = 1
   z_loss: float = 0.0
+  loss_chunk: int = 512
 
   @classmethod
   def create(cls, config: LlamaConfig, mesh, tx, *, microbatches=1, z_loss=0.0,
-             seed: int = 0) -> Trainer:
+             loss_chunk: int = 512, seed: int = 0) -> Trainer:
     graphdef, flat, by_path = sharding.abstract_state(
         lambda: Llama(config, rngs=nnx.Rngs(seed)), mesh, "train")
     params = {_name(path): by_path[path] for path, _ in flat}
@@ -70,7 +72,8 @@ class Trainer:
         transform_non_params=lambda _: replicated)
     return cls(config, graphdef, abstract, mesh, tx,
                {"params": params, "opt_state": opt_shardings, "step": replicated},
-               sharding.data_sharding(mesh, "train", ("batch", None)), microbatches, z_loss)
+               sharding.data_sharding(mesh, "train", ("batch", None)), microbatches, z_loss,
+               loss_chunk)
 
   # --- building and restoring the state ------------------------------------------------------
   def init_params(self, seed: int) -> dict:
@@ -98,14 +101,19 @@ class Trainer:
   def _loss(self, params, batch):
     model = merge(self.graphdef, params)
     with sharding.activation_layout(self.mesh, "train"):
-      logits = model(batch["tokens"], batch["positions"], batch["segment_ids"])
-    logits = logits.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
-    weights = batch["loss_weights"]
-    nll = jnp.sum((log_z - target) * weights)
-    total = nll + self.z_loss * jnp.sum(jnp.square(log_z) * weights) if self.z_loss else nll
+      hidden, _ = model.model(batch["tokens"], batch["positions"], batch["segment_ids"], None)
+      head = model.output_head()
+      weights = batch["loss_weights"]
+      # The head's logits a chunk of positions at a time, never whole (training/_loss.py).
+      total, nll = head_cross_entropy(
+          hidden, head, batch["targets"], weights, z_loss=self.z_loss, chunk=self.loss_chunk,
+          head_sharding=self.state_shardings["params"][self.head_name])
     return total, (nll, jnp.sum(weights))
+
+  @functools.cached_property
+  def head_name(self) -> str:
+    """The parameter that is the output head (the embedding where the two are tied)."""
+    return "model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
 
   def _step(self, state, batch):
     grad = jax.value_and_grad(self._loss, has_aux=True)
