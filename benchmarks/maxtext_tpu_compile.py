@@ -87,7 +87,9 @@ DIFFERENCES = [
     "Loss and batch: MaxText's shaped batch has inputs, targets, positions and segment ids "
     "(and their masks); ours has the tokens, positions, segment ids and loss weights of "
     "mind_jax.data.MODEL_INPUTS. MaxText's loss builds a one-hot cross-entropy with fp32 "
-    "logits (cast_logits_to_fp32); ours gathers the target logit.",
+    "logits (cast_logits_to_fp32) of the whole microbatch; ours goes through the output head "
+    "512 positions at a time (loss_chunk) with the gradient computed alongside, gathering the "
+    "target logit.",
     "Step extras: MaxText also computes the raw and clipped gradient norms and the parameter "
     "norm; ours the gradient norm.",
     "Weight layout: MaxText stacks scanned weights on axis 1 (param_scan_axis), ours on axis 0; "
