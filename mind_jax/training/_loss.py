@@ -16,6 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from mind_jax.nn import project
 from mind_jax.sharding import constrain
 
 LOGIT_AXES = ("batch", None, "vocab")
@@ -43,20 +44,14 @@ def head_cross_entropy(hidden, head, targets, weights, *, z_loss: float, chunk: 
   return loss, jax.lax.stop_gradient(nll)
 
 
-def _split(x, chunk):
-  """[B, T, ...] -> [T / chunk, B, chunk, ...]"""
-  return jnp.swapaxes(x.reshape(x.shape[0], -1, chunk, *x.shape[2:]), 0, 1)
-
-
-def _logits(h, head):
-  """h `[B, c, E]` @ head `[V, E]`.T as one 2-D matmul (as the model's head computes it)."""
-  flat = jnp.einsum("te,ve->tv", h.reshape(-1, h.shape[-1]), head)
-  return constrain(flat.reshape(*h.shape[:-1], head.shape[0]), LOGIT_AXES)
+def _chunks(chunk, *rows):
+  """Each `[B, T, ...]` as `[T / chunk, B, chunk, ...]`, the scan's inputs."""
+  return tuple(jnp.swapaxes(x.reshape(x.shape[0], -1, chunk, *x.shape[2:]), 0, 1) for x in rows)
 
 
 def _chunk_terms(h, head, t, w, z_loss):
   """One chunk's float32 logits, log-partitions, and NLL and z sums; head in h's dtype."""
-  logits = _logits(h, head).astype(jnp.float32)
+  logits = constrain(project(h, head), LOGIT_AXES).astype(jnp.float32)
   log_z = jax.nn.logsumexp(logits, axis=-1)
   target = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
   nll = jnp.sum((log_z - target) * w)
@@ -66,12 +61,13 @@ def _chunk_terms(h, head, t, w, z_loss):
 
 def _forward(z_loss, chunk, hidden, head, targets, weights):
   head = head.astype(hidden.dtype)
+
   def body(carry, xs):
     h, t, w = xs
     _, _, nll, z = _chunk_terms(h, head, t, w, z_loss)
     return (carry[0] + nll, carry[1] + z), None
 
-  xs = (_split(hidden, chunk), _split(targets, chunk), _split(weights, chunk))
+  xs = _chunks(chunk, hidden, targets, weights)
   (nll, z), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), xs)
   return nll + z_loss * z, nll
 
@@ -103,7 +99,7 @@ def _fused_fwd(z_loss, chunk, head_sharding, hidden, head, targets, weights):
       d_head = jax.lax.with_sharding_constraint(d_head, head_sharding)
     return (nll_sum + nll, z_sum + z, d_head), d_h
 
-  xs = (_split(hidden, chunk), _split(targets, chunk), _split(weights, chunk))
+  xs = _chunks(chunk, hidden, targets, weights)
   d_head0 = jnp.zeros(head.shape, jnp.float32)
   if head_sharding is not None:
     d_head0 = jax.lax.with_sharding_constraint(d_head0, head_sharding)
