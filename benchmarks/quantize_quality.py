@@ -8,7 +8,9 @@ text is on this machine, so the held-out text is the float model's own: 32 stori
 tokens sampled from it (temperature 1, fixed seed) after BOS; text in the distribution the
 model was trained on, which neither model has seen token for token.
 
-Reported for float32, int8 weights, an int8 KV cache, and both, each against float32:
+Reported for float32, int8 weights (rounded to nearest, and chosen by GPTQ on 64 other
+stories of the float model: `mind_jax.convert quantize=int8 calibration=...`), an int8 KV
+cache, and both, each against float32:
   nll / perplexity   mean per-token negative log-likelihood of the 32 x 255 next tokens (with
                      an int8 cache: the text prefilled into it, so every position attends
                      over int8 keys and values, as decoding would)
@@ -34,8 +36,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STORIES = os.path.join(ROOT, "..", "shared", "reference", "stories260K.bin")
 
 
-VARIANTS = {"float32": (None, None), "int8": ("int8", None), "kv8": (None, "int8"),
-            "int8+kv8": ("int8", "int8")}  # name: (model.quantize, engine.kv_dtype)
+# name: (weights, engine.kv_dtype); weights "gptq" are int8 with values chosen by GPTQ
+# (`mind_jax.nn.calibrate_int8`) on the float model's samples, not those scored.
+VARIANTS = {"float32": (None, None), "int8": ("int8", None), "int8-gptq": ("gptq", None),
+            "kv8": (None, "int8"), "int8+kv8": ("int8", "int8"),
+            "int8-gptq+kv8": ("gptq", "int8")}
 
 
 def token_nll(model, tokens: np.ndarray, kv_dtype=None) -> np.ndarray:
@@ -57,22 +62,31 @@ def main():
   parser.add_argument("--stories", type=int, default=32)
   parser.add_argument("--length", type=int, default=256)
   parser.add_argument("--prompt", type=int, default=16)
+  parser.add_argument("--calibration", type=int, default=64,
+                      help="stories the GPTQ variant is calibrated on")
   args = parser.parse_args()
   import jax
 
   from mind_jax.ckpts import load_pretrained
   from mind_jax.engine import Engine, EngineConfig, Request, SamplingParams
+  from mind_jax.nn import calibrate_int8
   from mind_jax.testing import llama2c_checkpoint
   path = llama2c_checkpoint(STORIES, tempfile.mkdtemp(prefix="stories260K_"))
-  models = {q: load_pretrained(path, quantize=q, progress=False)[0] for q in (None, "int8")}
+  models = {q: load_pretrained(path, quantize=q, scan_layers=False, progress=False)[0]
+            for q in (None, "int8")}
   config = EngineConfig(slots=args.stories, max_len=512, steps_per_call=16)
+
+  def samples(ids):  # the float model's own stories after BOS (token 1), temperature 1
+    return np.asarray([[1] + r.token_ids for r in Engine(models[None], None, config).generate_all(
+        Request(i, [1], SamplingParams(max_new_tokens=args.length - 1, temperature=1.0,
+                                       ignore_eos=True)) for i in ids)], np.int32)
+
+  text = samples(range(args.stories))  # held out
+  calibration = samples([f"calibration-{i}" for i in range(args.calibration)])
+  models["gptq"] = calibrate_int8(load_pretrained(path, scan_layers=False, progress=False)[0],
+                                  calibration)
   engines = {name: Engine(models[q], None, dataclasses.replace(config, cache_dtype=kv))
              for name, (q, kv) in VARIANTS.items()}
-  # Held-out text: the float model's own samples after BOS (token 1).
-  sampled = engines["float32"].generate_all(
-      Request(i, [1], SamplingParams(max_new_tokens=args.length - 1, temperature=1.0,
-                                     ignore_eos=True)) for i in range(args.stories))
-  text = np.asarray([[1] + r.token_ids for r in sampled], np.int32)
   nll = {name: token_nll(models[q], text, kv) for name, (q, kv) in VARIANTS.items()}
   greedy = {name: np.asarray([r.token_ids for r in engine.generate_all(
       Request(i, text[i, :args.prompt].tolist(),
@@ -81,8 +95,9 @@ def main():
   mean = {name: float(v.mean()) for name, v in nll.items()}
   result = {
       "machine": f"{platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
-      "model": "stories260K (llama2.c)", "stories": args.stories, "tokens_scored":
-      int(nll["float32"].size), "variants": {k: {"model.quantize": q, "engine.kv_dtype": kv}
+      "model": "stories260K (llama2.c)", "stories": args.stories,
+      "calibration_stories": args.calibration, "tokens_scored":
+      int(nll["float32"].size), "variants": {k: {"weights": q, "engine.kv_dtype": kv}
                                              for k, (q, kv) in VARIANTS.items()},
       "nll": mean, "perplexity": {k: float(np.exp(v)) for k, v in mean.items()},
       "perplexity_change": {k: float(np.exp(v - mean["float32"]) - 1) for k, v in mean.items()

@@ -45,6 +45,18 @@ class ConvertConfig(config_lib.Section):
   quantize: Literal["int8"] | None = pydantic.Field(
       None, description="int8: store the projections' weights as int8 with per-output-channel "
       "scales (Orbax output only), for generation jobs to load without quantizing again")
+  calibration: str | None = pydantic.Field(
+      None, description="with quantize=int8: documents (a JSONL/Parquet file, folder or glob "
+      "with a `text` field, as generate reads them) on which the int8 values are chosen by "
+      "GPTQ, so that each projection's outputs, not each weight, stay close to the float "
+      "model's; the model is read with layers apart and written so (default: round every "
+      "weight to its nearest step, no data needed)")
+  calibration_sequences: int = pydantic.Field(
+      128, ge=1, description="calibration windows of calibration_length tokens (fewer if the "
+      "documents run out)")
+  calibration_length: int = pydantic.Field(
+      512, ge=8, description="tokens per calibration window (a BOS, then the documents' "
+      "tokens in order, each document followed by EOS)")
   allow_unused_tensors: bool = pydantic.Field(
       False, description="load an HF checkpoint even if the model its config.json describes "
       "leaves some tensors unused (default: refuse, as config.json may not match the weights)")
@@ -75,15 +87,25 @@ def run(cfg: ConvertConfig) -> str:
   if cfg.quantize and target != "orbax":
     raise MindJaxError(f"quantize={cfg.quantize}: int8 weights are written as an Orbax "
                        "checkpoint (to=orbax); an HF export holds float weights")
+  if cfg.calibration and cfg.quantize != "int8":
+    raise MindJaxError(f"calibration={cfg.calibration}: chooses int8 values; give quantize=int8 "
+                       "too")
+  if cfg.calibration and cfg.scan_layers:
+    raise MindJaxError("scan_layers=true: calibration runs the layers one at a time, so its "
+                       "checkpoint keeps them apart (generation unrolls them anyway); drop one")
   check_dst(cfg.src, cfg.dst, cfg.overwrite)
+  texts = _calibration_texts(cfg) if cfg.calibration else None  # bad input before the load
   mesh = cfg.mesh.build(use_first=True)
   start = time.perf_counter()
   # By default the checkpoint's own storage dtype is kept: bf16 stays bf16.
   model_section = config_lib.ModelSection(
-      path=cfg.src, dtype=cfg.dtype or stored_dtype(cfg.src), scan_layers=cfg.scan_layers,
-      allow_unused_tensors=cfg.allow_unused_tensors, quantize=cfg.quantize)
+      path=cfg.src, dtype=cfg.dtype or stored_dtype(cfg.src),
+      scan_layers=False if texts else cfg.scan_layers,
+      allow_unused_tensors=cfg.allow_unused_tensors, quantize=None if texts else cfg.quantize)
   model, tokenizer, _ = load_model(model_section, mesh, cfg.mesh.rules, progress=cfg.progress)
   log.info("loaded %s in %.1fs", cfg.src, time.perf_counter() - start)
+  if texts:
+    _calibrate(model, tokenizer, texts, cfg)
   import jax
   from flax import nnx
   weights = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
@@ -102,6 +124,47 @@ def run(cfg: ConvertConfig) -> str:
     raise
   log.info("wrote %s checkpoint to %s (%.1fs in all)", target, cfg.dst, time.perf_counter() - start)
   return target
+
+
+def _calibration_texts(cfg: ConvertConfig) -> list[str]:
+  """The calibration documents' texts, as many as can fill the windows (about 2 characters a
+  token, a generous bound for the tokenizers of Llama models)."""
+  from mind_jax.data import read_documents
+  wanted = 2 * cfg.calibration_sequences * cfg.calibration_length
+  texts, size = [], 0
+  for document in read_documents(cfg.calibration):
+    texts.append(document.text)
+    size += len(document.text)
+    if size >= wanted:
+      break
+  if not texts:
+    raise MindJaxError(f"calibration={cfg.calibration}: no documents with text")
+  return texts
+
+
+def _calibrate(model, tokenizer, texts: list[str], cfg: ConvertConfig) -> None:
+  import numpy as np
+
+  from mind_jax._progress import progress_bar
+  from mind_jax.nn import calibrate_int8
+  if tokenizer is None:
+    raise MindJaxError(f"{cfg.src}: no tokenizer files, which calibration needs to read "
+                       f"{cfg.calibration}")
+  stream = []
+  for text in texts:
+    stream += tokenizer.encode(text) + list(tokenizer.eos_ids[:1])
+  width = cfg.calibration_length - 1
+  count = min(cfg.calibration_sequences, len(stream) // width)
+  if count == 0:
+    raise MindJaxError(f"calibration={cfg.calibration}: {len(stream)} tokens, fewer than one "
+                       f"window of calibration_length={cfg.calibration_length}")
+  bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else [stream[0]]
+  tokens = np.asarray([bos + stream[i * width:(i + 1) * width] for i in range(count)], np.int32)
+  layers = model.config.num_hidden_layers
+  log.info("calibrating int8 values (GPTQ) on %d windows of %d tokens from %s", count,
+           cfg.calibration_length, cfg.calibration)
+  with progress_bar(layers, "calibrate", unit="layer", enabled=cfg.progress) as bar:
+    calibrate_int8(model, tokens, progress=lambda done: bar.update(1))
 
 
 def check_dst(src: str, dst: str, overwrite: bool) -> None:

@@ -60,8 +60,10 @@ def program_key(lowered, mesh) -> str:
 
 # A Pallas kernel is embedded in the program as serialized Mosaic (base64 MLIR bytecode) with
 # the source locations of the kernel's Python file, i.e. where jax is installed: the same
-# kernel from another venv would be another program. It is keyed by its text without them.
+# kernel from another venv would be another program. It is keyed by its text without them
+# (jax <= 0.10 puts them in the body; from 0.11 they come apart, as `debug_locations`).
 _KERNEL_BODY = re.compile(r'\\22body\\22: \\22([A-Za-z0-9+/=]+)')
+_KERNEL_LOCATIONS = re.compile(r', \\22debug_locations\\22: \\22[A-Za-z0-9+/=]*\\22')
 
 
 def _without_kernel_locations(text: str) -> str:
@@ -78,7 +80,7 @@ def _without_kernel_locations(text: str) -> str:
         return module.operation.get_asm(enable_debug_info=False)
     except Exception:  # noqa: BLE001 - jax internals moved: key by the body as it is
       return match.group(0)
-  return _KERNEL_BODY.sub(without_locations, text)
+  return _KERNEL_BODY.sub(without_locations, _KERNEL_LOCATIONS.sub("", text))
 
 
 class CompileCache:
