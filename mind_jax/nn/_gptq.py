@@ -24,7 +24,7 @@ from flax import nnx
 
 from mind_jax._errors import MindJaxError
 from mind_jax.nn._layers import Linear, rope_tables
-from mind_jax.nn._quant import INT8_MAX, int8_scales
+from mind_jax.nn._quant import INT8_MAX, int8_scales, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,10 @@ class _Observed:
     self.linear = linear
     d = linear.weight.shape[1]
     self.hessian = np.zeros((d, d), np.float64)
-    self.tokens = 0
 
   def __call__(self, x):
     flat = np.asarray(jax.device_get(x), np.float64).reshape(-1, x.shape[-1])
     self.hessian += 2.0 * flat.T @ flat
-    self.tokens += flat.shape[0]
     return self.linear(x)
 
 
@@ -136,7 +134,6 @@ def calibrate_int8(model, tokens, *, batch: int = 8, block: int = 128, damp: flo
     if progress is not None:
       progress(index + 1)
   if not config.tie_word_embeddings:
-    from mind_jax.nn._quant import quantize_int8
     values, scale = quantize_int8(np.asarray(jax.device_get(model.lm_head.weight[...])))
     _store_int8(model.lm_head, values, scale)
   quantized = dataclasses.replace(config, quantize="int8")
