@@ -284,21 +284,27 @@ def load_config(schema: type[Section], path: str | None = None,
     raise MindJaxError(f"{source}: {key}: {message}{suffix}") from e
 
 
-def describe(schema: type[Section], prefix: str = "", defaults: Section | None = None) -> list[str]:
-  """One line per key with its default and description, for --help. Defaults are read from a
-  default instance, so a job's own defaults for a shared section (sample's bfloat16 model,
-  convert's one-device mesh) are the ones shown."""
+def keys(schema: type[Section], prefix: str = "", defaults: Section | None = None
+         ) -> list[tuple[str, Any, str]]:
+  """(dotted key, default, description) for every key of `schema`, as --help and the docs' CLI
+  reference list them. Defaults are read from a default instance, so a job's own defaults for
+  a shared section (sample's bfloat16 model, convert's one-device mesh) are the ones shown."""
   defaults = schema() if defaults is None else defaults
-  lines = []
+  found = []
   for name, field in schema.model_fields.items():
     key = f"{prefix}{name}"
     value = getattr(defaults, name)
     if isinstance(value, Section):
-      lines += describe(type(value), key + ".", value)
+      found += keys(type(value), key + ".", value)
       continue
-    about = "; ".join(filter(None, [field.description, _choices(field.annotation)]))
-    lines.append(f"  {key} = {value!r}" + (f"  ({about})" if about else ""))
-  return lines
+    found.append((key, value, "; ".join(filter(None, [field.description, _choices(field.annotation)]))))
+  return found
+
+
+def describe(schema: type[Section]) -> list[str]:
+  """One line per key with its default and description, for --help."""
+  return [f"  {key} = {value!r}" + (f"  ({about})" if about else "")
+          for key, value, about in keys(schema)]
 
 
 def _choices(annotation) -> str:

@@ -3,7 +3,7 @@
   python -m mind_jax.evaluate --model mind_train/hf                 # the CHAMP problems, offline
   python -m mind_jax.evaluate --model mind_train --tasks champ,arc_easy --backend hf --limit 100
   python -m mind_jax.evaluate --model /ckpt/llama --tasks my_task --tasks-dir my_tasks/
-  python -m mind_jax.evaluate compare eval_raw eval_mind [--out cmp/]  # side by side, deltas
+  python -m mind_jax.evaluate compare eval_raw eval_mind --out cmp/    # side by side, deltas
   python -m mind_jax.evaluate prepare my_files/ --data-dir eval_data/   # tasks on local files
   python -m mind_jax.evaluate --model mind_train --tasks mind --data-dir eval_data/   # the paper's suite
 

@@ -24,7 +24,7 @@ import pytest  # noqa: E402
 # are handed out first (addopts: --no-loadscope-reorder; xdist would otherwise start with the
 # files of most tests), so the suite ends on small files on every worker rather than one
 # worker finishing a long file alone.
-LONGEST_FILES = ["test_recipe.py", "test_train.py", "test_generate_hosts.py", "test_plan.py",
+LONGEST_FILES = ["test_recipe.py", "test_docs.py", "test_train.py", "test_generate_hosts.py", "test_plan.py",
                  "test_evaluate.py", "test_engine.py", "test_notebooks.py", "test_model.py",
                  "test_shipped_configs.py"]
 
