@@ -243,6 +243,12 @@ def test_marked_blocks_of_the_guides_run_as_written_on_cpu(block, tmp_path, requ
   _run(block, tmp_path / "run" if block.mark == RUN_AFTER_TOUR else tmp_path)
 
 
+def test_the_cli_reference_in_the_repository_is_current():
+  assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == _docs_hooks().cli_reference() + "\n", (
+      "docs/cli.md differs from what the jobs' --help says: rewrite it with "
+      "`python docs/hooks.py > docs/cli.md`")
+
+
 @pytest.mark.slow
 def test_the_site_builds_in_strict_mode(tmp_path):
   # mkdocs comes with the test extra, next to this Python.
