@@ -124,7 +124,7 @@ class _Loaded(BaseException):
   the jobs' own handling (every Exception becomes one `error:` line) lets it through."""
 
 
-def check_command(job_argv: list[str], monkeypatch) -> str | None:
+def check_command(job_argv: list[str]) -> str | None:
   """None where `python -m mind_jax.JOB ARGS` parses and loads its config; else what failed."""
   name, args = job_argv[0], job_argv[1:]
   optional = [word for word in args if word.startswith("[-")]
@@ -143,23 +143,23 @@ def check_command(job_argv: list[str], monkeypatch) -> str | None:
   def stop(*a, **k):
     raise _Loaded
 
-  monkeypatch.setattr(config_lib, "load_config", load_then_stop)
-  # `evaluate compare|prepare` take no config: their command line is what is checked (the
-  # directories the docs name are examples).
-  monkeypatch.setattr(mind_jax.evaluation, "compare", stop)
-  monkeypatch.setattr(mind_jax.evaluation, "prepare", stop)
   err = io.StringIO()
-  try:
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-      status = module.main(args)
-  except _Loaded:
-    return None
-  except SystemExit as e:  # argparse: --help exits 0, a bad flag 2
-    status = e.code
-  except Exception as e:  # noqa: BLE001  the job broke on these arguments: report, go on
-    return f"{type(e).__name__}: {e}"
-  finally:
-    monkeypatch.undo()
+  # Its own patches, undone on return: the caller's (a chdir) stay.
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(config_lib, "load_config", load_then_stop)
+    # `evaluate compare|prepare` take no config: their command line is what is checked (the
+    # directories the docs name are examples).
+    patch.setattr(mind_jax.evaluation, "compare", stop)
+    patch.setattr(mind_jax.evaluation, "prepare", stop)
+    try:
+      with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = module.main(args)
+    except _Loaded:
+      return None
+    except SystemExit as e:  # argparse: --help exits 0, a bad flag 2
+      status = e.code
+    except Exception as e:  # noqa: BLE001  the job broke on these arguments: report, go on
+      return f"{type(e).__name__}: {e}"
   last = [line for line in err.getvalue().splitlines() if line.strip()][-1:]
   return None if status == 0 else f"exit status {status}: {' '.join(last)[-400:]}"
 
@@ -174,7 +174,7 @@ def test_every_documented_command_parses_and_loads_its_config(monkeypatch):
       job = mind_jax_command(argv)
       if job is not None:
         checked += 1
-        problem = check_command(job, monkeypatch)
+        problem = check_command(job)
         if problem:
           failures.append(f"{where}: {shlex.join(argv)}\n    {problem}")
       elif len(argv) > 1 and argv[0] in ("python", "python3", "bash") and "/" in argv[1]:
@@ -187,14 +187,14 @@ def test_every_documented_command_parses_and_loads_its_config(monkeypatch):
 
 def test_a_renamed_key_or_flag_in_a_documented_command_is_caught(monkeypatch):
   monkeypatch.chdir(ROOT)
-  assert check_command(["mind_jax.generate", "--dry-run", "input.limit=3"], monkeypatch) is None
+  assert check_command(["mind_jax.generate", "--dry-run", "input.limit=3"]) is None
   assert "input.limt: unknown key" in check_command(
-      ["mind_jax.generate", "--dry-run", "input.limt=3"], monkeypatch)
+      ["mind_jax.generate", "--dry-run", "input.limt=3"])
   assert "--near-duplicates" in check_command(
-      ["mind_jax.filter", "x", "--out", "y", "--near-duplicates"], monkeypatch)
+      ["mind_jax.filter", "x", "--out", "y", "--near-duplicates"])
   assert "config file does not exist" in check_command(
-      ["mind_jax.train", "--config", "configs/train-llama9.yaml"], monkeypatch)
-  assert "brackets" in check_command(["mind_jax.mix", "[--json]"], monkeypatch)
+      ["mind_jax.train", "--config", "configs/train-llama9.yaml"])
+  assert "brackets" in check_command(["mind_jax.mix", "[--json]"])
 
 
 def test_shell_commands_reads_continuations_chains_and_comments():
